@@ -1,0 +1,324 @@
+"""The ``filekeeper`` command: parse, call :class:`filekeeper.Keeper`, render. No business logic.
+
+Heavy imports (httpx, alembic) happen inside the library only in the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import EXIT_FAILURE, FilekeeperError
+from .keeper import Keeper
+from .units import format_size
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self._keeper: Keeper | None = None
+        self.secrets: list[str] = []
+
+    def keeper(self) -> Keeper:
+        if self._keeper is None:
+            settings = load_settings()
+            self.secrets = _secrets(settings)
+            self._keeper = Keeper(settings)
+        return self._keeper
+
+    def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.close()
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Values that must never be printed: every configured key variable and *_API_KEY."""
+    names = {a.api_key_env for a in settings.accounts.values()}
+    names |= {n for n in os.environ if n.endswith("_API_KEY")}
+    return sorted({os.environ[n] for n in names if len(os.environ.get(n, "")) >= 8}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, state: State) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage(), self.state.secrets)
+        record.args = None
+        return True
+
+
+class FilekeeperGroup(click.Group):
+    """Turns expected failures into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FilekeeperError as e:
+            state: State | None = ctx.obj
+            secrets = state.secrets if state else []
+            if state and state.verbose:
+                traceback.print_exc()
+            click.echo(f"filekeeper: error: {redact(str(e), secrets)}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("filekeeper: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            state = ctx.obj
+            if state and state.verbose:
+                traceback.print_exc()
+            message = redact(f"{type(e).__name__}: {e}", state.secrets if state else [])
+            click.echo(f"filekeeper: internal error: {message} (run with --verbose for details)", err=True)
+            ctx.exit(EXIT_FAILURE)
+
+
+@click.group(cls=FilekeeperGroup)
+@click.option("--verbose", "-v", is_flag=True, help="Log HTTP requests and retries; show tracebacks.")
+@click.version_option(__version__, prog_name="filekeeper")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Track files uploaded to LLM providers, and keep accounts within their quotas.
+
+    Exit codes: 0 ok, 1 operational failure, 2 bad input or usage, 3 refused by quota policy.
+    """
+    state = State(verbose)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter(state))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def account_options(f: F) -> F:
+    f = click.option("--account", "-a", metavar="NAME", help="A configured account (or a provider's own).")(f)
+    return click.option(
+        "--provider", "-p", metavar="NAME", help="moonshot, zai, xai, openai or compatible (its default account)."
+    )(f)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only on stdout.")
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _when(d: datetime | None) -> str:
+    return "-" if d is None else d.strftime("%Y-%m-%d %H:%M")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
+@account_options
+@click.option("--purpose", metavar="PURPOSE", help="Upload purpose (default: the provider's usual one).")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 32), help="Files uploaded at once.")
+@json_option
+@click.pass_obj
+def upload(
+    state: State,
+    paths: tuple[str, ...],
+    provider: str | None,
+    account: str | None,
+    purpose: str | None,
+    concurrency: int,
+    as_json: bool,
+) -> None:
+    """Upload files, recording each in the ledger before and after it is sent."""
+    keeper = state.keeper()
+    acct = keeper.account(provider, account)
+    from .keeper import check_upload_path
+
+    sizes = sum(check_upload_path(p).stat().st_size for p in paths)
+    bar = None
+    if not as_json and sys.stderr.isatty():
+        from .progress import ByteProgress
+
+        bar = ByteProgress(sizes, sys.stderr)
+    try:
+        results = keeper.upload(
+            paths, account=acct.name, purpose=purpose, concurrency=concurrency, on_progress=bar.update if bar else None
+        )
+    finally:
+        if bar:
+            bar.close()
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(f"filekeeper: error: {redact(str(r.error), state.secrets)}", err=True)
+    records = [r.record for r in results if r.record is not None]
+    if as_json:
+        emit_json([rec.to_json() for rec in records])
+    else:
+        for rec in records:
+            click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider})")
+    if failed:
+        # Several failures may have several causes; the most severe exit code wins.
+        raise click.exceptions.Exit(max(r.error.exit_code for r in failed if r.error))
+
+
+@cli.command("ls")
+@account_options
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    help="pending, active, deleted, expired, missing, failed, or all (repeatable; default: active and pending).",
+)
+@json_option
+@click.pass_obj
+def ls(state: State, provider: str | None, account: str | None, statuses: tuple[str, ...], as_json: bool) -> None:
+    """List files the ledger knows."""
+    wanted = None if "all" in statuses else (list(statuses) or ["active", "pending"])
+    records = state.keeper().files(provider=provider, account=account, statuses=wanted)
+    if as_json:
+        emit_json([r.to_json() for r in records])
+        return
+    if not records:
+        click.echo("no files", err=True)
+        return
+    rows = [
+        [
+            r.id or f"(#{r.ledger_id})",
+            r.account,
+            r.status,
+            format_size(r.bytes),
+            _when(r.created_at),
+            _when(r.expires_at),
+            r.filename,
+        ]
+        for r in records
+    ]
+    click.echo(table(["ID", "ACCOUNT", "STATUS", "SIZE", "CREATED", "EXPIRES", "FILENAME"], rows))
+
+
+@cli.command()
+@account_options
+@json_option
+@click.pass_obj
+def usage(state: State, provider: str | None, account: str | None, as_json: bool) -> None:
+    """Files and bytes in use per account (active and pending), against its limits."""
+    rows = state.keeper().usage(provider=provider, account=account)
+    if as_json:
+        emit_json([u.to_json() for u in rows])
+        return
+    if not rows:
+        click.echo("no accounts yet: set a provider's API key or configure one in config.toml", err=True)
+        return
+
+    def of(used: int, limit: int | None, fmt: Callable[[int], str]) -> str:
+        if limit is None:
+            return f"{fmt(used)} (no limit)"
+        pct = f"{100 * used / limit:.0f}%" if limit else "-"
+        return f"{fmt(used)} / {fmt(limit)} ({pct})"
+
+    body = [
+        [
+            u.account,
+            u.provider,
+            of(u.files, u.limits.max_files, str),
+            of(u.bytes, u.limits.max_total_bytes, format_size),
+            f"{u.limits.retention_days}d" if u.limits.retention_days else "for ever",
+        ]
+        for u in rows
+    ]
+    click.echo(table(["ACCOUNT", "PROVIDER", "FILES", "BYTES", "RETENTION"], body))
+
+
+@cli.command()
+@click.argument("file_ids", nargs=-1, required=True)
+@account_options
+@json_option
+@click.pass_obj
+def delete(state: State, file_ids: tuple[str, ...], provider: str | None, account: str | None, as_json: bool) -> None:
+    """Delete files at the provider and record it (a file already gone counts as deleted)."""
+    results = state.keeper().delete(file_ids, provider=provider, account=account)
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        click.echo(f"filekeeper: error: {r.file_id}: {redact(str(r.error), state.secrets)}", err=True)
+    done = [r for r in results if r.error is None]
+    if as_json:
+        emit_json([r.to_json() for r in done])
+    else:
+        for r in done:
+            note = " (was already gone)" if r.already_gone else ""
+            click.echo(f"deleted {r.file_id}{note}")
+    if failed:
+        raise click.exceptions.Exit(max(r.error.exit_code for r in failed if r.error))
+
+
+@cli.group()
+def db() -> None:
+    """The ledger's schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(state: State) -> None:
+    """Create the ledger or bring it to this filekeeper's schema (a SQLite ledger is backed up first)."""
+    from .migrate import upgrade
+
+    before, after, backup = upgrade(state.keeper().settings)
+    if before.current == after.current:
+        click.echo(f"ledger already at {after.current} (head)")
+        return
+    click.echo(f"ledger upgraded from {before.current or 'empty'} to {after.current}")
+    if backup:
+        click.echo(f"backup of the previous ledger: {backup}")
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(state: State) -> None:
+    """Show the ledger's schema revision (reads only; creates nothing)."""
+    from .migrate import status
+
+    settings = state.keeper().settings
+    st = status(settings)
+    if st.current is None and settings.ledger_path and not settings.ledger_path.exists():
+        click.echo(f"no ledger yet at {settings.ledger_path} (head is {st.head})")
+        return
+    notes = {
+        "current": "(head)",
+        "empty": "(empty; run: filekeeper db upgrade)",
+        "behind": f"(behind head {st.head}; run: filekeeper db upgrade)",
+        "newer": f"(written by a newer filekeeper; this one knows up to {st.head})",
+    }
+    click.echo(f"{st.current or 'none'} {notes[st.state]}")
+
+
+def main() -> None:
+    cli(prog_name="filekeeper")

@@ -1,0 +1,279 @@
+"""Settings: where the ledger lives, which accounts exist, and their limits.
+
+Read from the environment and ``$FILEKEEPER_HOME/config.toml``. Every problem is a
+:class:`ConfigError` naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, MissingKeyError, UsageError
+from .profiles import PROFILES, PROVIDERS, Limits, Profile
+from .units import parse_size
+
+LIMIT_KEYS = ("max_files", "max_total_bytes", "max_file_bytes", "retention_days")
+_PROVIDER_KEYS = {"base_url", "api_key_env", *LIMIT_KEYS}
+_ACCOUNT_KEYS = {"provider", *_PROVIDER_KEYS}
+_HTTP_KEYS = {"attempts", "total_seconds", "backoff_seconds", "timeout_seconds"}
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def default_home() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("filekeeper", appauthor=False)
+
+
+@dataclass(frozen=True)
+class Account:
+    """One provider account: where to reach it, which variable holds its key, its limits."""
+
+    name: str
+    provider: str
+    base_url: str
+    api_key_env: str
+    limits: Limits
+    default_purpose: str
+
+    def api_key(self) -> str:
+        key = os.environ.get(self.api_key_env, "").strip()
+        if not key:
+            raise MissingKeyError(self.name, self.api_key_env)
+        return key
+
+    def key_fingerprint(self) -> str:
+        """A short, one-way identity of the key: enough to notice a change, useless to an attacker."""
+        return fingerprint(self.api_key())
+
+
+def fingerprint(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How patiently to talk to providers (``[http]`` in config.toml)."""
+
+    attempts: int = 5
+    total_seconds: float = 120.0
+    backoff_seconds: float = 0.5
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    config_path: Path
+    database_url: str
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    accounts: Mapping[str, Account] = field(default_factory=dict)
+    http: HttpSettings = field(default_factory=HttpSettings)
+
+    @property
+    def ledger_path(self) -> Path | None:
+        """The SQLite file behind the default ledger, or None for any other database."""
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix) and self.database_url != "sqlite:///:memory:":
+            return Path(self.database_url[len(prefix) :])
+        return None
+
+    def account(self, name: str) -> Account:
+        """A configured account, or a provider's implicit account named after it."""
+        if name in self.accounts:
+            return self.accounts[name]
+        if name in PROFILES:
+            return self._implicit_account(name)
+        known = ", ".join(sorted({*self.accounts, *PROVIDERS}))
+        raise UsageError(f"unknown account {name!r} (known: {known})")
+
+    def resolve(self, provider: str | None = None, account: str | None = None) -> Account:
+        """The account a command acts on, from exactly one of --provider and --account."""
+        if provider and account:
+            raise UsageError("give --provider or --account, not both")
+        if provider:
+            if provider not in PROFILES:
+                raise UsageError(f"unknown provider {provider!r} (choose from {', '.join(PROVIDERS)})")
+            return self._implicit_account(provider)
+        if account:
+            return self.account(account)
+        raise UsageError("say which account: --provider NAME or --account NAME")
+
+    def known_accounts(self) -> list[Account]:
+        """Configured accounts plus the implicit ones that can be used (key or config present)."""
+        found = dict(self.accounts)
+        for name, profile in PROFILES.items():
+            section = self.providers.get(name, {})
+            key_env = section.get("api_key_env", profile.key_env)
+            if section or (key_env and os.environ.get(key_env)):
+                try:
+                    found[name] = self._implicit_account(name)
+                except ConfigError:
+                    continue
+        return [found[k] for k in sorted(found)]
+
+    def _implicit_account(self, provider: str) -> Account:
+        return _build_account(provider, provider, {}, self.providers.get(provider, {}), self.config_path)
+
+
+def _build_account(
+    name: str,
+    provider: str,
+    own: Mapping[str, Any],
+    provider_section: Mapping[str, Any],
+    path: Path,
+) -> Account:
+    profile: Profile = PROFILES[provider]
+    where = f"[accounts.{name}]" if own else f"[providers.{provider}]"
+    env_url = os.environ.get(profile.base_url_env, "").strip() if profile.base_url_env else ""
+    base_url = own.get("base_url") or env_url or provider_section.get("base_url") or profile.default_base_url
+    if not base_url:
+        raise ConfigError(f"{path}: {where} base_url: required for provider {provider!r}")
+    key_env = own.get("api_key_env") or provider_section.get("api_key_env") or profile.key_env
+    if not key_env:
+        raise ConfigError(f"{path}: {where} api_key_env: required for provider {provider!r}")
+    limits = profile.limits
+    for section in (provider_section, own):
+        overrides = {k: section[k] for k in LIMIT_KEYS if k in section}
+        limits = replace(limits, **overrides)
+    return Account(
+        name=name,
+        provider=provider,
+        base_url=str(base_url).rstrip("/"),
+        api_key_env=key_env,
+        limits=limits,
+        default_purpose=profile.default_purpose,
+    )
+
+
+def load_settings() -> Settings:
+    """Read the environment and config.toml; raise ConfigError on anything malformed."""
+    env = os.environ
+    home = Path(env["FILEKEEPER_HOME"]).expanduser() if env.get("FILEKEEPER_HOME") else default_home()
+    config_path = Path(env.get("FILEKEEPER_CONFIG") or home / "config.toml").expanduser()
+    database_url = env.get("FILEKEEPER_DATABASE_URL") or f"sqlite:///{home / 'ledger.db'}"
+    raw = _read_toml(config_path)
+    providers, accounts_raw = _validate(raw, config_path)
+    http = HttpSettings(**_validate_http(raw.get("http", {}), config_path))
+    accounts = {
+        name: _build_account(name, section["provider"], section, providers.get(section["provider"], {}), config_path)
+        for name, section in accounts_raw.items()
+    }
+    settings = Settings(home, config_path, database_url, providers, accounts, http)
+    # Resolve every configured provider section now so that a bad one fails early, naming its key.
+    for name in providers:
+        if name != "compatible" or "base_url" in providers[name]:
+            settings._implicit_account(name)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
+
+
+def _validate(raw: Mapping[str, Any], path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    for key in raw:
+        if key not in ("providers", "accounts", "http"):
+            raise ConfigError(f"{path}: {key}: unknown section (expected [http], [providers.NAME] or [accounts.NAME])")
+    providers: dict[str, dict[str, Any]] = {}
+    for name, section in _tables(raw, "providers", path).items():
+        if name not in PROFILES:
+            raise ConfigError(f"{path}: [providers.{name}]: unknown provider (choose from {', '.join(PROVIDERS)})")
+        providers[name] = _validate_section(section, _PROVIDER_KEYS, f"[providers.{name}]", path)
+    accounts: dict[str, dict[str, Any]] = {}
+    for name, section in _tables(raw, "accounts", path).items():
+        where = f"[accounts.{name}]"
+        if not _ACCOUNT_NAME.match(name):
+            raise ConfigError(f"{path}: {where}: account names use letters, digits, '.', '_' and '-'")
+        if name in PROFILES:
+            raise ConfigError(
+                f"{path}: {where}: {name!r} is the provider's implicit account; "
+                f"configure it under [providers.{name}] or pick another name"
+            )
+        values = _validate_section(section, _ACCOUNT_KEYS, where, path)
+        provider = values.get("provider")
+        if provider is None:
+            raise ConfigError(f"{path}: {where} provider: required (one of {', '.join(PROVIDERS)})")
+        if provider not in PROFILES:
+            raise ConfigError(
+                f"{path}: {where} provider: unknown provider {provider!r} (choose from {', '.join(PROVIDERS)})"
+            )
+        accounts[name] = values
+    return providers, accounts
+
+
+def _validate_http(section: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: http: expected a table [http]")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in _HTTP_KEYS:
+            raise ConfigError(f"{path}: [http] {key}: unknown key (allowed: {', '.join(sorted(_HTTP_KEYS))})")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{path}: [http] {key}: expected a number >= 0, got {value!r}")
+        if key == "attempts" and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{path}: [http] attempts: expected a whole number >= 1, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _tables(raw: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"{path}: {key}: expected tables like [{key}.NAME]")
+    return value
+
+
+def _validate_section(section: Mapping[str, Any], allowed: set[str], where: str, path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in allowed:
+            raise ConfigError(f"{path}: {where} {key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        try:
+            out[key] = _parse_value(key, value)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {where} {key}: {e}") from None
+    return out
+
+
+def _parse_value(key: str, value: Any) -> Any:
+    if key in ("provider", "base_url", "api_key_env"):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"expected a non-empty string, got {value!r}")
+        if key == "base_url" and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        if key == "api_key_env" and not _ENV_NAME.match(value):
+            raise ValueError(f"expected the NAME of an environment variable, got {value!r}")
+        return value.strip()
+    if key == "retention_days":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"expected a whole number of days (0 = keep for ever), got {value!r}")
+        return value
+    if key == "max_files":
+        if value == "unlimited":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f'expected a whole number or "unlimited", got {value!r}')
+        return value
+    # max_total_bytes, max_file_bytes
+    if value == "unlimited":
+        return None
+    if not isinstance(value, int | str):
+        raise ValueError(f'expected a size like 10GB or "unlimited", got {value!r}')
+    return parse_size(value)

@@ -1,0 +1,416 @@
+"""The ledger: every file filekeeper has reserved, uploaded or deleted, and what happened to it.
+
+One ``Ledger`` wraps one SQLAlchemy engine. Writes that must not race (reservations, account
+creation) run in a *write* transaction: ``BEGIN IMMEDIATE`` on SQLite, and a row lock
+(``SELECT ... FOR UPDATE``) on databases that have them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .config import Account, Settings
+from .errors import LedgerError, UsageError
+from .models import SCHEMA_HEAD, AccountRow, EventRow, FileRow, utcnow
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_WRITE = "filekeeper_write"
+#: statuses that hold quota at the provider (or may, for a reservation in flight)
+HELD = ("active", "pending")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One ledger row, as the library and ``--json`` show it."""
+
+    ledger_id: int
+    id: str | None
+    provider: str
+    account: str
+    filename: str
+    bytes: int
+    sha256: str | None
+    purpose: str
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    deleted_at: datetime | None
+    reused: bool = False
+
+    @classmethod
+    def from_row(cls, row: FileRow, *, reused: bool = False) -> FileRecord:
+        return cls(
+            ledger_id=row.id,
+            id=row.file_id,
+            provider=row.account.provider,
+            account=row.account.name,
+            filename=row.filename,
+            bytes=row.bytes,
+            sha256=row.sha256,
+            purpose=row.purpose,
+            status=row.status,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            deleted_at=row.deleted_at,
+            reused=reused,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(d: datetime | None) -> str | None:
+            return None if d is None else d.isoformat().replace("+00:00", "Z")
+
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "account": self.account,
+            "filename": self.filename,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "purpose": self.purpose,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "deleted_at": iso(self.deleted_at),
+            "ledger_id": self.ledger_id,
+            "reused": self.reused,
+        }
+
+
+def actor() -> str:
+    """user@host of this process, for the audit log."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def make_engine(url: str) -> Engine:
+    is_sqlite = url.startswith("sqlite")
+    try:
+        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    except ModuleNotFoundError as e:
+        raise LedgerError(
+            f"the database driver for {url.split(':', 1)[0]} is not installed ({e.name}); "
+            'for PostgreSQL: pip install "filekeeper[postgres]"'
+        ) from None
+    except Exception as e:
+        raise UsageError(f"FILEKEEPER_DATABASE_URL is not a usable database URL: {e}") from None
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so that _sqlite_begin decides
+    # between BEGIN and BEGIN IMMEDIATE (the documented SQLAlchemy recipe).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a SQLite database before SQLite can touch it."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise LedgerError(f"cannot read the ledger {path}: {e.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise LedgerError(
+            f"the ledger {path} is not a SQLite database (corrupt or not a ledger); it was left untouched"
+        )
+
+
+def read_revision(conn: Any) -> str | None:
+    """The ledger's schema revision; None for an empty database. Refuses a foreign database."""
+    if not inspect(conn).has_table("alembic_version"):
+        tables = inspect(conn).get_table_names()
+        if tables:
+            raise LedgerError(f"the database holds tables ({', '.join(tables[:5])}) but is not a filekeeper ledger")
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@contextmanager
+def database_errors(settings: Settings, doing: str) -> Iterator[None]:
+    """Turn the database's own exceptions into one clear LedgerError naming the ledger."""
+    try:
+        yield
+    except SQLAlchemyError as e:
+        raise LedgerError(f"cannot {doing} the ledger {_where(settings)}: {_db_message(e)}") from None
+
+
+def prepare(settings: Settings) -> Engine:
+    """An engine for the ledger, after checking that a SQLite file is one and its folder exists."""
+    path = settings.ledger_path
+    if path is not None:
+        check_sqlite_file(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LedgerError(f"cannot create {path.parent}: {e.strerror}") from None
+    return make_engine(settings.database_url)
+
+
+def open_ledger(settings: Settings, *, upgrade: bool = True) -> Ledger:
+    """Open the ledger, creating or upgrading it to the current schema on first use."""
+    ledger = Ledger(prepare(settings))
+    try:
+        with database_errors(settings, "open"), ledger.engine.connect() as conn:
+            revision = read_revision(conn)
+            conn.rollback()  # end the read transaction: the journal mode cannot change inside one
+            if conn.dialect.name == "sqlite":
+                _use_wal(conn, settings)
+        if revision != SCHEMA_HEAD and upgrade:
+            from .migrate import upgrade_to_head  # alembic is imported only when there is work for it
+
+            with database_errors(settings, "upgrade"):
+                upgrade_to_head(ledger.engine, settings.ledger_path)
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger
+
+
+def _use_wal(conn: Connection, settings: Settings) -> None:
+    # WAL lets readers work while an upload holds the write lock. The mode is stored in the
+    # file, so it is set once, and only on a database known to be ours (it rewrites the header).
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    try:
+        if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            raw.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error as e:
+        raise LedgerError(f"cannot open the ledger {_where(settings)}: {e}") from None
+
+
+def _where(settings: Settings) -> str:
+    return str(settings.ledger_path) if settings.ledger_path else "(FILEKEEPER_DATABASE_URL)"
+
+
+def _db_message(e: SQLAlchemyError) -> str:
+    orig = getattr(e, "orig", None)
+    return str(orig or e).strip().splitlines()[0]
+
+
+class Ledger:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.actor = actor()
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A transaction; committed on success, rolled back on any error."""
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(**{_WRITE: True})
+                with Session(bind=conn, expire_on_commit=False, autoflush=True) as session, conn.begin():
+                    yield session
+                    session.flush()
+        except (DBAPIError, SQLAlchemyError) as e:
+            if isinstance(e, IntegrityError):
+                raise
+            raise LedgerError(f"ledger error: {_db_message(e)}") from None
+
+    def event(
+        self,
+        session: Session,
+        action: str,
+        *,
+        account_id: int | None,
+        file: FileRow | None = None,
+        file_id: str | None = None,
+        **detail: Any,
+    ) -> None:
+        session.add(
+            EventRow(
+                at=utcnow(),
+                account_id=account_id,
+                file_pk=file.id if file is not None else None,
+                file_id=file_id if file_id is not None else (file.file_id if file is not None else None),
+                action=action,
+                actor=self.actor,
+                pid=self.pid,
+                detail=detail,
+            )
+        )
+
+    # --- accounts -------------------------------------------------------------------------
+
+    def ensure_account(self, account: Account) -> int:
+        """The ledger id of an account, recording it (or a change of key or URL) as it is first used."""
+        fp = account.key_fingerprint()
+        for attempt in range(2):
+            try:
+                with self.session(write=True) as s:
+                    row = s.scalar(select(AccountRow).where(AccountRow.name == account.name).with_for_update())
+                    if row is None:
+                        row = AccountRow(
+                            name=account.name, provider=account.provider, base_url=account.base_url, key_fingerprint=fp
+                        )
+                        s.add(row)
+                        s.flush()
+                        self.event(
+                            s,
+                            "account_added",
+                            account_id=row.id,
+                            provider=account.provider,
+                            base_url=account.base_url,
+                            key_fingerprint=fp,
+                        )
+                    elif row.provider != account.provider:
+                        raise UsageError(
+                            f"account {account.name!r} is recorded in the ledger as provider {row.provider!r}, "
+                            f"but the config says {account.provider!r}; use a new account name"
+                        )
+                    elif (row.base_url, row.key_fingerprint) != (account.base_url, fp):
+                        self.event(
+                            s,
+                            "account_changed",
+                            account_id=row.id,
+                            base_url={"old": row.base_url, "new": account.base_url},
+                            key_fingerprint={"old": row.key_fingerprint, "new": fp},
+                        )
+                        row.base_url, row.key_fingerprint = account.base_url, fp
+                    return row.id
+            except IntegrityError:
+                if attempt:  # another process created it between our read and insert
+                    raise
+        raise AssertionError("unreachable")
+
+    def accounts(self) -> dict[str, tuple[int, str]]:
+        """Every account the ledger has seen: name -> (ledger id, provider)."""
+        with self.session() as s:
+            rows = s.execute(select(AccountRow.name, AccountRow.id, AccountRow.provider))
+            return {name: (id_, provider) for name, id_, provider in rows}
+
+    # --- files ----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        account_id: int,
+        *,
+        filename: str,
+        size: int,
+        purpose: str,
+        sha256: str | None = None,
+        expires_at: datetime | None = None,
+        **detail: Any,
+    ) -> FileRecord:
+        """Record a ``pending`` row before anything is sent, so no upload is ever untracked."""
+        with self.session(write=True) as s:
+            row = FileRow(
+                account_id=account_id,
+                filename=filename,
+                bytes=size,
+                sha256=sha256,
+                purpose=purpose,
+                status="pending",
+                created_at=utcnow(),
+                expires_at=expires_at,
+            )
+            s.add(row)
+            s.flush()
+            self.event(
+                s, "reserve", account_id=account_id, file=row, filename=filename, bytes=size, purpose=purpose, **detail
+            )
+            return FileRecord.from_row(row)
+
+    def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str, **detail: Any) -> FileRecord:
+        with self.session(write=True) as s:
+            row = s.get_one(FileRow, ledger_id)
+            row.file_id, row.bytes, row.sha256, row.status = file_id, size, sha256, "active"
+            s.flush()
+            self.event(s, "upload", account_id=row.account_id, file=row, bytes=size, sha256=sha256, **detail)
+            return FileRecord.from_row(row)
+
+    def fail(self, ledger_id: int, error: str, **detail: Any) -> FileRecord:
+        with self.session(write=True) as s:
+            row = s.get_one(FileRow, ledger_id)
+            row.status = "failed"
+            self.event(s, "upload_failed", account_id=row.account_id, file=row, error=error, **detail)
+            return FileRecord.from_row(row)
+
+    def mark_deleted(self, account_id: int, file_id: str, *, already_gone: bool) -> FileRecord | None:
+        """Record a delete at the provider; the event is written even for ids the ledger never saw."""
+        with self.session(write=True) as s:
+            row = s.scalar(select(FileRow).where(FileRow.account_id == account_id, FileRow.file_id == file_id))
+            if row is not None and row.status != "deleted":
+                row.status, row.deleted_at = "deleted", utcnow()
+            self.event(
+                s,
+                "delete",
+                account_id=account_id,
+                file=row,
+                file_id=file_id,
+                already_gone=already_gone,
+                known=row is not None,
+            )
+            return None if row is None else FileRecord.from_row(row)
+
+    def files(
+        self,
+        *,
+        account_ids: Iterable[int] | None = None,
+        statuses: Sequence[str] | None = None,
+    ) -> list[FileRecord]:
+        query = select(FileRow).join(FileRow.account).order_by(FileRow.created_at, FileRow.id)
+        if account_ids is not None:
+            query = query.where(FileRow.account_id.in_(list(account_ids)))
+        if statuses:
+            query = query.where(FileRow.status.in_(list(statuses)))
+        with self.session() as s:
+            return [FileRecord.from_row(r) for r in s.scalars(query)]
+
+    def find(self, account_id: int, file_id: str) -> FileRecord | None:
+        with self.session() as s:
+            row = s.scalar(select(FileRow).where(FileRow.account_id == account_id, FileRow.file_id == file_id))
+            return None if row is None else FileRecord.from_row(row)
+
+    def usage(self, account_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """Files and bytes held per account: ``active`` and ``pending`` rows."""
+        ids = list(account_ids)
+        query = (
+            select(FileRow.account_id, func.count(), func.coalesce(func.sum(FileRow.bytes), 0))
+            .where(FileRow.account_id.in_(ids), FileRow.status.in_(HELD))
+            .group_by(FileRow.account_id)
+        )
+        with self.session() as s:
+            found = {a: (int(n), int(b)) for a, n, b in s.execute(query)}
+        return {a: found.get(a, (0, 0)) for a in ids}
+
+    def events(self, *, account_id: int | None = None) -> list[EventRow]:
+        query = select(EventRow).order_by(EventRow.id)
+        if account_id is not None:
+            query = query.where(EventRow.account_id == account_id)
+        with self.session() as s:
+            return list(s.scalars(query))

@@ -1,0 +1,142 @@
+"""Alembic glue: create, back up and upgrade the ledger's schema.
+
+Imported only when the ledger is not at :data:`filekeeper.models.SCHEMA_HEAD` or by the
+``db`` commands, so that everyday commands do not pay for importing alembic.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+
+from .config import Settings
+from .errors import LedgerError
+from .ledger import database_errors, prepare, read_revision
+
+# Any constant will do; it only has to be the same for every filekeeper process.
+_PG_MIGRATION_LOCK = 0x66_6B_6D_69  # "fkmi"
+
+
+def script_location() -> Path:
+    """The migrations folder: inside the installed package, or beside it in a checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise LedgerError(f"filekeeper's migrations are missing (looked in {package}); reinstall filekeeper")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise LedgerError(f"filekeeper's migrations have {len(heads)} heads; this build is broken")
+    return heads[0]
+
+
+def known_revisions() -> set[str]:
+    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+@dataclass(frozen=True)
+class Status:
+    current: str | None
+    head: str
+
+    @property
+    def state(self) -> str:
+        if self.current == self.head:
+            return "current"
+        if self.current is None:
+            return "empty"
+        if self.current not in known_revisions():
+            return "newer"
+        return "behind"
+
+
+def status(settings: Settings) -> Status:
+    """The ledger's revision against this filekeeper's head; reads only, creates nothing."""
+    path = settings.ledger_path
+    if path is not None and not path.exists():
+        return Status(None, head())
+    engine = prepare(settings)
+    try:
+        with database_errors(settings, "read"), engine.connect() as conn:
+            return Status(read_revision(conn), head())
+    finally:
+        engine.dispose()
+
+
+def upgrade(settings: Settings) -> tuple[Status, Status, Path | None]:
+    """``filekeeper db upgrade``: the status before and after, and the backup made if any."""
+    engine = prepare(settings)
+    try:
+        with database_errors(settings, "upgrade"):
+            with engine.connect() as conn:
+                before = Status(read_revision(conn), head())
+            backup = upgrade_to_head(engine, settings.ledger_path)
+            with engine.connect() as conn:
+                after = Status(read_revision(conn), head())
+    finally:
+        engine.dispose()
+    return before, after, backup
+
+
+def _refuse_newer(revision: str | None) -> None:
+    if revision is not None and revision not in known_revisions():
+        raise LedgerError(
+            f"the ledger is at schema revision {revision}, written by a newer filekeeper "
+            f"(this one knows up to {head()}); upgrade filekeeper to use it"
+        )
+
+
+def backup_sqlite(path: Path, revision: str) -> Path:
+    """A consistent copy of the ledger (WAL included), taken with SQLite's backup API."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.backup-{revision}-{stamp}")
+    src = sqlite3.connect(path)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return target
+
+
+def upgrade_to_head(engine: Engine, sqlite_path: Path | None) -> Path | None:
+    """Bring the ledger to the newest schema; returns the backup made, if any.
+
+    Runs under the database's write lock and re-reads the revision inside it, so that two
+    processes meeting an empty or old ledger at once upgrade it exactly once.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(filekeeper_write=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            revision = read_revision(conn)
+            _refuse_newer(revision)
+            if revision == head():
+                return None
+            backup = None
+            if revision is not None and sqlite_path is not None:
+                backup = backup_sqlite(sqlite_path, revision)
+            command.upgrade(alembic_config(conn), "head")
+            return backup

@@ -1,0 +1,243 @@
+"""The small interface every provider adapter implements, and the behaviour they share.
+
+An adapter differs from another only where its provider does: how a listing pages, which
+extra upload fields express an expiry, whether retrieve exists. Everything else (multipart
+streaming, hashing, the list loop's safety stops, error envelopes) lives here or in ``_http``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from ..errors import FileNotFoundAtProvider, IncompleteListing, ProviderError
+from ._http import HTTP
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file as the provider describes it."""
+
+    id: str
+    filename: str
+    bytes: int | None
+    created_at: datetime | None
+    purpose: str | None
+    status: str | None
+    expires_at: datetime | None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "error"
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    remote: RemoteFile
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Page:
+    files: list[RemoteFile]
+    next_cursor: str | None  # None: this was the last page
+    claims_more: bool = False  # the provider said more follows (has_more: true)
+
+
+def to_datetime(value: Any) -> datetime | None:
+    """Unix seconds, or milliseconds (Z.AI may send them: anything above 1e11 is ms)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number > 1e11:
+        number /= 1000
+    return datetime.fromtimestamp(number, UTC)
+
+
+def parse_file(obj: Any, provider: str) -> RemoteFile:
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
+        raise ProviderError(f"the provider sent a file object without an id: {str(obj)[:120]}", provider=provider)
+    size = obj.get("bytes")
+    return RemoteFile(
+        id=obj["id"],
+        filename=str(obj.get("filename") or ""),
+        bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        created_at=to_datetime(obj.get("created_at")),
+        purpose=obj.get("purpose"),
+        status=obj.get("status"),
+        expires_at=to_datetime(obj.get("expires_at")),
+    )
+
+
+class _HashingReader:
+    """Feeds httpx's multipart encoder from disk, hashing and counting on the way.
+
+    httpx seeks to 0 before each attempt, so a retried request hashes from scratch. It finds
+    the length with fstat(fileno()), so the body is streamed with a Content-Length.
+    """
+
+    def __init__(self, f: BinaryIO, on_progress: ProgressCallback | None) -> None:
+        self._f = f
+        self._on_progress = on_progress
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if (offset, whence) == (0, os.SEEK_SET):
+            if self._on_progress and self.count:
+                self._on_progress(-self.count)
+            self.hash, self.count = hashlib.sha256(), 0
+        return self._f.seek(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self.hash.update(chunk)
+        self.count += len(chunk)
+        if self._on_progress and chunk:
+            self._on_progress(len(chunk))
+        return chunk
+
+
+class Provider:
+    """Base adapter: an OpenAI-shaped Files API. Subclasses override what their provider changes."""
+
+    name = "openai"
+    #: items per list request we ask for (providers cap it themselves too)
+    page_limit = 100
+
+    def __init__(self, http: HTTP) -> None:
+        self.http = http
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- upload ---------------------------------------------------------------------------
+
+    def upload(
+        self,
+        path: Path,
+        *,
+        purpose: str,
+        filename: str | None = None,
+        expires_after: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Uploaded:
+        """Stream one file up; never holds it in memory. Raises ResponseLost when unsure."""
+        name = filename or path.name
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            reader = _HashingReader(f, on_progress)
+            body = self.http.json(
+                "POST",
+                "files",
+                idempotent=False,
+                data={"purpose": purpose, **self.expiry_fields(expires_after)},
+                files={"file": (name, reader, content_type)},
+            )
+        if reader.count != size:
+            raise ProviderError(f"{path} changed while it was being uploaded", provider=self.name)
+        remote = parse_file(body, self.name)
+        return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=size)
+
+    def expiry_fields(self, seconds: int | None) -> dict[str, str]:
+        """Multipart fields that ask the provider to expire the file itself; none by default."""
+        return {}
+
+    # --- list -----------------------------------------------------------------------------
+
+    def list_files(self, *, on_page: Callable[[int, int], None] | None = None) -> Iterator[RemoteFile]:
+        """Everything the account holds, page by page, or IncompleteListing.
+
+        Stops on an empty page, a page that names no next cursor, or raises on a cursor seen
+        before: a listing that cannot be read to its end must never pass for complete.
+        """
+        seen: set[str] = set()
+        cursor: str | None = None
+        pages = count = 0
+        while True:
+            try:
+                body = self.http.json("GET", "files", params=self.list_params(cursor))
+            except ProviderError as e:
+                raise IncompleteListing(
+                    f"listing failed after {pages} page(s): {e.message}",
+                    provider=self.name,
+                    status=e.status,
+                    code=e.code,
+                ) from None
+            page = self.parse_page(body)
+            pages += 1
+            count += len(page.files)
+            if on_page:
+                on_page(pages, count)
+            yield from page.files
+            if not page.files:
+                if page.claims_more:
+                    raise IncompleteListing(
+                        "the provider said more files follow but sent an empty page", provider=self.name
+                    )
+                return
+            if page.next_cursor is None:
+                return
+            if page.next_cursor in seen:
+                raise IncompleteListing(
+                    f"the provider repeated the cursor {page.next_cursor!r}; listing stopped", provider=self.name
+                )
+            seen.add(page.next_cursor)
+            cursor = page.next_cursor
+
+    def list_params(self, cursor: str | None) -> dict[str, str | int]:
+        params: dict[str, str | int] = {"limit": self.page_limit}
+        if cursor:
+            params["after"] = cursor
+        return params
+
+    def parse_page(self, body: Any) -> Page:
+        """``{data, has_more, last_id?}``: follow ``has_more``; a missing ``has_more`` ends it."""
+        files = self._data(body)
+        has_more = body.get("has_more")
+        if has_more is not True or not files:
+            return Page(files, None, claims_more=has_more is True)
+        # has_more is trusted over a short page: a server that caps the page size below our
+        # limit still says has_more, and stopping there would hide files.
+        last = body.get("last_id") if isinstance(body.get("last_id"), str) else None
+        return Page(files, last or files[-1].id, claims_more=True)
+
+    def _data(self, body: Any) -> list[RemoteFile]:
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise IncompleteListing(f"unexpected listing shape: {str(body)[:120]}", provider=self.name)
+        return [parse_file(item, self.name) for item in body["data"]]
+
+    # --- one file -------------------------------------------------------------------------
+
+    def retrieve(self, file_id: str) -> RemoteFile:
+        return parse_file(self.http.json("GET", f"files/{quote(file_id, safe='')}"), self.name)
+
+    def delete(self, file_id: str) -> bool:
+        """Delete a file; False when the provider no longer had it (a 404 is success)."""
+        try:
+            body = self.http.json("DELETE", f"files/{quote(file_id, safe='')}")
+        except FileNotFoundAtProvider:
+            return False
+        if isinstance(body, dict) and body.get("deleted") is False:
+            raise ProviderError(f"the provider refused to delete {file_id}", provider=self.name)
+        return True

@@ -1,0 +1,56 @@
+"""Parsing and formatting of sizes ("10GB") and durations ("30d")."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string like "10GB", "100MB", "1.5GiB" (KB = 1000, KiB = 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE_RE.match(str(value))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size (use bytes or a number with KB, MB, GB, TB, KiB…)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: str) -> int:
+    """Seconds from "30d", "12h", "15m" or "3600s"."""
+    match = _DURATION_RE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration (use a whole number with s, m, h or d, e.g. 30d)")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_size(n: int | None) -> str:
+    """A short human size in decimal units, as the providers state their limits."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")

@@ -1,0 +1,1191 @@
+"""A real-socket HTTP emulator of the providers' Files APIs, one flavor per instance.
+
+Flavors: ``moonshot``, ``zai``, ``xai``, ``openai`` and ``compatible`` (an OpenAI-shaped service).
+Each models the quirks listed in ``PROVIDERS.md`` that a client has to survive: Moonshot's list
+that ignores cursors, Z.AI's two error envelopes and millisecond timestamps, xAI's two list
+styles, OpenAI's ``expires_after[...]`` fields, per-flavor quotas and error shapes.  Faults
+(status codes, Retry-After headers, responses lost before or after the file was stored) are
+queued with :meth:`Emulator.inject`.
+
+Standard library only, so benchmarks can run it in a separate process with no extra installs::
+
+    python -m tests.emulator --flavor moonshot --latency 0.05 --seed-files 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import bisect
+import contextlib
+import hashlib
+import http
+import json
+import re
+import secrets
+import signal
+import socket
+import string
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+FLAVORS = ("moonshot", "zai", "xai", "openai", "compatible")
+
+# None = the flavor takes any purpose.
+_PURPOSES: dict[str, tuple[str, ...] | None] = {
+    "moonshot": ("file-extract", "image", "video", "batch"),
+    "zai": (
+        "agent",
+        "file-extract",
+        "batch",
+        "code-interpreter",
+        "voice-clone-input",
+        "retrieval",
+        "fine-tune",
+    ),
+    "openai": ("assistants", "batch", "fine-tune", "vision", "user_data", "evals"),
+    "xai": None,
+}
+# What the CLI seeds, so seeded files look like something the flavor would have accepted.
+_SEED_PURPOSE = {
+    "moonshot": "file-extract",
+    "zai": "file-extract",
+    "openai": "assistants",
+    "xai": "assistants",
+}
+
+_EXPIRY_MIN, _EXPIRY_MAX = 3600, 2_592_000
+_READ_CHUNK = 256 * 1024
+_MAX_PART_HEADERS = 16 * 1024
+_MAX_FIELD_BYTES = 64 * 1024
+_LOWER_ALNUM = string.ascii_lowercase + string.digits
+_ALNUM = string.ascii_letters + string.digits
+# Z.AI answers with string business codes; these are the documented ones for each status.
+_ZAI_CODES = {400: "1210", 401: "1000", 429: "1302", 500: "500"}
+_EXTRA_REASONS = {435: "File Too Large"}
+
+
+@dataclass
+class StoredFile:
+    id: str
+    filename: str
+    bytes: int
+    sha256: str
+    purpose: str
+    created_at: int
+    expires_at: int | None = None
+    status: str = "processed"
+    content: bytes | None = None
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    form: dict[str, str]
+    authorization: str | None
+
+
+@dataclass
+class _Fault:
+    method: str
+    path_prefix: str
+    status: int
+    body: dict[str, Any] | str | None
+    headers: dict[str, str]
+    remaining: int
+    drop_response: bool
+    after_store: bool
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _BodyError(Exception):
+    """The request body could not be read to its end (client gone, bad framing)."""
+
+
+def _status_text(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return _EXTRA_REASONS.get(status, "Error")
+
+
+# --------------------------------------------------------------------------- multipart parsing
+
+_PARAM_RE = re.compile(r";\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|([^;\s]*))")
+
+
+def _header_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``type; a="b"; c=d`` into the lowercased first token and its parameters."""
+    main, _, _rest = value.partition(";")
+    params: dict[str, str] = {}
+    for m in _PARAM_RE.finditer(value[len(main) :]):
+        name = m.group(1).lower()
+        if m.group(2) is not None:
+            # Clients follow HTML5 here: quotes and newlines are percent-escaped, backslashes
+            # doubled, rather than RFC 2616's backslash-escaped quotes. Undo both.
+            raw = re.sub(r"\\(.)", r"\1", m.group(2))
+            raw = raw.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
+        else:
+            raw = m.group(3)
+        params[name] = raw
+    ext = params.pop("filename*", None)
+    if ext is not None:
+        charset, _, rest = ext.partition("'")
+        _lang, _, encoded = rest.partition("'")
+        try:
+            params["filename"] = unquote(encoded, encoding=charset or "utf-8", errors="replace")
+        except LookupError:
+            params["filename"] = unquote(encoded, errors="replace")
+    return main.strip().lower(), params
+
+
+@dataclass
+class UploadedPart:
+    filename: str
+    size: int
+    sha256: str
+    content: bytes | None
+
+
+class MultipartParser:
+    """Incremental multipart/form-data parser: feed() it chunks, memory stays O(chunk).
+
+    The part named ``file`` that carries a filename is hashed and counted as it streams (and
+    kept only when ``keep_content``); other parts with a filename are skipped; the rest are
+    text fields, recorded in arrival order.
+    """
+
+    _PREAMBLE, _AFTER_DELIM, _HEADERS, _BODY, _DONE, _ERROR = range(6)
+
+    def __init__(self, boundary: bytes, *, keep_content: bool = False) -> None:
+        self._delim = b"\r\n--" + boundary
+        # A virtual CRLF in front makes the first delimiter look like all the others.
+        self._buf = bytearray(b"\r\n")
+        self._state = self._PREAMBLE
+        self._keep = keep_content
+        self._kind = ""  # "file", "field" or "skip" for the part being read
+        self._name = ""
+        self._filename = ""
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._data = bytearray()
+        self.fields: dict[str, str] = {}
+        self.file: UploadedPart | None = None
+        self.error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self._state == self._DONE
+
+    def feed(self, data: bytes) -> None:
+        if self._state in (self._DONE, self._ERROR):
+            return  # epilogue, or nothing more worth reading
+        self._buf += data
+        while self._step():
+            pass
+
+    def close(self) -> None:
+        if self._state not in (self._DONE, self._ERROR):
+            self._fail("body ended before the closing boundary")
+
+    def _fail(self, why: str) -> bool:
+        self.error = why
+        self._state = self._ERROR
+        self._buf.clear()
+        return False
+
+    def _step(self) -> bool:
+        buf, delim = self._buf, self._delim
+        if self._state == self._PREAMBLE:
+            i = buf.find(delim)
+            if i < 0:
+                keep = len(delim) - 1
+                if len(buf) > keep:
+                    del buf[: len(buf) - keep]
+                return False
+            del buf[: i + len(delim)]
+            self._state = self._AFTER_DELIM
+            return True
+        if self._state == self._AFTER_DELIM:
+            # RFC 2046 allows transport padding between a boundary and its CRLF.
+            while buf[:1] in (b" ", b"\t"):
+                del buf[:1]
+            if len(buf) < 2:
+                return False
+            if buf[:2] == b"--":
+                self._state = self._DONE
+                buf.clear()
+                return False
+            if buf[:2] != b"\r\n":
+                return self._fail("garbage after a boundary")
+            del buf[:2]
+            self._state = self._HEADERS
+            return True
+        if self._state == self._HEADERS:
+            if len(buf) < 2:
+                return False
+            if buf[:2] == b"\r\n":
+                raw = b""
+                del buf[:2]
+            else:
+                i = buf.find(b"\r\n\r\n")
+                if i < 0:
+                    if len(buf) > _MAX_PART_HEADERS:
+                        return self._fail("part headers too long")
+                    return False
+                raw = bytes(buf[:i])
+                del buf[: i + 4]
+            self._start_part(raw)
+            self._state = self._BODY
+            return True
+        if self._state == self._BODY:
+            i = buf.find(delim)
+            if i >= 0:
+                self._emit(buf[:i])
+                del buf[: i + len(delim)]
+                self._end_part()
+                self._state = self._AFTER_DELIM
+                return True
+            # Hold back what could be the start of a delimiter split across two chunks.
+            safe = len(buf) - (len(delim) - 1)
+            if safe > 0:
+                self._emit(buf[:safe])
+                del buf[:safe]
+            return False
+        return False
+
+    def _start_part(self, raw: bytes) -> None:
+        disposition = ""
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep and name.strip().lower() == b"content-disposition":
+                disposition = value.strip().decode("utf-8", "replace")
+        _, params = _header_params(disposition)
+        self._name = params.get("name", "")
+        self._filename = params.get("filename", "")
+        if "filename" in params:
+            self._kind = "file" if self._name == "file" and self.file is None else "skip"
+        else:
+            self._kind = "field"
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._data = bytearray()
+
+    def _emit(self, chunk: bytearray) -> None:
+        if not chunk:
+            return
+        if self._kind == "file":
+            self._hasher.update(chunk)
+            self._size += len(chunk)
+            if self._keep:
+                self._data += chunk
+        elif self._kind == "field":
+            if len(self._data) + len(chunk) > _MAX_FIELD_BYTES:
+                self._fail("form field too large")
+                return
+            self._data += chunk
+
+    def _end_part(self) -> None:
+        if self._kind == "file":
+            self.file = UploadedPart(
+                filename=self._filename,
+                size=self._size,
+                sha256=self._hasher.hexdigest(),
+                content=bytes(self._data) if self._keep else None,
+            )
+        elif self._kind == "field":
+            self.fields[self._name] = self._data.decode("utf-8", "replace")
+        self._data = bytearray()
+
+
+# ------------------------------------------------------------------------------- HTTP plumbing
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.conns: set[socket.socket] = set()
+        self.conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-request is routine in fault tests; only real bugs are noisy.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        # Idle keep-alive handlers block in readline for ever; cutting their sockets is what
+        # makes a stopped emulator really unreachable instead of serving pooled connections.
+        with self.conns_lock:
+            conns = list(self.conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK and every response costs ~40 ms.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.conns_lock:
+            self.server.conns.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            with self.server.conns_lock:
+                self.server.conns.discard(self.connection)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_DELETE = do_PUT = do_PATCH = do_GET
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = self.rfile.readline(1024)
+                if not line.endswith(b"\n"):
+                    raise _BodyError("chunk size line truncated")
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError as exc:
+                    raise _BodyError("bad chunk size") from exc
+                if size == 0:
+                    while True:  # trailers, up to the blank line
+                        line = self.rfile.readline(65536)
+                        if not line:
+                            raise _BodyError("trailers truncated")
+                        if line in (b"\r\n", b"\n"):
+                            return
+                yield from self._read_exact(size)
+                if self.rfile.readline(1024) not in (b"\r\n", b"\n"):
+                    raise _BodyError("chunk not followed by CRLF")
+        else:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError as exc:
+                raise _BodyError("bad Content-Length") from exc
+            yield from self._read_exact(length)
+
+    def _read_exact(self, n: int) -> Iterator[bytes]:
+        while n > 0:
+            data = self.rfile.read(min(n, _READ_CHUNK))
+            if not data:
+                raise _BodyError("body truncated")
+            n -= len(data)
+            yield data
+
+    def _read_form(self) -> MultipartParser | None:
+        mtype, params = _header_params(self.headers.get("Content-Type", ""))
+        boundary = params.get("boundary", "")
+        parser = None
+        if mtype == "multipart/form-data" and boundary:
+            parser = MultipartParser(boundary.encode("utf-8"), keep_content=self.server.emulator.keep_content)
+        for chunk in self._body_chunks():
+            if parser is not None:
+                parser.feed(chunk)
+        if parser is not None:
+            parser.close()
+        return parser
+
+    def _dispatch(self) -> None:
+        emu = self.server.emulator
+        split = urlsplit(self.path)
+        path = split.path
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        rel = emu._relative(path)
+        auth = self.headers.get("Authorization")
+        log = LoggedRequest(self.command, path, query, 0, {}, auth)
+        if emu.latency > 0:
+            time.sleep(emu.latency)
+        form: MultipartParser | None = None
+        is_upload = self.command == "POST" and rel == "/files"
+        try:
+            if is_upload:
+                form = self._read_form()
+            else:
+                for _ in self._body_chunks():
+                    pass
+        except (_BodyError, OSError):
+            emu._log(log)
+            self.close_connection = True
+            return
+        if form is not None:
+            log.form = dict(form.fields)
+        try:
+            reply = emu._respond(self.command, rel, path, query, form, auth)
+        except Exception:
+            traceback.print_exc()
+            reply = emu._err(500, "emulator internal error")
+        if reply is None:
+            emu._log(log)
+            self._drop()
+            return
+        log.status = reply.status
+        # Logged before the first byte goes out, so a client holding the response can rely
+        # on the log (and on emulator.files) already reflecting its request.
+        emu._log(log)
+        self._send(reply)
+
+    def _send(self, reply: _Reply) -> None:
+        try:
+            self.send_response(reply.status, _status_text(reply.status))
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except OSError:
+            self.close_connection = True
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+
+# ----------------------------------------------------------------------------------- emulator
+
+
+class Emulator:
+    """One provider's Files API on 127.0.0.1, served from a daemon thread."""
+
+    def __init__(
+        self,
+        flavor: str,
+        *,
+        api_key: str = "test-key",
+        page_size: int | None = None,
+        max_files: int | None = None,
+        max_total_bytes: int | None = None,
+        max_file_bytes: int | None = None,
+        latency: float = 0.0,
+        keep_content: bool = False,
+        ms_timestamps: bool = False,
+        xai_style: str = "token",
+        zai_envelope: str = "live",
+    ) -> None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
+        if xai_style not in ("token", "seed"):
+            raise ValueError("xai_style must be 'token' or 'seed'")
+        if zai_envelope not in ("live", "seed"):
+            raise ValueError("zai_envelope must be 'live' or 'seed'")
+        if page_size is not None and page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        self.flavor = flavor
+        self.api_key = api_key
+        self.page_size = page_size
+        self.max_files = max_files
+        self.max_total_bytes = max_total_bytes
+        self.max_file_bytes = max_file_bytes
+        self.latency = latency
+        self.keep_content = keep_content
+        self.ms_timestamps = ms_timestamps
+        self.xai_style = xai_style
+        self.zai_envelope = zai_envelope
+        self.files: dict[str, StoredFile] = {}
+        self.requests: list[LoggedRequest] = []
+        self.lock = threading.Lock()
+        self.url = ""
+        self._family = "openai" if flavor == "compatible" else flavor
+        self._prefix = "/api/paas/v4" if flavor == "zai" else "/v1"
+        self._faults: list[_Fault] = []
+        # Sort keys of every id ever stored: a cursor naming a file deleted in the meantime
+        # must still resume at its place rather than end the listing early.
+        self._cursor_keys: dict[str, tuple[int, str]] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._bind_port = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Emulator:
+        if self._server is not None:
+            return self
+        server = _Server(("127.0.0.1", self._bind_port), self)
+        port = server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}{self._prefix}"
+        # A short poll interval keeps stop() fast; the cost is a few idle wakeups a second.
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"emulator-{self.flavor}-{port}",
+            daemon=True,
+        )
+        self._server = server
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ test helpers
+
+    def add_file(
+        self,
+        filename: str,
+        size: int,
+        *,
+        purpose: str = "assistants",
+        created_at: int | None = None,
+        expires_at: int | None = None,
+    ) -> StoredFile:
+        digest = hashlib.sha256(f"{filename}:{size}".encode()).hexdigest()
+        with self.lock:
+            return self._insert(filename, size, digest, purpose, created_at, expires_at, None)
+
+    def inject(
+        self,
+        method: str,
+        path_prefix: str,
+        *,
+        status: int = 500,
+        body: dict[str, Any] | str | None = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        drop_response: bool = False,
+        after_store: bool = False,
+    ) -> None:
+        if times < 1:
+            return
+        fault = _Fault(
+            method=method.upper(),
+            path_prefix=path_prefix,
+            status=status,
+            body=body,
+            headers=dict(headers or {}),
+            remaining=times,
+            drop_response=drop_response,
+            after_store=after_store,
+        )
+        with self.lock:
+            self._faults.append(fault)
+
+    def count(self, method: str, path_prefix: str = "") -> int:
+        """Logged requests with this method ("*" = any) whose path starts with path_prefix.
+
+        The prefix may be relative to the API prefix ("/files") or absolute ("/v1/files").
+        """
+        method = method.upper()
+        with self.lock:
+            logged = list(self.requests)
+        n = 0
+        for req in logged:
+            if method not in ("*", req.method):
+                continue
+            rel = self._relative(req.path)
+            if req.path.startswith(path_prefix) or (rel is not None and rel.startswith(path_prefix)):
+                n += 1
+        return n
+
+    def error_body(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type_: str | None = None,
+    ) -> dict[str, Any]:
+        return self._envelope(status, message, code=code, type_=type_)
+
+    # ------------------------------------------------------------------ internals
+
+    def _log(self, entry: LoggedRequest) -> None:
+        with self.lock:
+            self.requests.append(entry)
+
+    def _relative(self, path: str) -> str | None:
+        prefix = self._prefix
+        if path != prefix and not path.startswith(prefix + "/"):
+            return None
+        return path[len(prefix) :].rstrip("/") or "/"
+
+    def _new_id(self) -> str:
+        while True:
+            if self._family == "moonshot":
+                fid = "".join(secrets.choice(_LOWER_ALNUM) for _ in range(20))
+            elif self._family == "openai":
+                fid = "file-" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+            elif self._family == "xai":
+                fid = f"file_{uuid.uuid4()}"
+            else:
+                fid = time.strftime("%Y%m%d_") + uuid.uuid4().hex
+            if fid not in self.files and fid not in self._cursor_keys:
+                return fid
+
+    def _insert(
+        self,
+        filename: str,
+        size: int,
+        digest: str,
+        purpose: str,
+        created_at: int | None,
+        expires_at: int | None,
+        content: bytes | None,
+    ) -> StoredFile:
+        """Store a file; the caller holds self.lock."""
+        fid = self._new_id()
+        stored = StoredFile(
+            id=fid,
+            filename=filename,
+            bytes=size,
+            sha256=digest,
+            purpose=purpose,
+            created_at=int(time.time()) if created_at is None else created_at,
+            expires_at=expires_at,
+            status="ok" if self._family == "moonshot" else "processed",
+            content=content,
+        )
+        self.files[fid] = stored
+        self._cursor_keys[fid] = (stored.created_at, fid)
+        return stored
+
+    def _take_fault(self, method: str, rel: str) -> _Fault | None:
+        with self.lock:
+            for fault in self._faults:
+                if fault.method in ("*", method) and rel.startswith(fault.path_prefix):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _respond(
+        self,
+        method: str,
+        rel: str | None,
+        path: str,
+        query: dict[str, str],
+        form: MultipartParser | None,
+        auth: str | None,
+    ) -> _Reply | None:
+        """The reply to send, or None to drop the connection without answering."""
+        if rel is None:
+            return self._err(404, f"Invalid URL ({method} {path})")
+        denied = self._check_auth(auth)
+        if denied is not None:
+            return denied
+        fault = self._take_fault(method, rel)
+        if fault is None:
+            return self._route(method, rel, path, query, form)
+        if fault.after_store:
+            # The operation really happens; only its answer is replaced or lost.
+            self._route(method, rel, path, query, form)
+        return None if fault.drop_response else self._fault_reply(fault)
+
+    def _fault_reply(self, fault: _Fault) -> _Reply:
+        headers = {k: v for k, v in fault.headers.items() if k.lower() != "content-length"}
+        ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        if fault.body is None:
+            body = self._envelope(fault.status, f"Emulated fault: {_status_text(fault.status)}")
+            return _Reply(fault.status, _json(body), ctype or "application/json", headers)
+        if isinstance(fault.body, str):
+            return _Reply(fault.status, fault.body.encode(), ctype or "text/plain; charset=utf-8", headers)
+        return _Reply(fault.status, _json(fault.body), ctype or "application/json", headers)
+
+    def _check_auth(self, auth: str | None) -> _Reply | None:
+        value = (auth or "").strip()
+        if not value:
+            return self._err(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                zai_code="1001",
+            )
+        scheme, _, key = value.partition(" ")
+        key = key.strip()
+        if scheme.lower() == "bearer" and key == self.api_key:
+            return None
+        # Real providers echo what they were given; the client must keep it out of its logs.
+        presented = key if scheme.lower() == "bearer" else value
+        return self._err(401, f"Incorrect API key provided: {presented}", zai_code="1002")
+
+    def _envelope(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type_: str | None = None,
+        param: str | None = None,
+        xai_code: str | None = None,
+        zai_code: str | None = None,
+    ) -> dict[str, Any]:
+        family = self._family
+        if family == "zai":
+            zcode = code or zai_code or _ZAI_CODES.get(status, str(status))
+            if self.zai_envelope == "seed":
+                return {"code": int(zcode) if zcode.isdigit() else status, "message": message}
+            return {"error": {"code": zcode, "message": message}, "request_id": str(uuid.uuid4())}
+        if family == "xai" and self.xai_style == "token":
+            return {"code": code or _status_text(status), "error": message}
+        err: dict[str, Any] = {"message": message, "type": type_ or self._default_type(status)}
+        if family == "moonshot":
+            if code is not None:
+                err["code"] = code
+            return {"error": err}
+        err["param"] = param
+        err["code"] = code or xai_code or self._default_code(status)
+        return {"error": err}
+
+    def _default_type(self, status: int) -> str:
+        family = self._family
+        if status == 401:
+            return {"moonshot": "invalid_authentication_error", "xai": "authentication_error"}.get(
+                family, "invalid_request_error"
+            )
+        if status == 403:
+            return "permission_denied_error"
+        if status == 404:
+            return {"moonshot": "resource_not_found_error", "xai": "not_found_error"}.get(
+                family, "invalid_request_error"
+            )
+        if status == 429:
+            return {"moonshot": "rate_limit_reached_error", "xai": "rate_limit_error"}.get(family, "requests")
+        if status >= 500:
+            return "server_error"
+        return "invalid_request_error"
+
+    def _default_code(self, status: int) -> str | None:
+        if status == 401:
+            return "invalid_api_key"
+        if status == 429:
+            return "rate_limit_exceeded"
+        return None
+
+    def _err(self, status: int, message: str, **kw: Any) -> _Reply:
+        return _Reply(status, _json(self._envelope(status, message, **kw)))
+
+    def _ok(self, payload: Any) -> _Reply:
+        return _Reply(200, _json(payload))
+
+    def _serve(self, f: StoredFile) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "id": f.id,
+            "object": "file",
+            "bytes": f.bytes,
+            "created_at": f.created_at,
+            "filename": f.filename,
+            "purpose": f.purpose,
+        }
+        if self._family == "moonshot":
+            obj["status"] = f.status
+            obj["status_details"] = ""
+        elif self._family == "zai":
+            if self.ms_timestamps:
+                obj["created_at"] = f.created_at * 1000
+        else:
+            obj["status"] = f.status
+            obj["expires_at"] = f.expires_at
+        return obj
+
+    # ------------------------------------------------------------------ routes
+
+    def _route(
+        self,
+        method: str,
+        rel: str,
+        path: str,
+        query: dict[str, str],
+        form: MultipartParser | None,
+    ) -> _Reply:
+        parts = rel.split("/")
+        if rel == "/files":
+            if method == "GET":
+                return self._list(query)
+            if method == "POST":
+                return self._upload(form)
+        elif len(parts) == 3 and parts[1] == "files" and parts[2]:
+            file_id = unquote(parts[2])
+            if method == "GET":
+                return self._retrieve(file_id)
+            if method == "DELETE":
+                return self._delete(file_id)
+        elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content" and method == "GET":
+            return self._content(unquote(parts[2]))
+        return self._err(404, f"Invalid URL ({method} {path})")
+
+    def _not_found(self, file_id: str) -> _Reply:
+        if self._family == "openai":
+            return self._err(404, f"No such File object: {file_id}", param="id")
+        if self._family == "xai":
+            return self._err(404, f"No file found with id '{file_id}'", xai_code="file_not_found")
+        return self._err(404, f"File not found: {file_id}")
+
+    def _retrieve(self, file_id: str) -> _Reply:
+        if self._family == "zai":
+            # Z.AI's SDK has no retrieve; clients must not depend on it.
+            return self._err(404, "Not Found")
+        with self.lock:
+            stored = self.files.get(file_id)
+        return self._not_found(file_id) if stored is None else self._ok(self._serve(stored))
+
+    def _delete(self, file_id: str) -> _Reply:
+        with self.lock:
+            stored = self.files.pop(file_id, None)
+            if stored is not None:
+                self._cursor_keys[file_id] = (stored.created_at, stored.id)
+        if stored is None:
+            return self._not_found(file_id)
+        if self._family == "xai":
+            return self._ok({"id": file_id, "deleted": True})
+        return self._ok({"id": file_id, "object": "file", "deleted": True})
+
+    def _content(self, file_id: str) -> _Reply:
+        with self.lock:
+            stored = self.files.get(file_id)
+        if stored is None:
+            return self._not_found(file_id)
+        if stored.content is not None:
+            return _Reply(200, stored.content, "application/octet-stream")
+        text = f"emulated content of {stored.filename}\n".encode()
+        return _Reply(200, text, "text/plain; charset=utf-8")
+
+    # ------------------------------------------------------------------ list
+
+    def _limit(self, query: dict[str, str], default: int, low: int, high: int | None) -> int | _Reply:
+        raw = query.get("limit")
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            return self._err(400, f"Invalid 'limit': expected an integer, got {raw!r}.", param="limit")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            return self._err(400, f"Invalid 'limit': must be {bound}, got {value}.", param="limit")
+        return value
+
+    def _page(
+        self,
+        *,
+        purpose: str | None,
+        desc: bool,
+        after: str | None,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page in (created_at, id) order after the cursor id, and whether more follow."""
+        with self.lock:
+            items = [f for f in self.files.values() if not purpose or f.purpose == purpose]
+            cursor_key: tuple[int, str] | None = None
+            if after:
+                cursor = self.files.get(after)
+                cursor_key = (cursor.created_at, cursor.id) if cursor else self._cursor_keys.get(after)
+        if after and cursor_key is None:
+            return [], False
+        items.sort(key=lambda f: (f.created_at, f.id))
+        if cursor_key is not None:
+            keys = [(f.created_at, f.id) for f in items]
+            if desc:
+                items = items[: bisect.bisect_left(keys, cursor_key)]
+            else:
+                items = items[bisect.bisect_right(keys, cursor_key) :]
+        if desc:
+            items.reverse()
+        return [self._serve(f) for f in items[:limit]], len(items) > limit
+
+    def _cap(self, limit: int) -> int:
+        # Like a compatible service that silently caps page size below what was asked.
+        return limit if self.page_size is None else min(limit, self.page_size)
+
+    def _list(self, query: dict[str, str]) -> _Reply:
+        family = self._family
+        if family == "moonshot":
+            # Everything at once; cursors, limits and page_size are all ignored.
+            data, _ = self._page(purpose=None, desc=False, after=None, limit=sys.maxsize)
+            return self._ok({"object": "list", "data": data})
+        if family == "openai":
+            order = query.get("order") or "desc"
+            if order not in ("asc", "desc"):
+                return self._err(400, f"Invalid 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
+            limit = self._limit(query, 10_000, 1, 10_000)
+            if isinstance(limit, _Reply):
+                return limit
+            data, more = self._page(
+                purpose=query.get("purpose") or None,
+                desc=order == "desc",
+                after=query.get("after") or None,
+                limit=self._cap(limit),
+            )
+            return self._ok(
+                {
+                    "object": "list",
+                    "data": data,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                    "has_more": more,
+                }
+            )
+        if family == "zai" or self.xai_style == "seed":
+            limit = self._limit(query, 20, 1, 100 if family == "zai" else None)
+            if isinstance(limit, _Reply):
+                return limit
+            data, more = self._page(
+                purpose=query.get("purpose") or None,
+                desc=query.get("order") == "desc",
+                after=query.get("after") or None,
+                limit=self._cap(limit),
+            )
+            return self._ok({"object": "list", "data": data, "has_more": more})
+        return self._list_xai_token(query)
+
+    def _list_xai_token(self, query: dict[str, str]) -> _Reply:
+        limit = self._limit(query, 100, 1, 100)
+        if isinstance(limit, _Reply):
+            return limit
+        after = None
+        token = query.get("pagination_token")
+        if token:
+            after = _decode_token(token)
+            if after is None:
+                return self._err(400, f"Invalid pagination_token: {token!r}")
+        effective = self._cap(limit)
+        data, _ = self._page(purpose=None, desc=query.get("order") == "desc", after=after, limit=effective)
+        # The live API hands out a token for every full page, even when nothing follows, so a
+        # client must also stop on an empty page.
+        next_token = _encode_token(data[-1]["id"]) if data and len(data) == effective else None
+        return self._ok({"data": data, "pagination_token": next_token})
+
+    # ------------------------------------------------------------------ upload
+
+    def _upload(self, form: MultipartParser | None) -> _Reply:
+        family = self._family
+        if form is not None and form.error is not None:
+            return self._err(400, f"Invalid multipart/form-data body: {form.error}")
+        part = form.file if form is not None else None
+        if part is None:
+            return self._err(400, "Missing required parameter: 'file'.", param="file")
+        fields = form.fields if form is not None else {}
+        purpose = fields.get("purpose", "")
+        if not purpose:
+            if family != "xai":
+                return self._err(400, "Missing required parameter: 'purpose'.", param="purpose")
+            purpose = "assistants"
+        allowed = _PURPOSES[family]
+        if allowed is not None and purpose not in allowed:
+            choices = ", ".join(repr(p) for p in allowed)
+            return self._err(
+                400,
+                f"Invalid value for 'purpose': {purpose!r}. Supported values are: {choices}.",
+                param="purpose",
+            )
+        expiry = self._expiry(fields)
+        if isinstance(expiry, _Reply):
+            return expiry
+        if part.size == 0:
+            message = "File size is zero" if family == "moonshot" else "File is empty."
+            return self._err(400, message, param="file")
+        if self.max_file_bytes is not None and part.size > self.max_file_bytes:
+            return self._too_large(self.max_file_bytes)
+        failure: _Reply | None = None
+        stored: StoredFile | None = None
+        with self.lock:
+            if self.max_files is not None and len(self.files) >= self.max_files:
+                failure = self._quota_error(f"exceeded the max file count {self.max_files}")
+            elif self.max_total_bytes is not None and (
+                sum(f.bytes for f in self.files.values()) + part.size > self.max_total_bytes
+            ):
+                failure = self._quota_error(f"exceeded the max total file size {self.max_total_bytes} bytes")
+            else:
+                now = int(time.time())
+                stored = self._insert(
+                    part.filename,
+                    part.size,
+                    part.sha256,
+                    purpose,
+                    now,
+                    now + expiry if expiry is not None else None,
+                    part.content,
+                )
+        if stored is None:
+            return failure or self._err(500, "upload not stored")
+        return self._ok(self._serve(stored))
+
+    def _too_large(self, limit: int) -> _Reply:
+        family = self._family
+        if family == "moonshot":
+            return self._err(400, "File size is too large")
+        if family == "zai":
+            return self._err(435, f"File size exceeds the limit of {limit} bytes")
+        if family == "xai":
+            return self._err(
+                400,
+                f"File size exceeds the maximum allowed size of {limit} bytes",
+                xai_code="file_too_large",
+            )
+        return self._err(400, f"File is too large. The maximum file size is {limit} bytes.", param="file")
+
+    def _quota_error(self, what: str) -> _Reply:
+        if self._family == "openai":
+            return self._err(400, f"You have exceeded your file storage quota ({what}). Delete some files.")
+        if self._family == "moonshot":
+            return self._err(400, f"You have {what}, please delete some files")
+        return self._err(400, f"You have {what}")
+
+    def _expiry(self, fields: dict[str, str]) -> int | _Reply | None:
+        if self._family == "openai":
+            if "expires_after" in fields:
+                return self._err(
+                    400,
+                    "Invalid type for 'expires_after': expected an object with 'anchor' and "
+                    "'seconds', but got a string instead.",
+                    param="expires_after",
+                )
+            anchor = fields.get("expires_after[anchor]")
+            seconds = fields.get("expires_after[seconds]")
+            if anchor is None and seconds is None:
+                return None
+            if anchor != "created_at":
+                return self._err(
+                    400,
+                    f"Invalid value for 'expires_after.anchor': expected 'created_at', got {anchor!r}.",
+                    param="expires_after.anchor",
+                )
+            return self._expiry_seconds(seconds, "expires_after.seconds")
+        if self._family == "xai":
+            # Only the flat field counts; the bracketed OpenAI form is silently ignored.
+            raw = fields.get("expires_after")
+            return None if raw is None else self._expiry_seconds(raw, "expires_after")
+        return None
+
+    def _expiry_seconds(self, raw: str | None, param: str) -> int | _Reply:
+        try:
+            seconds = int(raw or "")
+        except ValueError:
+            seconds = -1
+        if not _EXPIRY_MIN <= seconds <= _EXPIRY_MAX:
+            return self._err(
+                400,
+                f"Invalid '{param}': expected an integer between {_EXPIRY_MIN} and {_EXPIRY_MAX}, got {raw!r}.",
+                param=param,
+            )
+        return seconds
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _encode_token(file_id: str) -> str:
+    raw = json.dumps({"after": file_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> str | None:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        after = json.loads(raw)["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        return None
+    return after if isinstance(after, str) else None
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.emulator",
+        description="Serve one provider flavor of the Files API emulator until killed.",
+    )
+    ap.add_argument("--flavor", required=True, choices=FLAVORS)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--page-size", type=int, default=None)
+    ap.add_argument("--seed-files", type=int, default=0)
+    ap.add_argument("--api-key", default="test-key")
+    ap.add_argument("--max-files", type=int, default=None)
+    ap.add_argument("--max-total-bytes", type=int, default=None)
+    ap.add_argument("--max-file-bytes", type=int, default=None)
+    ap.add_argument("--keep-content", action="store_true")
+    ap.add_argument("--ms-timestamps", action="store_true")
+    ap.add_argument("--xai-style", choices=("token", "seed"), default="token")
+    ap.add_argument("--zai-envelope", choices=("live", "seed"), default="live")
+    args = ap.parse_args(argv)
+
+    emu = Emulator(
+        args.flavor,
+        api_key=args.api_key,
+        page_size=args.page_size,
+        max_files=args.max_files,
+        max_total_bytes=args.max_total_bytes,
+        max_file_bytes=args.max_file_bytes,
+        latency=args.latency,
+        keep_content=args.keep_content,
+        ms_timestamps=args.ms_timestamps,
+        xai_style=args.xai_style,
+        zai_envelope=args.zai_envelope,
+    )
+    emu._bind_port = args.port
+    purpose = _SEED_PURPOSE[emu._family]
+    for i in range(args.seed_files):
+        emu.add_file(f"seed-{i:06d}.txt", 1024 + i, purpose=purpose)
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    emu.start()
+    print(f"URL {emu.url}", flush=True)
+    try:
+        stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

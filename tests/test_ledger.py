@@ -1,0 +1,155 @@
+"""The ledger file itself: creation on first use, migrations, and refusing what it cannot read."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+import filekeeper.ledger
+import filekeeper.migrate
+from filekeeper.config import load_settings
+from filekeeper.ledger import open_ledger
+from filekeeper.migrate import alembic_config, head
+from filekeeper.models import SCHEMA_HEAD, Base
+from tests.conftest import write
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_one_head_and_the_constant_follows_it() -> None:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert heads == [SCHEMA_HEAD]
+    assert head() == SCHEMA_HEAD
+
+
+def test_models_match_migrations(home: Path) -> None:
+    ledger = open_ledger(load_settings())
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    ledger.close()
+    assert diff == []
+
+
+def test_first_use_creates_the_ledger_with_wal_and_foreign_keys(run, home: Path) -> None:
+    assert not home.exists()
+    result = run("ls")
+    assert result.exit_code == 0, result.stderr
+    db = home / "ledger.db"
+    assert db.is_file()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+    ledger = open_ledger(load_settings())
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    ledger.close()
+    assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
+
+
+def test_db_upgrade_and_current_on_an_empty_home(run, home: Path) -> None:
+    assert "no ledger yet" in run("db", "current").stdout
+    assert run("db", "upgrade").stdout.strip() == f"ledger upgraded from empty to {SCHEMA_HEAD}"
+    assert run("db", "upgrade").stdout.strip() == f"ledger already at {SCHEMA_HEAD} (head)"
+
+
+def test_an_older_ledger_is_copied_aside_before_it_is_upgraded(
+    run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("ls").exit_code == 0  # a ledger at the current head, 0001
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute(
+            "INSERT INTO accounts (name, provider, base_url, key_fingerprint, created_at) "
+            "VALUES ('a', 'moonshot', 'http://x', 'sha256:0', '2026-01-01 00:00:00')"
+        )
+    before = (home / "ledger.db").read_bytes()
+    # A newer filekeeper: the same migrations plus one more revision.
+    scripts = tmp_path / "migrations"
+    shutil.copytree(filekeeper.migrate.script_location(), scripts)
+    write(
+        scripts / "versions" / "0002_test.py",
+        """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table("accounts") as batch:
+        batch.add_column(sa.Column("note", sa.String(20), nullable=True))
+
+
+def downgrade():
+    pass
+""",
+    )
+    monkeypatch.setattr(filekeeper.migrate, "script_location", lambda: scripts)
+    monkeypatch.setattr(filekeeper.ledger, "SCHEMA_HEAD", "0002")
+
+    result = run("ls")
+    assert result.exit_code == 0, result.stderr
+    backups = list(home.glob("ledger.db.backup-0001-*"))
+    assert len(backups) == 1
+    with sqlite3.connect(backups[0]) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+        assert conn.execute("SELECT name FROM accounts").fetchall() == [("a",)]
+    with sqlite3.connect(home / "ledger.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        assert conn.execute("SELECT name, note FROM accounts").fetchall() == [("a", None)]
+    assert before  # the original was read before the upgrade, not replaced by the copy
+
+
+def test_a_ledger_from_a_newer_filekeeper_is_refused(run, home: Path) -> None:
+    assert run("ls").exit_code == 0
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    before = digest(home / "ledger.db")
+    result = run("ls")
+    assert result.exit_code == 1
+    assert "schema revision 9999, written by a newer filekeeper" in result.stderr
+    assert "upgrade filekeeper" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert digest(home / "ledger.db") == before
+    assert "newer filekeeper" in run("db", "current").stdout
+    assert run("db", "upgrade").exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all\n" * 100, b"SQLite format 3\x00" + b"\xff" * 4000],
+    ids=["garbage", "sqlite-header-then-garbage"],
+)
+def test_a_corrupt_ledger_fails_cleanly_and_is_left_byte_for_byte(run, home: Path, content: bytes) -> None:
+    db = write(home / "ledger.db", content)
+    for args in (["ls"], ["usage"], ["db", "current"], ["db", "upgrade"], ["upload", str(db), "-p", "moonshot"]):
+        result = run(*args)
+        assert result.exit_code in (1, 2), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith("filekeeper: error:")
+        assert db.read_bytes() == content
+    assert run("ls").exit_code == 1
+    assert "ledger" in run("ls").stderr
+
+
+def test_a_foreign_sqlite_database_is_not_taken_over(run, home: Path) -> None:
+    home.mkdir(parents=True)
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute("CREATE TABLE recipes (id INTEGER)")
+    before = digest(home / "ledger.db")
+    result = run("ls")
+    assert result.exit_code == 1
+    assert "not a filekeeper ledger" in result.stderr
+    assert digest(home / "ledger.db") == before

@@ -1,0 +1,355 @@
+"""Adapter unit tests over httpx.MockTransport: envelopes, retry rules, every list loop's stops."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from filekeeper.errors import FileNotFoundAtProvider, IncompleteListing, ProviderError, ResponseLost
+from filekeeper.providers import ADAPTERS, HTTP, RetryPolicy, parse_error
+from filekeeper.providers.base import Provider
+
+KEY = "sk-unit-0123456789abcdef"
+
+
+def adapter(
+    name: str, handler: Callable[[httpx.Request], httpx.Response], sleeps: list[float] | None = None, **retry: Any
+) -> Provider:
+    http = HTTP(
+        name,
+        "https://api.example.test/v1",
+        KEY,
+        key_hint="EXAMPLE_API_KEY",
+        retry=RetryPolicy(**{"attempts": 4, **retry}),
+        transport=httpx.MockTransport(handler),
+        sleep=(sleeps.append if sleeps is not None else lambda _s: None),
+    )
+    return ADAPTERS[name](http)
+
+
+def fobj(i: int | str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"file-{i}",
+        "object": "file",
+        "bytes": 10,
+        "created_at": 1_700_000_000,
+        "filename": f"{i}.txt",
+        "purpose": "assistants",
+        **extra,
+    }
+
+
+def response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers)
+
+
+# --- error envelopes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message", "code"),
+    [
+        (
+            400,
+            {"error": {"message": "exceeded the max file count", "type": "invalid_request_error"}},
+            "exceeded the max file count",
+            None,
+        ),
+        (
+            404,
+            {
+                "error": {
+                    "message": "No such File object: file-x",
+                    "type": "invalid_request_error",
+                    "param": "id",
+                    "code": None,
+                }
+            },
+            "No such File object: file-x",
+            None,
+        ),
+        (400, {"code": 1210, "message": "bad purpose"}, "bad purpose", "1210"),  # Z.AI seed
+        (400, {"error": {"code": "1210", "message": "bad purpose"}, "request_id": "r"}, "bad purpose", "1210"),
+        (400, {"code": "Bad Request", "error": "File type not supported"}, "File type not supported", "Bad Request"),
+        (
+            400,
+            {"error": {"message": "too big", "type": "invalid_request_error", "code": "file_too_large"}},
+            "too big",
+            "file_too_large",
+        ),
+    ],
+    ids=["moonshot", "openai-404", "zai-seed", "zai-live", "xai-live", "xai-seed"],
+)
+def test_every_error_envelope_parses(status: int, body: Any, message: str, code: str | None) -> None:
+    error = parse_error("p", response(status, body))
+    assert error.message == message
+    assert error.code == code
+    assert error.status == status
+    assert isinstance(error, FileNotFoundAtProvider) == (status == 404)
+
+
+def test_non_json_error_body_and_secret_redaction() -> None:
+    assert parse_error("p", httpx.Response(502, text="<html>Bad Gateway</html>")).message == "<html>Bad Gateway</html>"
+    assert parse_error("p", httpx.Response(503)).message == "Service Unavailable"
+    error = parse_error("p", response(401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}), secret=KEY)
+    assert KEY not in str(error) and "[redacted]" in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "retryable"),
+    [
+        ({"error": {"message": "rate limit reached", "type": "rate_limit_reached_error"}}, True),
+        ({"error": {"code": "1302", "message": "concurrency too high"}}, True),
+        ({"error": {"code": "1113", "message": "余额不足"}}, False),
+        ({"error": {"code": "1308", "message": "usage limit"}}, False),
+        ({"code": "Too Many Requests", "error": "resource has been exhausted"}, True),
+        ({"code": "Too Many Requests", "error": "resource has been exhausted: spending limit reached"}, False),
+        ({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota"}}, False),
+    ],
+)
+def test_429_is_retried_unless_money_ran_out(body: Any, retryable: bool) -> None:
+    assert parse_error("p", response(429, body)).retryable is retryable
+
+
+# --- retries --------------------------------------------------------------------------------------
+
+
+def test_retry_after_variants_are_honoured() -> None:
+    date = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    answers = [
+        response(429, {"error": {"message": "slow down"}}, {"retry-after-ms": "250"}),
+        response(429, {"error": {"message": "slow down"}}, {"retry-after": "2"}),
+        response(503, {"error": {"message": "busy"}}, {"retry-after": date}),
+        response(200, {"id": "file-1", "deleted": True}),
+    ]
+    sleeps: list[float] = []
+    provider = adapter("openai", lambda _r: answers.pop(0), sleeps)
+    assert provider.delete("file-1") is True
+    assert sleeps[:2] == [0.25, 2.0]
+    assert 25 < sleeps[2] <= 30
+
+
+def test_retries_are_bounded_and_the_last_error_is_raised() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return response(500, {"error": {"message": "internal"}})
+
+    with pytest.raises(ProviderError, match="internal") as info:
+        adapter("openai", handler).retrieve("file-1")
+    assert info.value.status == 500
+    assert len(calls) == 4
+
+
+def test_a_retry_after_beyond_the_cap_is_not_waited_for() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return response(429, {"error": {"message": "come back tomorrow"}}, {"retry-after": "86400"})
+
+    with pytest.raises(ProviderError, match="come back tomorrow"):
+        adapter("openai", handler).retrieve("file-1")
+    assert len(calls) == 1
+
+
+def test_exhausted_balance_is_not_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return response(429, {"error": {"code": "1113", "message": "insufficient balance"}})
+
+    with pytest.raises(ProviderError, match="insufficient balance"):
+        adapter("zai", handler).delete("f")
+    assert len(calls) == 1
+
+
+def test_connect_errors_are_retried_then_reported() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ConnectError("connection refused")
+
+    with pytest.raises(ProviderError, match=r"cannot reach api\.example\.test"):
+        adapter("moonshot", handler).retrieve("f")
+    assert len(calls) == 4
+
+
+def test_auth_errors_name_the_variable_and_never_the_key() -> None:
+    body = {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_request_error"}}
+    with pytest.raises(ProviderError) as info:
+        adapter("openai", lambda _r: response(401, body)).retrieve("f")
+    assert "check EXAMPLE_API_KEY" in str(info.value)
+    assert KEY not in str(info.value)
+
+
+def test_an_upload_is_never_resent_after_a_lost_response_or_5xx(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    for failure in (httpx.ReadTimeout("timed out"), response(502, {"error": {"message": "bad gateway"}})):
+        calls: list[httpx.Request] = []
+
+        def handler(
+            request: httpx.Request, failure: Any = failure, calls: list[httpx.Request] = calls
+        ) -> httpx.Response:
+            calls.append(request)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
+
+        with pytest.raises(ResponseLost):
+            adapter("openai", handler).upload(path, purpose="assistants")
+        assert len(calls) == 1
+
+
+def test_upload_streams_hashes_and_sends_expiry_fields(tmp_path: Path) -> None:
+    path = tmp_path / "notes.md"
+    path.write_bytes(b"x" * 200_000)
+    seen: dict[str, Any] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["length"] = request.headers["content-length"]
+        body = request.read()
+        seen["body"] = body
+        return response(200, fobj("up", bytes=200_000, filename="notes.md"))
+
+    up = adapter("openai", handler).upload(path, purpose="assistants", expires_after=7200)
+    assert up.size == 200_000 and up.remote.id == "file-up"
+    assert up.sha256 == hashlib.sha256(b"x" * 200_000).hexdigest()
+    assert int(seen["length"]) == len(seen["body"])  # streamed with a known length, not chunked
+    assert b'name="expires_after[anchor]"\r\n\r\ncreated_at' in seen["body"]
+    assert b'name="expires_after[seconds]"\r\n\r\n7200' in seen["body"]
+    xai_body: dict[str, bytes] = {}
+
+    def xai_handler(request: httpx.Request) -> httpx.Response:
+        xai_body["b"] = request.read()
+        return response(200, fobj("x"))
+
+    adapter("xai", xai_handler).upload(path, purpose="assistants", expires_after=7200)
+    body = xai_body["b"]
+    assert body.index(b'name="expires_after"') < body.index(b'name="file"')
+
+
+# --- listing --------------------------------------------------------------------------------------
+
+
+def test_moonshot_takes_one_page_and_never_follows_a_cursor() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return response(200, {"object": "list", "data": [fobj(i) for i in range(3)]})
+
+    assert [f.id for f in adapter("moonshot", handler).list_files()] == ["file-0", "file-1", "file-2"]
+    assert len(calls) == 1 and "after" not in str(calls[0].url)
+
+
+def test_has_more_pages_follow_after_and_a_short_page_does_not_hide_the_rest() -> None:
+    pages = {None: ([0, 1], True), "file-1": ([2], True), "file-2": ([3, 4], False)}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids, more = pages[request.url.params.get("after")]
+        return response(200, {"object": "list", "data": [fobj(i) for i in ids], "has_more": more})
+
+    assert [f.id for f in adapter("zai", handler).list_files()] == [f"file-{i}" for i in range(5)]
+
+
+def test_a_missing_has_more_ends_the_listing() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return response(200, {"object": "list", "data": [fobj(1)]})
+
+    assert len(list(adapter("openai", handler).list_files())) == 1
+    assert len(calls) == 1
+
+
+def test_a_repeating_cursor_is_an_incomplete_listing() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return response(200, {"object": "list", "data": [fobj(1)], "has_more": True})
+
+    with pytest.raises(IncompleteListing, match="repeated the cursor"):
+        list(adapter("openai", handler).list_files())
+
+
+def test_an_empty_page_that_claims_more_is_an_incomplete_listing() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("after"):
+            return response(200, {"object": "list", "data": [], "has_more": True})
+        return response(200, {"object": "list", "data": [fobj(1)], "has_more": True})
+
+    with pytest.raises(IncompleteListing, match="empty page"):
+        list(adapter("openai", handler).list_files())
+
+
+def test_a_failed_page_is_an_incomplete_listing() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("after"):
+            return response(500, {"error": {"message": "boom"}})
+        return response(200, {"object": "list", "data": [fobj(1)], "has_more": True})
+
+    with pytest.raises(IncompleteListing, match="after 1 page"):
+        list(adapter("openai", handler).list_files())
+
+
+def test_xai_pagination_token_style_ends_on_a_short_page() -> None:
+    seen: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        seen.append(params)
+        if "pagination_token" not in params:
+            return response(200, {"data": [fobj(i) for i in range(100)], "pagination_token": "t1"})
+        return response(200, {"data": [fobj(100)], "pagination_token": "t2"})
+
+    assert len(list(adapter("xai", handler).list_files())) == 101
+    assert seen[1]["pagination_token"] == "t1" and "after" not in seen[1]
+    assert len(seen) == 2
+
+
+def test_xai_seed_style_pages_with_after() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("after") == "file-0":
+            return response(200, {"object": "list", "data": [fobj(1)], "has_more": False})
+        return response(200, {"object": "list", "data": [fobj(0)], "has_more": True})
+
+    assert [f.id for f in adapter("xai", handler).list_files()] == ["file-0", "file-1"]
+
+
+def test_zai_millisecond_timestamps_are_detected() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return response(200, {"object": "list", "data": [fobj(1, created_at=1_700_000_000_123)], "has_more": False})
+
+    [f] = adapter("zai", handler).list_files()
+    assert f.created_at == datetime.fromtimestamp(1_700_000_000.123, UTC)
+
+
+def test_delete_treats_404_as_already_gone_and_quotes_ids() -> None:
+    paths = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.raw_path)
+        return response(404, {"error": {"message": "No such File object"}})
+
+    assert adapter("openai", handler).delete("../admin?x=1") is False
+    assert paths == [b"/v1/files/..%2Fadmin%3Fx%3D1"]
+
+
+def test_a_listing_of_the_wrong_shape_is_incomplete() -> None:
+    with pytest.raises(IncompleteListing, match="unexpected listing shape"):
+        list(adapter("openai", lambda _r: response(200, {"files": []})).list_files())
+    body = json.dumps({"data": "nope"})
+    with pytest.raises(IncompleteListing):
+        list(adapter("openai", lambda _r: httpx.Response(200, content=body)).list_files())
