@@ -177,7 +177,7 @@ def upload(
             bar.close()
     failed = [r for r in results if not r.ok]
     for r in failed:
-        click.echo(f"filekeeper: error: {redact(str(r.error), state.secrets)}", err=True)
+        click.echo(f"filekeeper: error: {r.path}: {redact(str(r.error), state.secrets)}", err=True)
     records = [r.record for r in results if r.record is not None]
     if as_json:
         emit_json([rec.to_json() for rec in records])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Account, Settings, load_settings
 from .errors import FilekeeperError, ProviderError, ResponseLost, UsageError
 from .ledger import FileRecord, Ledger, open_ledger
-from .models import FILE_STATUSES
+from .models import FILE_STATUSES, utcnow
 from .profiles import PROFILES, Limits
 
 if TYPE_CHECKING:
@@ -195,8 +195,6 @@ class Keeper:
         size = path.stat().st_size
         retention = acct.limits.retention_days
         ledger = self.ledger
-        from .models import utcnow
-
         expires_at = utcnow() + timedelta(days=retention) if retention else None
         reservation = ledger.reserve(
             account_id,
@@ -214,7 +212,7 @@ class Keeper:
                     landed = self._find_landed(remote, account_id, reservation, size)
                 except ProviderError as lookup_error:
                     raise ProviderError(
-                        f"{path.name}: {e.message}, and the provider could not be asked whether it landed "
+                        f"{e.message}, and the provider could not be asked whether it landed "
                         f"({lookup_error.message}); the reservation stays pending until reconcile settles it",
                         provider=acct.provider,
                     ) from None
@@ -230,14 +228,12 @@ class Keeper:
                 if attempt == LOST_RESPONSE_ATTEMPTS:
                     ledger.fail(reservation.ledger_id, e.message, status=e.status, attempts=attempt)
                     raise ProviderError(
-                        f"{path.name}: {e.message}; gave up after {attempt} attempts", provider=acct.provider
+                        f"{e.message}; gave up after {attempt} attempts", provider=acct.provider
                     ) from None
                 continue
             except ProviderError as e:
                 ledger.fail(reservation.ledger_id, e.message, status=e.status, code=e.code)
-                raise ProviderError(
-                    f"{path.name}: {e.message}", provider=e.provider, status=e.status, code=e.code
-                ) from None
+                raise
             except OSError as e:
                 ledger.fail(reservation.ledger_id, f"reading {path}: {e.strerror}")
                 raise UsageError(f"cannot read {path}: {e.strerror}") from None

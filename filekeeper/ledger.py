@@ -407,10 +407,3 @@ class Ledger:
         with self.session() as s:
             found = {a: (int(n), int(b)) for a, n, b in s.execute(query)}
         return {a: found.get(a, (0, 0)) for a in ids}
-
-    def events(self, *, account_id: int | None = None) -> list[EventRow]:
-        query = select(EventRow).order_by(EventRow.id)
-        if account_id is not None:
-            query = query.where(EventRow.account_id == account_id)
-        with self.session() as s:
-            return list(s.scalars(query))

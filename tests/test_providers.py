@@ -277,8 +277,10 @@ def test_a_missing_has_more_ends_the_listing() -> None:
 
 
 def test_a_repeating_cursor_is_an_incomplete_listing() -> None:
+    counter = iter(range(1000))
+
     def handler(request: httpx.Request) -> httpx.Response:
-        return response(200, {"object": "list", "data": [fobj(1)], "has_more": True})
+        return response(200, {"object": "list", "data": [fobj(next(counter))], "has_more": True, "last_id": "x"})
 
     with pytest.raises(IncompleteListing, match="repeated the cursor"):
         list(adapter("openai", handler).list_files())
@@ -304,19 +306,30 @@ def test_a_failed_page_is_an_incomplete_listing() -> None:
         list(adapter("openai", handler).list_files())
 
 
-def test_xai_pagination_token_style_ends_on_a_short_page() -> None:
+def test_xai_pagination_token_style_follows_tokens_and_ends_without_one() -> None:
     seen: list[dict[str, str]] = []
+    pages = {None: ([*range(100)], "t1"), "t1": ([100, 101], "t2"), "t2": ([102], None)}
 
     def handler(request: httpx.Request) -> httpx.Response:
         params = dict(request.url.params)
         seen.append(params)
-        if "pagination_token" not in params:
-            return response(200, {"data": [fobj(i) for i in range(100)], "pagination_token": "t1"})
-        return response(200, {"data": [fobj(100)], "pagination_token": "t2"})
+        ids, token = pages[params.get("pagination_token")]
+        return response(200, {"data": [fobj(i) for i in ids], "pagination_token": token})
 
-    assert len(list(adapter("xai", handler).list_files())) == 101
+    # The short page with a token (a server capping its page size) does not end the listing.
+    assert len(list(adapter("xai", handler).list_files())) == 103
     assert seen[1]["pagination_token"] == "t1" and "after" not in seen[1]
-    assert len(seen) == 2
+    assert len(seen) == 3
+
+
+def test_fresh_cursors_over_the_same_page_are_an_incomplete_listing() -> None:
+    tokens = iter(range(1000))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return response(200, {"data": [fobj(1), fobj(2)], "pagination_token": f"t{next(tokens)}"})
+
+    with pytest.raises(IncompleteListing, match="same page twice"):
+        list(adapter("xai", handler).list_files())
 
 
 def test_xai_seed_style_pages_with_after() -> None:

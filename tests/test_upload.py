@@ -366,3 +366,25 @@ def test_library_api(home: Path, provider_env, tmp_path: Path) -> None:
         emu.inject("POST", "/files", status=400, body=emu.error_body(400, "nope"))
         with pytest.raises(ProviderError, match="nope"):
             keeper.upload_files([doc], provider="xai")
+
+
+@pytest.mark.parametrize("flavor", PROVIDERS)
+def test_retrieve_and_list_over_the_socket(flavor: str, provider_env, tmp_path: Path) -> None:
+    """Every adapter against its emulator: retrieve (Z.AI via its listing) and a multi-page list."""
+    from filekeeper import load_settings
+    from filekeeper.errors import FileNotFoundAtProvider
+    from filekeeper.providers import connect
+
+    emu = provider_env(flavor, page_size=7)
+    seeded = [emu.add_file(f"seed{i}.txt", 100 + i, purpose=DEFAULT_PURPOSE[flavor]) for i in range(30)]
+    remote = connect(load_settings().resolve(provider=flavor))
+    try:
+        assert sorted(f.id for f in remote.list_files()) == sorted(f.id for f in seeded)
+        got = remote.retrieve(seeded[17].id)
+        assert (got.id, got.filename, got.bytes) == (seeded[17].id, "seed17.txt", 117)
+        with pytest.raises(FileNotFoundAtProvider):
+            remote.retrieve("no-such-file")
+    finally:
+        remote.close()
+    pages = emu.count("GET", "/files")
+    assert pages >= (2 if flavor == "moonshot" else 5)  # moonshot: one page per listing, twice for zai's lookup

@@ -168,11 +168,13 @@ class Provider:
     def list_files(self, *, on_page: Callable[[int, int], None] | None = None) -> Iterator[RemoteFile]:
         """Everything the account holds, page by page, or IncompleteListing.
 
-        Stops on an empty page, a page that names no next cursor, or raises on a cursor seen
-        before: a listing that cannot be read to its end must never pass for complete.
+        Stops on an empty page or a page that names no next cursor (no ``has_more``, no token);
+        raises on a cursor seen before or a page repeated: a listing that cannot be read to its
+        end must never pass for complete.
         """
         seen: set[str] = set()
         cursor: str | None = None
+        previous_ids: set[str] = set()
         pages = count = 0
         while True:
             try:
@@ -185,6 +187,11 @@ class Provider:
                     code=e.code,
                 ) from None
             page = self.parse_page(body)
+            ids = {f.id for f in page.files}
+            if ids and ids <= previous_ids:
+                # A server that ignores the cursor but hands out fresh ones would loop for ever.
+                raise IncompleteListing("the provider sent the same page twice; listing stopped", provider=self.name)
+            previous_ids = ids
             pages += 1
             count += len(page.files)
             if on_page:

@@ -25,8 +25,10 @@ class XAI(Provider):
         if isinstance(body, dict) and "pagination_token" in body:
             files = self._data(body)
             token = body.get("pagination_token")
-            # The end is a page shorter than the limit, or no token.
-            if not token or len(files) < self.page_limit:
+            # The docs end a listing with a page shorter than the limit, but a server that caps
+            # pages lower still sends a token then: a token is followed (the base loop stops on an
+            # empty page), so a short page can never hide files.
+            if not token:
                 return Page(files, None)
             return Page(files, f"token:{token}")
         page = super().parse_page(body)
