@@ -18,8 +18,9 @@ import click
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import EXIT_FAILURE, FilekeeperError
-from .keeper import Keeper
+from .errors import EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded
+from .keeper import CheckResult, Keeper
+from .quota import Held
 from .units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -141,10 +142,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+purpose_option = click.option("--purpose", metavar="PURPOSE", help="Upload purpose (default: the provider's usual).")
+ttl_option = click.option(
+    "--ttl", metavar="DURATION", help="Expire after this long, e.g. 30d, 12h (default: the retention policy)."
+)
+force_option = click.option("--force", is_flag=True, help="Upload even if an identical file is already active.")
+
+
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=str))
+@paths_argument
 @account_options
-@click.option("--purpose", metavar="PURPOSE", help="Upload purpose (default: the provider's usual one).")
+@purpose_option
+@ttl_option
+@click.option(
+    "--evict",
+    type=click.Choice(["expired", "oldest"]),
+    help="When the account is full, delete expired (or the oldest) files to make room.",
+)
+@force_option
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 32), help="Files uploaded at once.")
 @json_option
 @click.pass_obj
@@ -154,39 +170,128 @@ def upload(
     provider: str | None,
     account: str | None,
     purpose: str | None,
+    ttl: str | None,
+    evict: str | None,
+    force: bool,
     concurrency: int,
     as_json: bool,
 ) -> None:
-    """Upload files, recording each in the ledger before and after it is sent."""
+    """Upload files: each is checked against the quota and recorded in the ledger before it is sent."""
     keeper = state.keeper()
-    acct = keeper.account(provider, account)
     from .keeper import check_upload_path
 
-    sizes = sum(check_upload_path(p).stat().st_size for p in paths)
     bar = None
     if not as_json and sys.stderr.isatty():
         from .progress import ByteProgress
 
-        bar = ByteProgress(sizes, sys.stderr)
+        bar = ByteProgress(sum(check_upload_path(p).stat().st_size for p in paths), sys.stderr)
     try:
         results = keeper.upload(
-            paths, account=acct.name, purpose=purpose, concurrency=concurrency, on_progress=bar.update if bar else None
+            paths,
+            provider=provider,
+            account=account,
+            purpose=purpose,
+            ttl=ttl,
+            evict=evict,
+            force=force,
+            concurrency=concurrency,  # type: ignore[arg-type]
+            on_progress=bar.update if bar else None,
         )
     finally:
         if bar:
             bar.close()
+    for r in results:
+        for h in r.evicted:
+            click.echo(
+                f"evicted {h.file_id} ({h.filename}, {format_size(h.bytes)}) to make room for {r.path}", err=True
+            )
     failed = [r for r in results if not r.ok]
     for r in failed:
         click.echo(f"filekeeper: error: {r.path}: {redact(str(r.error), state.secrets)}", err=True)
+    if any(isinstance(r.error, QuotaExceeded) for r in failed):
+        click.echo("  (see `filekeeper check` for what to free, or retry with --evict expired|oldest)", err=True)
     records = [r.record for r in results if r.record is not None]
     if as_json:
         emit_json([rec.to_json() for rec in records])
     else:
         for rec in records:
-            click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider})")
+            note = "  (already uploaded: reused)" if rec.reused else ""
+            click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}")
     if failed:
         # Several failures may have several causes; the most severe exit code wins.
         raise click.exceptions.Exit(max(r.error.exit_code for r in failed if r.error))
+
+
+@cli.command()
+@paths_argument
+@account_options
+@purpose_option
+@ttl_option
+@force_option
+@json_option
+@click.pass_obj
+def check(
+    state: State,
+    paths: tuple[str, ...],
+    provider: str | None,
+    account: str | None,
+    purpose: str | None,
+    ttl: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Would these files fit, together? Exit 0 if so, 3 if not. Nothing leaves the machine."""
+    result = state.keeper().check(paths, provider=provider, account=account, purpose=purpose, ttl=ttl, force=force)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(render_check(result))
+    if not result.ok:
+        raise click.exceptions.Exit(EXIT_QUOTA)
+
+
+def render_check(r: CheckResult) -> str:
+    a, limits = r.account, r.account.limits
+    n, size = len(r.requests), sum(q.bytes for q in r.requests)
+    after_files, after_bytes = r.usage.files + n, r.usage.bytes + size
+    lines = []
+    if r.reused:
+        lines.append(
+            f"{len(r.reused)} file(s) already uploaded, would be reused: "
+            + ", ".join(f"{x.filename} ({x.id})" for x in r.reused)
+        )
+    files_of = f"/{limits.max_files}" if limits.max_files is not None else ""
+    bytes_of = f"/{format_size(limits.max_total_bytes)}" if limits.max_total_bytes is not None else ""
+    if r.ok:
+        lines.append(
+            f"ok: {n} file(s), {format_size(size)}, fit in {a.name} ({a.provider}); "
+            f"after upload {after_files}{files_of} files, {format_size(after_bytes)}{bytes_of}"
+        )
+        return "\n".join(lines)
+    lines.append(f"refused: {n} file(s), {format_size(size)}, do not fit in {a.name} ({a.provider}):")
+    lines += [f"  {v.limit}: {v.message}" for v in r.violations]
+    if r.free_files or r.free_bytes:
+        need = [f"{r.free_files} file(s)" if r.free_files else "", format_size(r.free_bytes) if r.free_bytes else ""]
+        lines.append(f"to make room, free at least {' and '.join(x for x in need if x)}:")
+
+        def show(h: Held) -> str:
+            expires = f", expired {h.expires_at:%Y-%m-%d}" if h.expires_at else ""
+            return f"{h.file_id} ({h.filename}, {format_size(h.bytes)}, uploaded {h.created_at:%Y-%m-%d}{expires})"
+
+        if r.expired:
+            lines.append("  expired files that could go:")
+            lines += [f"    {show(h)}" for h in r.expired[:10]]
+            if len(r.expired) > 10:
+                lines.append(f"    … and {len(r.expired) - 10} more")
+        if r.oldest:
+            lines.append("  or the oldest files:")
+            lines += [f"    {show(h)}" for h in r.oldest[:10]]
+            if len(r.oldest) > 10:
+                lines.append(f"    … and {len(r.oldest) - 10} more")
+        lines.append(
+            f"  delete them with `filekeeper delete ID... --account {a.name}`, or upload with --evict expired|oldest"
+        )
+    return "\n".join(lines)
 
 
 @cli.command("ls")

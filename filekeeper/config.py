@@ -17,10 +17,11 @@ from typing import Any
 
 from .errors import ConfigError, MissingKeyError, UsageError
 from .profiles import PROFILES, PROVIDERS, Limits, Profile
+from .quota import Rules
 from .units import parse_size
 
 LIMIT_KEYS = ("max_files", "max_total_bytes", "max_file_bytes", "retention_days")
-_PROVIDER_KEYS = {"base_url", "api_key_env", *LIMIT_KEYS}
+_PROVIDER_KEYS = {"base_url", "api_key_env", "purposes", "formats", *LIMIT_KEYS}
 _ACCOUNT_KEYS = {"provider", *_PROVIDER_KEYS}
 _HTTP_KEYS = {"attempts", "total_seconds", "backoff_seconds", "timeout_seconds"}
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,6 +44,7 @@ class Account:
     api_key_env: str
     limits: Limits
     default_purpose: str
+    rules: Rules = field(default_factory=Rules)
 
     def api_key(self) -> str:
         key = os.environ.get(self.api_key_env, "").strip()
@@ -141,9 +143,11 @@ def _build_account(
     if not key_env:
         raise ConfigError(f"{path}: {where} api_key_env: required for provider {provider!r}")
     limits = profile.limits
+    rules = Rules(profile.purposes, profile.formats)
     for section in (provider_section, own):
         overrides = {k: section[k] for k in LIMIT_KEYS if k in section}
         limits = replace(limits, **overrides)
+        rules = replace(rules, **{k: section[k] for k in ("purposes", "formats") if k in section})
     return Account(
         name=name,
         provider=provider,
@@ -151,6 +155,7 @@ def _build_account(
         api_key_env=key_env,
         limits=limits,
         default_purpose=profile.default_purpose,
+        rules=rules,
     )
 
 
@@ -261,6 +266,12 @@ def _parse_value(key: str, value: Any) -> Any:
         if key == "api_key_env" and not _ENV_NAME.match(value):
             raise ValueError(f"expected the NAME of an environment variable, got {value!r}")
         return value.strip()
+    if key in ("purposes", "formats"):
+        if value == "any":
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ValueError(f'expected a list of strings or "any", got {value!r}')
+        return frozenset(v.strip().lower().lstrip(".") if key == "formats" else v.strip() for v in value)
     if key == "retention_days":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"expected a whole number of days (0 = keep for ever), got {value!r}")

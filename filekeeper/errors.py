@@ -6,6 +6,8 @@ guess: 1 operational failure, 2 bad input or usage, 3 refused by quota policy.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -42,9 +44,16 @@ class LedgerError(FilekeeperError):
 
 
 class QuotaExceeded(FilekeeperError):
-    """An upload was refused by quota policy before anything was sent."""
+    """An upload was refused by quota policy before anything was sent.
+
+    ``violations`` holds :class:`filekeeper.quota.Violation` objects, one per broken limit.
+    """
 
     exit_code = EXIT_QUOTA
+
+    def __init__(self, message: str, violations: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.violations = violations or []
 
 
 class ProviderError(FilekeeperError):

@@ -14,16 +14,19 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Account, Settings, load_settings
-from .errors import FilekeeperError, ProviderError, ResponseLost, UsageError
-from .ledger import FileRecord, Ledger, open_ledger
-from .models import FILE_STATUSES, utcnow
+from .errors import FilekeeperError, ProviderError, QuotaExceeded, ResponseLost, UsageError
+from .ledger import FileRecord, Ledger, iso, open_ledger
 from .profiles import PROFILES, Limits
+from .quota import EvictMode, Held, Request, Usage, Violation, choose_evictions, evaluate, eviction_order, expiry
+from .reservation import find_duplicate, held_files, may_be_duplicate, reserve, restore_evicted, usage
+from .schema import FILE_STATUSES, utcnow
+from .units import parse_duration
 
 if TYPE_CHECKING:
     from .providers import Provider, RemoteFile
@@ -41,10 +44,59 @@ class UploadResult:
     path: Path
     record: FileRecord | None = None
     error: FilekeeperError | None = None
+    #: files deleted at the provider to make room for this one (``evict=``)
+    evicted: list[Held] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Whether files would fit, together, and if not what could make room."""
+
+    account: Account
+    usage: Usage
+    requests: list[Request]
+    violations: list[Violation]
+    reused: list[FileRecord]
+    #: what would have to go: how much, and which expired or oldest files would do it
+    free_files: int = 0
+    free_bytes: int = 0
+    expired: list[Held] = field(default_factory=list)
+    oldest: list[Held] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> dict[str, Any]:
+        def held(h: Held) -> dict[str, Any]:
+            return {
+                "id": h.file_id,
+                "filename": h.filename,
+                "bytes": h.bytes,
+                "created_at": iso(h.created_at),
+                "expires_at": iso(h.expires_at),
+            }
+
+        return {
+            "ok": self.ok,
+            "account": self.account.name,
+            "provider": self.account.provider,
+            "usage": {"files": self.usage.files, "bytes": self.usage.bytes},
+            "requested": {"files": len(self.requests), "bytes": sum(r.bytes for r in self.requests)},
+            "limits": self.account.limits.as_dict(),
+            "violations": [v.to_json() for v in self.violations],
+            "reused": [r.to_json() for r in self.reused],
+            "advice": {
+                "free_files": self.free_files,
+                "free_bytes": self.free_bytes,
+                "expired": [held(h) for h in self.expired],
+                "oldest": [held(h) for h in self.oldest],
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -140,15 +192,24 @@ class Keeper:
         provider: str | None = None,
         account: str | None = None,
         purpose: str | None = None,
+        ttl: str | int | None = None,
+        evict: EvictMode | None = None,
+        force: bool = False,
         concurrency: int = 4,
         on_progress: ProgressCallback | None = None,
     ) -> list[UploadResult]:
-        """Upload files, each reserved and recorded on its own; one result per path, in order.
+        """Upload files, each checked against the quota, reserved and recorded on its own.
 
-        Bad input (a missing path, a directory, an empty file) is refused before anything is
-        reserved or sent. Failures of single uploads are returned, not raised.
+        Bad input (a missing path, a directory, an empty file, a bad TTL) is refused before
+        anything is reserved or sent. A file refused by quota gets a :class:`QuotaExceeded`
+        result; other single failures are returned too, not raised. An identical file (same
+        sha256 and purpose) already active is returned as ``reused`` unless ``force``.
+        ``evict`` ("expired" or "oldest") deletes files to make room instead of refusing.
         """
         acct = self.account(provider, account)
+        ttl_seconds = parse_ttl(ttl)
+        if evict not in (None, "expired", "oldest"):
+            raise UsageError(f"evict must be 'expired' or 'oldest', not {evict!r}")
         files = [check_upload_path(p) for p in paths]
         if not files:
             raise UsageError("no files to upload")
@@ -165,7 +226,9 @@ class Keeper:
 
             def one(path: Path) -> UploadResult:
                 try:
-                    return UploadResult(path, self._upload_one(acct, account_id, remote, path, purpose, progress))
+                    return self._upload_one(
+                        acct, account_id, remote, path, purpose, ttl_seconds, evict, force, progress
+                    )
                 except FilekeeperError as e:
                     return UploadResult(path, error=e)
 
@@ -190,23 +253,67 @@ class Keeper:
         remote: Provider,
         path: Path,
         purpose: str,
+        ttl_seconds: int | None,
+        evict: EvictMode | None,
+        force: bool,
         progress: ProgressCallback,
-    ) -> FileRecord:
-        size = path.stat().st_size
-        retention = acct.limits.retention_days
+    ) -> UploadResult:
         ledger = self.ledger
-        expires_at = utcnow() + timedelta(days=retention) if retention else None
-        reservation = ledger.reserve(
+        request = Request(path.name, path.stat().st_size, purpose)
+        # Hashing first costs a second read of the file: only worth it when a duplicate may exist.
+        sha = None if force or not may_be_duplicate(ledger, account_id, request) else sha256_file(path)
+        reservation = reserve(
+            ledger,
+            acct,
             account_id,
-            filename=path.name,
-            size=size,
-            purpose=purpose,
-            expires_at=expires_at,
+            request,
+            sha256=sha,
+            ttl_seconds=ttl_seconds,
+            expires_at=expiry(utcnow(), ttl_seconds, acct.limits.retention_days),
+            evict=evict,
+            force=force,
             source=str(path.resolve()),
         )
+        if reservation.violations:
+            raise QuotaExceeded(
+                "refused by quota: " + "; ".join(v.message for v in reservation.violations),
+                reservation.violations,
+            )
+        assert reservation.record is not None
+        if reservation.reused:
+            return UploadResult(path, reservation.record)
+        pending = reservation.record
+        for victim in reservation.evicted:
+            try:
+                remote.delete(victim.file_id)
+            except ProviderError as e:
+                for v in reservation.evicted:
+                    restore_evicted(ledger, account_id, v, e.message)
+                ledger.fail(pending.ledger_id, f"could not evict {victim.file_id} to make room: {e.message}")
+                raise ProviderError(
+                    f"could not evict {victim.file_id} to make room: {e.message}", provider=e.provider, status=e.status
+                ) from None
+        record = self._send(acct, account_id, remote, path, pending, ttl_seconds, progress)
+        return UploadResult(path, record, evicted=reservation.evicted)
+
+    def _send(
+        self,
+        acct: Account,
+        account_id: int,
+        remote: Provider,
+        path: Path,
+        reservation: FileRecord,
+        ttl_seconds: int | None,
+        progress: ProgressCallback,
+    ) -> FileRecord:
+        """Upload a reserved file; settle its row as active, or failed, or leave it pending when unknowable."""
+        ledger = self.ledger
+        size = reservation.bytes
+        retention = acct.limits.retention_days
+        expires_after = ttl_seconds if ttl_seconds is not None else (retention * 86400 if retention else None)
         for attempt in range(1, LOST_RESPONSE_ATTEMPTS + 1):
             try:
-                up = remote.upload(path, purpose=purpose, on_progress=progress)
+                up = remote.upload(path, purpose=reservation.purpose, expires_after=expires_after, on_progress=progress)
             except ResponseLost as e:
                 try:
                     landed = self._find_landed(remote, account_id, reservation, size)
@@ -246,6 +353,71 @@ class Keeper:
                 attempt=attempt,
             )
         raise AssertionError("unreachable")
+
+    # --- check ----------------------------------------------------------------------------
+
+    def check(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        provider: str | None = None,
+        account: str | None = None,
+        purpose: str | None = None,
+        ttl: str | int | None = None,
+        force: bool = False,
+    ) -> CheckResult:
+        """Would these files fit, together? Reads the ledger only; nothing leaves the machine."""
+        acct = self.account(provider, account)
+        ttl_seconds = parse_ttl(ttl)
+        paths_ = [check_upload_path(p) for p in paths]
+        if not paths_:
+            raise UsageError("no files to check")
+        purpose = purpose or acct.default_purpose
+        requests = [Request(p.name, p.stat().st_size, purpose) for p in paths_]
+        known = self.ledger.accounts().get(acct.name)
+        now = utcnow()
+        reused: list[FileRecord] = []
+        new = list(requests)
+        held_now = Usage(0, 0)
+        expired_held: list[Held] = []
+        all_held: list[Held] = []
+        if known is not None:
+            account_id = known[0]
+            if not force:
+                new = []
+                for path, request in zip(paths_, requests, strict=True):
+                    duplicate = None
+                    if may_be_duplicate(self.ledger, account_id, request):
+                        with self.ledger.transaction() as conn:
+                            duplicate = find_duplicate(conn, account_id, sha256_file(path), request.purpose)
+                    if duplicate is None:
+                        new.append(request)
+                    else:
+                        reused.append(duplicate)
+            with self.ledger.transaction() as conn:
+                held_now = usage(conn, account_id)
+                violations = evaluate(acct.limits, acct.rules, held_now, new, ttl_seconds)
+                if any(v.limit in ("max_files", "max_total_bytes") for v in violations):
+                    all_held = held_files(conn, account_id)
+                    expired_held = [h for h in all_held if h.expired(now)]
+        else:
+            violations = evaluate(acct.limits, acct.rules, held_now, new, ttl_seconds)
+        result = CheckResult(acct, held_now, new, violations, reused)
+        if not any(v.limit in ("max_files", "max_total_bytes") for v in violations):
+            return result
+        limits = acct.limits
+        free_files = max(0, held_now.files + len(new) - limits.max_files) if limits.max_files is not None else 0
+        need = held_now.bytes + sum(r.bytes for r in new)
+        free_bytes = max(0, need - limits.max_total_bytes) if limits.max_total_bytes is not None else 0
+        by_expiry = choose_evictions(limits, held_now, new, expired_held, "expired", now)
+        by_age = choose_evictions(limits, held_now, new, all_held, "oldest", now)
+        return replace(
+            result,
+            free_files=free_files,
+            free_bytes=free_bytes,
+            expired=by_expiry if by_expiry is not None else eviction_order(expired_held, "expired", now),
+            oldest=by_age or [],
+        )
 
     def _find_landed(self, remote: Provider, account_id: int, reservation: FileRecord, size: int) -> RemoteFile | None:
         """The file an upload with a lost response stored, if it did: same name and size,
@@ -331,6 +503,22 @@ class Keeper:
             return results
         finally:
             remote.close()
+
+
+def parse_ttl(ttl: str | int | None) -> int | None:
+    """Seconds from a TTL given as seconds or as "30d", "12h", "15m", "3600s"."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, int) and not isinstance(ttl, bool):
+        seconds = ttl
+    else:
+        try:
+            seconds = parse_duration(str(ttl))
+        except ValueError as e:
+            raise UsageError(f"--ttl: {e}") from None
+    if seconds <= 0:
+        raise UsageError("--ttl must be longer than zero")
+    return seconds
 
 
 def check_upload_path(path: str | os.PathLike[str]) -> Path:

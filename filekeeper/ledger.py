@@ -18,18 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, Row, Select, create_engine, func, insert, inspect, select, text, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .config import Account, Settings
 from .errors import LedgerError, UsageError
-from .models import SCHEMA_HEAD, AccountRow, EventRow, FileRow, utcnow
+from .schema import HELD, SCHEMA_HEAD, accounts, events, files, utcnow
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _WRITE = "filekeeper_write"
-#: statuses that hold quota at the provider (or may, for a reservation in flight)
-HELD = ("active", "pending")
 
 
 @dataclass(frozen=True)
@@ -51,27 +49,26 @@ class FileRecord:
     reused: bool = False
 
     @classmethod
-    def from_row(cls, row: FileRow, *, reused: bool = False) -> FileRecord:
+    def from_row(cls, row: Row[Any], *, reused: bool = False) -> FileRecord:
+        """From a row of :data:`RECORDS` (a files row joined to its account)."""
+        m = row._mapping
         return cls(
-            ledger_id=row.id,
-            id=row.file_id,
-            provider=row.account.provider,
-            account=row.account.name,
-            filename=row.filename,
-            bytes=row.bytes,
-            sha256=row.sha256,
-            purpose=row.purpose,
-            status=row.status,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            deleted_at=row.deleted_at,
+            ledger_id=m["id"],
+            id=m["file_id"],
+            provider=m["provider"],
+            account=m["account"],
+            filename=m["filename"],
+            bytes=m["bytes"],
+            sha256=m["sha256"],
+            purpose=m["purpose"],
+            status=m["status"],
+            created_at=m["created_at"],
+            expires_at=m["expires_at"],
+            deleted_at=m["deleted_at"],
             reused=reused,
         )
 
     def to_json(self) -> dict[str, Any]:
-        def iso(d: datetime | None) -> str | None:
-            return None if d is None else d.isoformat().replace("+00:00", "Z")
-
         return {
             "id": self.id,
             "provider": self.provider,
@@ -87,6 +84,17 @@ class FileRecord:
             "ledger_id": self.ledger_id,
             "reused": self.reused,
         }
+
+
+def iso(d: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, as every JSON output shows times."""
+    return None if d is None else d.isoformat().replace("+00:00", "Z")
+
+
+#: ledger records: a files row with its account's name and provider
+RECORDS: Select[Any] = select(files, accounts.c.name.label("account"), accounts.c.provider).join(
+    accounts, files.c.account_id == accounts.c.id
+)
 
 
 def actor() -> str:
@@ -110,8 +118,8 @@ def make_engine(url: str) -> Engine:
     except Exception as e:
         raise UsageError(f"FILEKEEPER_DATABASE_URL is not a usable database URL: {e}") from None
     if is_sqlite:
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+        sa_event.listen(engine, "connect", _sqlite_connect)
+        sa_event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -227,42 +235,46 @@ class Ledger:
         self.engine.dispose()
 
     @contextmanager
-    def session(self, *, write: bool = False) -> Iterator[Session]:
-        """A transaction; committed on success, rolled back on any error."""
+    def transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """A transaction, committed on success. ``write`` takes the write lock at once
+        (SQLite ``BEGIN IMMEDIATE``), for read-check-write sequences that must not race."""
         try:
             with self.engine.connect() as conn:
                 if write:
                     conn.execution_options(**{_WRITE: True})
-                with Session(bind=conn, expire_on_commit=False, autoflush=True) as session, conn.begin():
-                    yield session
-                    session.flush()
-        except (DBAPIError, SQLAlchemyError) as e:
-            if isinstance(e, IntegrityError):
-                raise
+                with conn.begin():
+                    yield conn
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as e:
             raise LedgerError(f"ledger error: {_db_message(e)}") from None
 
     def event(
         self,
-        session: Session,
+        conn: Connection,
         action: str,
         *,
         account_id: int | None,
-        file: FileRow | None = None,
+        file_pk: int | None = None,
         file_id: str | None = None,
         **detail: Any,
     ) -> None:
-        session.add(
-            EventRow(
+        conn.execute(
+            insert(events).values(
                 at=utcnow(),
                 account_id=account_id,
-                file_pk=file.id if file is not None else None,
-                file_id=file_id if file_id is not None else (file.file_id if file is not None else None),
+                file_pk=file_pk,
+                file_id=file_id,
                 action=action,
                 actor=self.actor,
                 pid=self.pid,
                 detail=detail,
             )
         )
+
+    @staticmethod
+    def record(conn: Connection, ledger_id: int) -> FileRecord:
+        return FileRecord.from_row(conn.execute(RECORDS.where(files.c.id == ledger_id)).one())
 
     # --- accounts -------------------------------------------------------------------------
 
@@ -271,36 +283,47 @@ class Ledger:
         fp = account.key_fingerprint()
         for attempt in range(2):
             try:
-                with self.session(write=True) as s:
-                    row = s.scalar(select(AccountRow).where(AccountRow.name == account.name).with_for_update())
+                with self.transaction(write=True) as conn:
+                    row = conn.execute(
+                        select(accounts).where(accounts.c.name == account.name).with_for_update()
+                    ).first()
                     if row is None:
-                        row = AccountRow(
-                            name=account.name, provider=account.provider, base_url=account.base_url, key_fingerprint=fp
-                        )
-                        s.add(row)
-                        s.flush()
+                        account_id = conn.execute(
+                            insert(accounts).values(
+                                name=account.name,
+                                provider=account.provider,
+                                base_url=account.base_url,
+                                key_fingerprint=fp,
+                                created_at=utcnow(),
+                            )
+                        ).inserted_primary_key[0]
                         self.event(
-                            s,
+                            conn,
                             "account_added",
-                            account_id=row.id,
+                            account_id=account_id,
                             provider=account.provider,
                             base_url=account.base_url,
                             key_fingerprint=fp,
                         )
-                    elif row.provider != account.provider:
+                        return account_id
+                    if row.provider != account.provider:
                         raise UsageError(
                             f"account {account.name!r} is recorded in the ledger as provider {row.provider!r}, "
                             f"but the config says {account.provider!r}; use a new account name"
                         )
-                    elif (row.base_url, row.key_fingerprint) != (account.base_url, fp):
+                    if (row.base_url, row.key_fingerprint) != (account.base_url, fp):
                         self.event(
-                            s,
+                            conn,
                             "account_changed",
                             account_id=row.id,
                             base_url={"old": row.base_url, "new": account.base_url},
                             key_fingerprint={"old": row.key_fingerprint, "new": fp},
                         )
-                        row.base_url, row.key_fingerprint = account.base_url, fp
+                        conn.execute(
+                            update(accounts)
+                            .where(accounts.c.id == row.id)
+                            .values(base_url=account.base_url, key_fingerprint=fp)
+                        )
                     return row.id
             except IntegrityError:
                 if attempt:  # another process created it between our read and insert
@@ -309,73 +332,63 @@ class Ledger:
 
     def accounts(self) -> dict[str, tuple[int, str]]:
         """Every account the ledger has seen: name -> (ledger id, provider)."""
-        with self.session() as s:
-            rows = s.execute(select(AccountRow.name, AccountRow.id, AccountRow.provider))
+        with self.transaction() as conn:
+            rows = conn.execute(select(accounts.c.name, accounts.c.id, accounts.c.provider))
             return {name: (id_, provider) for name, id_, provider in rows}
 
     # --- files ----------------------------------------------------------------------------
 
-    def reserve(
-        self,
-        account_id: int,
-        *,
-        filename: str,
-        size: int,
-        purpose: str,
-        sha256: str | None = None,
-        expires_at: datetime | None = None,
-        **detail: Any,
-    ) -> FileRecord:
-        """Record a ``pending`` row before anything is sent, so no upload is ever untracked."""
-        with self.session(write=True) as s:
-            row = FileRow(
-                account_id=account_id,
-                filename=filename,
+    def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str, **detail: Any) -> FileRecord:
+        """A reservation's upload landed: it is ``active`` under the provider's id."""
+        with self.transaction(write=True) as conn:
+            conn.execute(
+                update(files)
+                .where(files.c.id == ledger_id)
+                .values(file_id=file_id, bytes=size, sha256=sha256, status="active")
+            )
+            record = self.record(conn, ledger_id)
+            self.event(
+                conn,
+                "upload",
+                account_id=_account_of(conn, ledger_id),
+                file_pk=ledger_id,
+                file_id=file_id,
                 bytes=size,
                 sha256=sha256,
-                purpose=purpose,
-                status="pending",
-                created_at=utcnow(),
-                expires_at=expires_at,
+                **detail,
             )
-            s.add(row)
-            s.flush()
-            self.event(
-                s, "reserve", account_id=account_id, file=row, filename=filename, bytes=size, purpose=purpose, **detail
-            )
-            return FileRecord.from_row(row)
-
-    def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str, **detail: Any) -> FileRecord:
-        with self.session(write=True) as s:
-            row = s.get_one(FileRow, ledger_id)
-            row.file_id, row.bytes, row.sha256, row.status = file_id, size, sha256, "active"
-            s.flush()
-            self.event(s, "upload", account_id=row.account_id, file=row, bytes=size, sha256=sha256, **detail)
-            return FileRecord.from_row(row)
+            return record
 
     def fail(self, ledger_id: int, error: str, **detail: Any) -> FileRecord:
-        with self.session(write=True) as s:
-            row = s.get_one(FileRow, ledger_id)
-            row.status = "failed"
-            self.event(s, "upload_failed", account_id=row.account_id, file=row, error=error, **detail)
-            return FileRecord.from_row(row)
+        with self.transaction(write=True) as conn:
+            conn.execute(update(files).where(files.c.id == ledger_id).values(status="failed"))
+            self.event(
+                conn, "upload_failed", account_id=_account_of(conn, ledger_id), file_pk=ledger_id, error=error, **detail
+            )
+            return self.record(conn, ledger_id)
 
     def mark_deleted(self, account_id: int, file_id: str, *, already_gone: bool) -> FileRecord | None:
         """Record a delete at the provider; the event is written even for ids the ledger never saw."""
-        with self.session(write=True) as s:
-            row = s.scalar(select(FileRow).where(FileRow.account_id == account_id, FileRow.file_id == file_id))
-            if row is not None and row.status != "deleted":
-                row.status, row.deleted_at = "deleted", utcnow()
+        with self.transaction(write=True) as conn:
+            ledger_id = conn.execute(
+                select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == file_id)
+            ).scalar()
+            if ledger_id is not None:
+                conn.execute(
+                    update(files)
+                    .where(files.c.id == ledger_id, files.c.status != "deleted")
+                    .values(status="deleted", deleted_at=utcnow())
+                )
             self.event(
-                s,
+                conn,
                 "delete",
                 account_id=account_id,
-                file=row,
+                file_pk=ledger_id,
                 file_id=file_id,
                 already_gone=already_gone,
-                known=row is not None,
+                known=ledger_id is not None,
             )
-            return None if row is None else FileRecord.from_row(row)
+            return None if ledger_id is None else self.record(conn, ledger_id)
 
     def files(
         self,
@@ -383,27 +396,34 @@ class Ledger:
         account_ids: Iterable[int] | None = None,
         statuses: Sequence[str] | None = None,
     ) -> list[FileRecord]:
-        query = select(FileRow).join(FileRow.account).order_by(FileRow.created_at, FileRow.id)
+        query = RECORDS.order_by(files.c.created_at, files.c.id)
         if account_ids is not None:
-            query = query.where(FileRow.account_id.in_(list(account_ids)))
+            query = query.where(files.c.account_id.in_(list(account_ids)))
         if statuses:
-            query = query.where(FileRow.status.in_(list(statuses)))
-        with self.session() as s:
-            return [FileRecord.from_row(r) for r in s.scalars(query)]
+            query = query.where(files.c.status.in_(list(statuses)))
+        with self.transaction() as conn:
+            return [FileRecord.from_row(r) for r in conn.execute(query)]
 
     def find(self, account_id: int, file_id: str) -> FileRecord | None:
-        with self.session() as s:
-            row = s.scalar(select(FileRow).where(FileRow.account_id == account_id, FileRow.file_id == file_id))
+        with self.transaction() as conn:
+            row = conn.execute(RECORDS.where(files.c.account_id == account_id, files.c.file_id == file_id)).first()
             return None if row is None else FileRecord.from_row(row)
 
     def usage(self, account_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
         """Files and bytes held per account: ``active`` and ``pending`` rows."""
         ids = list(account_ids)
-        query = (
-            select(FileRow.account_id, func.count(), func.coalesce(func.sum(FileRow.bytes), 0))
-            .where(FileRow.account_id.in_(ids), FileRow.status.in_(HELD))
-            .group_by(FileRow.account_id)
-        )
-        with self.session() as s:
-            found = {a: (int(n), int(b)) for a, n, b in s.execute(query)}
+        with self.transaction() as conn:
+            found = {a: (int(n), int(b)) for a, n, b in conn.execute(usage_query(ids))}
         return {a: found.get(a, (0, 0)) for a in ids}
+
+
+def usage_query(account_ids: Sequence[int]) -> Select[Any]:
+    return (
+        select(files.c.account_id, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
+        .where(files.c.account_id.in_(account_ids), files.c.status.in_(HELD))
+        .group_by(files.c.account_id)
+    )
+
+
+def _account_of(conn: Connection, ledger_id: int) -> int:
+    return conn.execute(select(files.c.account_id).where(files.c.id == ledger_id)).scalar_one()

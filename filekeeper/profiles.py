@@ -38,10 +38,27 @@ class Profile:
     default_base_url: str | None  # None: base_url must come from config
     default_purpose: str
     limits: Limits
+    purposes: frozenset[str] | None = None  # None: the provider does not enforce any
+    formats: frozenset[str] | None = None
 
 
 # The design card's policy: used for "compatible" and anything without a profile of its own.
 DEFAULT_LIMITS = Limits(max_files=1000, max_total_bytes=10 * GB, max_file_bytes=100 * MB, retention_days=180)
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Extensions from the seed docs and PROVIDERS.md. Override per provider or account with
+# `formats = [...]` (or "any") in config.toml where a provider accepts more.
+_CODE = _words("go h c cpp cxx cc cs java js jsx css jsp php py py3 asp ts tsx rb rs sh swift kt scala sql r m pl")
+_MOONSHOT_FORMATS = _CODE | _words(
+    "pdf txt csv doc docx xls xlsx ppt pptx md jpeg jpg png bmp gif svg svgz webp ico xbm dib pjp tif pjpeg avif "
+    "dot apng epub tiff jfif html htm json jsonl mobi log yaml yml ini conf mp4 mov avi webm"
+)
+_ZAI_FORMATS = _words("pdf doc docx xls xlsx ppt pptx txt md jpg jpeg png gif webp mp3 wav flac mp4 avi mov jsonl")
+_XAI_FORMATS = _CODE | _words("pdf txt md docx csv json jsonl html htm xml yaml yml log")
 
 PROFILES: dict[str, Profile] = {
     "moonshot": Profile(
@@ -51,6 +68,8 @@ PROFILES: dict[str, Profile] = {
         default_base_url="https://api.moonshot.ai/v1",
         default_purpose="file-extract",
         limits=DEFAULT_LIMITS,
+        purposes=_words("file-extract image video batch"),
+        formats=_MOONSHOT_FORMATS,
     ),
     "zai": Profile(
         name="zai",
@@ -59,6 +78,8 @@ PROFILES: dict[str, Profile] = {
         default_base_url="https://api.z.ai/api/paas/v4",
         default_purpose="agent",
         limits=Limits(max_files=100, max_total_bytes=None, max_file_bytes=100 * MB, retention_days=180),
+        purposes=_words("agent file-extract batch code-interpreter voice-clone-input retrieval fine-tune"),
+        formats=_ZAI_FORMATS,
     ),
     "xai": Profile(
         name="xai",
@@ -67,6 +88,7 @@ PROFILES: dict[str, Profile] = {
         default_base_url="https://api.x.ai/v1",
         default_purpose="assistants",
         limits=Limits(max_files=100_000, max_total_bytes=100 * GB, max_file_bytes=100 * MB, retention_days=180),
+        formats=_XAI_FORMATS,  # purposes are echoed, not enforced
     ),
     "openai": Profile(
         name="openai",
@@ -75,6 +97,7 @@ PROFILES: dict[str, Profile] = {
         default_base_url="https://api.openai.com/v1",
         default_purpose="assistants",
         limits=Limits(max_files=None, max_total_bytes=2500 * GB, max_file_bytes=512 * MB, retention_days=180),
+        purposes=_words("assistants batch fine-tune vision user_data evals"),
     ),
     "compatible": Profile(
         name="compatible",

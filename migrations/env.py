@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from filekeeper.models import Base
+from filekeeper.schema import metadata
 
 config = context.config
 
@@ -17,7 +17,7 @@ config = context.config
 def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
@@ -35,7 +35,7 @@ def main() -> None:
 
     settings = load_settings()
     if context.is_offline_mode():
-        context.configure(url=settings.database_url, target_metadata=Base.metadata, literal_binds=True)
+        context.configure(url=settings.database_url, target_metadata=metadata, literal_binds=True)
         with context.begin_transaction():
             context.run_migrations()
         return

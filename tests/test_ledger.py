@@ -17,7 +17,7 @@ import filekeeper.migrate
 from filekeeper.config import load_settings
 from filekeeper.ledger import open_ledger
 from filekeeper.migrate import alembic_config, head
-from filekeeper.models import SCHEMA_HEAD, Base
+from filekeeper.schema import SCHEMA_HEAD, metadata
 from tests.conftest import write
 
 
@@ -34,7 +34,7 @@ def test_one_head_and_the_constant_follows_it() -> None:
 def test_models_match_migrations(home: Path) -> None:
     ledger = open_ledger(load_settings())
     with ledger.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     ledger.close()
     assert diff == []
 

@@ -1,0 +1,192 @@
+"""Quota policy: pure functions from limits, usage and requests to violations and evictions.
+
+No I/O here. :mod:`filekeeper.reservation` applies this policy inside a ledger transaction;
+``filekeeper check`` applies it to a read-only snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import PurePath
+from typing import Any, Literal
+
+from .profiles import Limits
+from .units import format_size
+
+EvictMode = Literal["expired", "oldest"]
+LIMITS = ("max_files", "max_total_bytes", "max_file_bytes", "retention", "purpose", "format")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What an account accepts besides sizes: purposes and file formats (None: anything)."""
+
+    purposes: frozenset[str] | None = None
+    formats: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One file asking for room."""
+
+    filename: str
+    bytes: int
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Held:
+    """An active file at the provider that could make room."""
+
+    ledger_id: int
+    file_id: str
+    filename: str
+    bytes: int
+    created_at: datetime
+    expires_at: datetime | None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class Violation:
+    limit: str  # one of LIMITS
+    message: str
+    current: int | str | None
+    requested: int | str | None
+    max: int | str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "message": self.message,
+            "current": self.current,
+            "requested": self.requested,
+            "max": self.max,
+        }
+
+
+def file_format(filename: str) -> str:
+    """The format a provider judges by: the lower-case extension without its dot ("" if none)."""
+    return PurePath(filename).suffix.lower().lstrip(".")
+
+
+def expiry(now: datetime, ttl_seconds: int | None, retention_days: int) -> datetime | None:
+    """When a file uploaded now expires: its TTL, else the retention policy (None: never)."""
+    if ttl_seconds is not None:
+        return now + timedelta(seconds=ttl_seconds)
+    return now + timedelta(days=retention_days) if retention_days else None
+
+
+def file_violations(
+    limits: Limits, rules: Rules, requests: Sequence[Request], ttl_seconds: int | None = None
+) -> list[Violation]:
+    """What no amount of room can fix: size per file, purpose, format, TTL against retention."""
+    out: list[Violation] = []
+    if ttl_seconds is not None and limits.retention_days and ttl_seconds > limits.retention_days * 86400:
+        out.append(
+            Violation(
+                "retention",
+                f"a TTL of {ttl_seconds // 86400} days is beyond the retention policy of {limits.retention_days} days",
+                None,
+                ttl_seconds,
+                limits.retention_days * 86400,
+            )
+        )
+    for r in requests:
+        if limits.max_file_bytes is not None and r.bytes > limits.max_file_bytes:
+            out.append(
+                Violation(
+                    "max_file_bytes",
+                    f"{r.filename} is {format_size(r.bytes)}; "
+                    f"the limit per file is {format_size(limits.max_file_bytes)}",
+                    None,
+                    r.bytes,
+                    limits.max_file_bytes,
+                )
+            )
+        if rules.purposes is not None and r.purpose not in rules.purposes:
+            out.append(
+                Violation(
+                    "purpose",
+                    f"purpose {r.purpose!r} is not accepted here (accepted: {', '.join(sorted(rules.purposes))})",
+                    None,
+                    r.purpose,
+                    None,
+                )
+            )
+        fmt = file_format(r.filename)
+        if rules.formats is not None and fmt not in rules.formats:
+            shown = f".{fmt} files are" if fmt else "files without an extension are"
+            out.append(Violation("format", f"{r.filename}: {shown} not accepted here", None, fmt or None, None))
+    return out
+
+
+def room_violations(limits: Limits, usage: Usage, requests: Sequence[Request]) -> list[Violation]:
+    """Whether the requests fit, together, beside what the account already holds."""
+    out: list[Violation] = []
+    n, size = len(requests), sum(r.bytes for r in requests)
+    if limits.max_files is not None and usage.files + n > limits.max_files:
+        out.append(
+            Violation(
+                "max_files",
+                f"{usage.files} files held + {n} new > {limits.max_files} allowed; "
+                f"free {usage.files + n - limits.max_files} file(s)",
+                usage.files,
+                n,
+                limits.max_files,
+            )
+        )
+    if limits.max_total_bytes is not None and usage.bytes + size > limits.max_total_bytes:
+        need = usage.bytes + size - limits.max_total_bytes
+        out.append(
+            Violation(
+                "max_total_bytes",
+                f"{format_size(usage.bytes)} held + {format_size(size)} new > {format_size(limits.max_total_bytes)} "
+                f"allowed; free {format_size(need)}",
+                usage.bytes,
+                size,
+                limits.max_total_bytes,
+            )
+        )
+    return out
+
+
+def evaluate(
+    limits: Limits, rules: Rules, usage: Usage, requests: Sequence[Request], ttl_seconds: int | None = None
+) -> list[Violation]:
+    return file_violations(limits, rules, requests, ttl_seconds) + room_violations(limits, usage, requests)
+
+
+def eviction_order(held: Sequence[Held], mode: EvictMode, now: datetime) -> list[Held]:
+    """Which files may go, in the order they should: expired ones by expiry, or all by age."""
+    if mode == "expired":
+        return sorted((h for h in held if h.expired(now)), key=lambda h: (h.expires_at, h.ledger_id))
+    return sorted(held, key=lambda h: (h.created_at, h.ledger_id))
+
+
+def choose_evictions(
+    limits: Limits, usage: Usage, requests: Sequence[Request], held: Sequence[Held], mode: EvictMode, now: datetime
+) -> list[Held] | None:
+    """The fewest files, taken in eviction order, whose deletion makes the requests fit.
+
+    ``[]`` when they fit already; None when even evicting every candidate would not do.
+    """
+    chosen: list[Held] = []
+    remaining = usage
+    for candidate in [None, *eviction_order(held, mode, now)]:
+        if candidate is not None:
+            chosen.append(candidate)
+            remaining = Usage(remaining.files - 1, remaining.bytes - candidate.bytes)
+        if not room_violations(limits, remaining, requests):
+            return chosen
+    return None

@@ -1,0 +1,114 @@
+"""The ledger's tables, in SQLAlchemy Core: the one definition Alembic and the ledger share.
+
+Core rather than the ORM, so that commands that only read (``check``, ``usage``) start fast;
+:mod:`filekeeper.models` maps typed ORM classes over these same tables for scripts.
+The Alembic revisions in ``migrations/`` must produce exactly this schema; a test compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+# The newest revision in migrations/versions. Opening a ledger compares against this constant
+# so that commands that find the ledger current never import alembic (a test keeps it in step).
+SCHEMA_HEAD = "0001"
+
+FILE_STATUSES = ("pending", "active", "deleted", "expired", "missing", "failed")
+#: statuses that hold quota at the provider (or may, for a reservation in flight)
+HELD = ("active", "pending")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, hands back aware UTC: SQLite keeps no zone, PostgreSQL's would be local."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("provider", String(32), nullable=False),
+    Column("base_url", String(512), nullable=False),
+    Column("key_fingerprint", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    # The provider's id; NULL while the upload is only a reservation or if it failed.
+    Column("file_id", String(128)),
+    Column("filename", String(1024), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sha256", String(64)),
+    Column("purpose", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("deleted_at", UTCDateTime),
+    UniqueConstraint("account_id", "file_id"),
+    Index(None, "account_id", "status"),
+    Index(None, "account_id", "sha256", "purpose"),
+)
+
+# Append-only: rows are inserted and never updated; only an explicit prune removes them.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("account_id", ForeignKey("accounts.id")),
+    Column("file_pk", ForeignKey("files.id")),
+    Column("file_id", String(128)),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index(None, "at"),
+    Index(None, "file_pk"),
+)
