@@ -6,10 +6,8 @@ Read from the environment and ``$FILEKEEPER_HOME/config.toml``. Every problem is
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +56,8 @@ class Account:
 
 
 def fingerprint(secret: str) -> str:
+    import hashlib
+
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
@@ -181,6 +181,10 @@ def load_settings() -> Settings:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    import tomllib
+
     try:
         with path.open("rb") as f:
             return tomllib.load(f)

@@ -9,15 +9,14 @@ with Keeper() as keeper:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
 
 from .config import Account, Settings, load_settings
 from .errors import FilekeeperError, ProviderError, QuotaExceeded, ResponseLost, UsageError
@@ -25,7 +24,7 @@ from .ledger import FileRecord, Ledger, iso, open_ledger
 from .profiles import PROFILES, Limits
 from .quota import EvictMode, Held, Request, Usage, Violation, choose_evictions, evaluate, eviction_order, expiry
 from .reservation import find_duplicate, held_files, may_be_duplicate, reserve, restore_evicted, usage
-from .schema import FILE_STATUSES, utcnow
+from .schema import FILE_STATUSES, accounts, utcnow
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -217,6 +216,9 @@ class Keeper:
         remote = self.connect(acct)
         try:
             account_id = self.ledger.ensure_account(acct)
+            import threading
+            from concurrent.futures import ThreadPoolExecutor
+
             progress_lock = threading.Lock()
 
             def progress(delta: int) -> None:
@@ -261,7 +263,11 @@ class Keeper:
         ledger = self.ledger
         request = Request(path.name, path.stat().st_size, purpose)
         # Hashing first costs a second read of the file: only worth it when a duplicate may exist.
-        sha = None if force or not may_be_duplicate(ledger, account_id, request) else sha256_file(path)
+        if force:
+            sha = None
+        else:
+            with ledger.transaction() as conn:
+                sha = sha256_file(path) if may_be_duplicate(conn, account_id, request) else None
         reservation = reserve(
             ledger,
             acct,
@@ -374,36 +380,32 @@ class Keeper:
             raise UsageError("no files to check")
         purpose = purpose or acct.default_purpose
         requests = [Request(p.name, p.stat().st_size, purpose) for p in paths_]
-        known = self.ledger.accounts().get(acct.name)
         now = utcnow()
         reused: list[FileRecord] = []
         new = list(requests)
         held_now = Usage(0, 0)
-        expired_held: list[Held] = []
         all_held: list[Held] = []
-        if known is not None:
-            account_id = known[0]
-            if not force:
-                new = []
-                for path, request in zip(paths_, requests, strict=True):
-                    duplicate = None
-                    if may_be_duplicate(self.ledger, account_id, request):
-                        with self.ledger.transaction() as conn:
+        with self.ledger.transaction() as conn:
+            account_id = conn.execute(select(accounts.c.id).where(accounts.c.name == acct.name)).scalar()
+            if account_id is not None:
+                if not force:
+                    new = []
+                    for path, request in zip(paths_, requests, strict=True):
+                        duplicate = None
+                        if may_be_duplicate(conn, account_id, request):
                             duplicate = find_duplicate(conn, account_id, sha256_file(path), request.purpose)
-                    if duplicate is None:
-                        new.append(request)
-                    else:
-                        reused.append(duplicate)
-            with self.ledger.transaction() as conn:
+                        if duplicate is None:
+                            new.append(request)
+                        else:
+                            reused.append(duplicate)
                 held_now = usage(conn, account_id)
-                violations = evaluate(acct.limits, acct.rules, held_now, new, ttl_seconds)
-                if any(v.limit in ("max_files", "max_total_bytes") for v in violations):
-                    all_held = held_files(conn, account_id)
-                    expired_held = [h for h in all_held if h.expired(now)]
-        else:
             violations = evaluate(acct.limits, acct.rules, held_now, new, ttl_seconds)
+            short_of_room = any(v.limit in ("max_files", "max_total_bytes") for v in violations)
+            if short_of_room and account_id is not None:
+                all_held = held_files(conn, account_id)
+        expired_held = [h for h in all_held if h.expired(now)]
         result = CheckResult(acct, held_now, new, violations, reused)
-        if not any(v.limit in ("max_files", "max_total_bytes") for v in violations):
+        if not short_of_room:
             return result
         limits = acct.limits
         free_files = max(0, held_now.files + len(new) - limits.max_files) if limits.max_files is not None else 0
@@ -450,9 +452,9 @@ class Keeper:
 
     def usage(self, *, provider: str | None = None, account: str | None = None) -> list[AccountUsage]:
         """Files and bytes in use (active + pending) per account, with its limits."""
-        accounts = [self.account(provider, account)] if provider or account else self.settings.known_accounts()
+        wanted = [self.account(provider, account)] if provider or account else self.settings.known_accounts()
         known = self.ledger.accounts()
-        by_name = {a.name: a for a in accounts}
+        by_name = {a.name: a for a in wanted}
         if not (provider or account):
             for name, (_, provider_name) in known.items():
                 by_name.setdefault(name, self._account_or_profile(name, provider_name))
@@ -542,6 +544,8 @@ def check_upload_path(path: str | os.PathLike[str]) -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

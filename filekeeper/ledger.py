@@ -7,14 +7,13 @@ creation) run in a *write* transaction: ``BEGIN IMMEDIATE`` on SQLite, and a row
 
 from __future__ import annotations
 
-import getpass
 import os
-import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +98,9 @@ RECORDS: Select[Any] = select(files, accounts.c.name.label("account"), accounts.
 
 def actor() -> str:
     """user@host of this process, for the audit log."""
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, as in some containers
@@ -153,8 +155,13 @@ def check_sqlite_file(path: Path) -> None:
         )
 
 
-def read_revision(conn: Any) -> str | None:
+def read_revision(conn: Connection) -> str | None:
     """The ledger's schema revision; None for an empty database. Refuses a foreign database."""
+    if conn.dialect.name == "sqlite":
+        # The everyday case, answered without the inspector: one query on a current ledger.
+        found = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'alembic_version'").first()
+        if found is not None:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     if not inspect(conn).has_table("alembic_version"):
         tables = inspect(conn).get_table_names()
         if tables:
@@ -228,8 +235,12 @@ def _db_message(e: SQLAlchemyError) -> str:
 class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.actor = actor()
         self.pid = os.getpid()
+
+    @cached_property
+    def actor(self) -> str:
+        # Computed on the first event, not at open: read-only commands never need it.
+        return actor()
 
     def close(self) -> None:
         self.engine.dispose()

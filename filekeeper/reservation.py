@@ -66,22 +66,21 @@ def find_duplicate(conn: Connection, account_id: int, sha256: str, purpose: str)
     return None if row is None else FileRecord.from_row(row, reused=True)
 
 
-def may_be_duplicate(ledger: Ledger, account_id: int, request: Request) -> bool:
+def may_be_duplicate(conn: Connection, account_id: int, request: Request) -> bool:
     """Whether an active file of the same size and purpose exists: only then is hashing first worth it."""
-    with ledger.transaction() as conn:
-        return (
-            conn.execute(
-                select(files.c.id)
-                .where(
-                    files.c.account_id == account_id,
-                    files.c.status == "active",
-                    files.c.bytes == request.bytes,
-                    files.c.purpose == request.purpose,
-                )
-                .limit(1)
-            ).first()
-            is not None
-        )
+    return (
+        conn.execute(
+            select(files.c.id)
+            .where(
+                files.c.account_id == account_id,
+                files.c.status == "active",
+                files.c.bytes == request.bytes,
+                files.c.purpose == request.purpose,
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def reserve(

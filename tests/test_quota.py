@@ -1,0 +1,280 @@
+"""The quota engine from the CLI and the library: check, refusals, TTL, eviction, dedup, concurrency."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from filekeeper import Keeper, QuotaExceeded
+from tests.conftest import KEY_VARS, SECRET, URL_VARS, write
+from tests.test_upload import actions, ledger_rows
+
+VIOLATION_KEYS = {"limit", "message", "current", "requested", "max"}
+
+
+def config(home: Path, text: str) -> None:
+    write(home / "config.toml", text)
+
+
+def test_check_ok_and_its_json(provider_env, run, tmp_path: Path) -> None:
+    emu = provider_env("moonshot")
+    docs = [str(write(tmp_path / f"{i}.txt", "x" * 10)) for i in range(3)]
+    result = run("check", *docs, "-p", "moonshot", "--json")
+    assert result.exit_code == 0, result.stderr
+    body = result.json()
+    assert body["ok"] is True and body["violations"] == []
+    assert (body["account"], body["provider"]) == ("moonshot", "moonshot")
+    assert body["usage"] == {"files": 0, "bytes": 0}
+    assert body["limits"] == {
+        "max_files": 1000,
+        "max_total_bytes": 10**10,
+        "max_file_bytes": 10**8,
+        "retention_days": 180,
+    }
+    assert emu.count("*") == 0  # nothing left the machine
+    human = run("check", *docs, "-p", "moonshot")
+    assert human.exit_code == 0 and human.stdout.startswith("ok: 3 file(s)")
+
+
+def test_check_needs_no_api_key(run, home: Path, tmp_path: Path) -> None:
+    result = run("check", str(write(tmp_path / "a.txt", "x")), "-p", "openai")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "limit"),
+    [
+        ("[providers.moonshot]\nmax_files = 2\n", [], "max_files"),
+        ("[providers.moonshot]\nmax_total_bytes = 25\n", [], "max_total_bytes"),
+        ('[providers.moonshot]\nmax_file_bytes = "9B"\n', [], "max_file_bytes"),
+        ("[providers.moonshot]\nretention_days = 7\n", ["--ttl", "8d"], "retention"),
+        ("", ["--purpose", "assistants"], "purpose"),
+        ("", ["--name", "a.exe"], "format"),
+    ],
+)
+def test_each_violation_kind_refuses_check_and_upload(
+    setup: str, args: list[str], limit: str, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("moonshot")
+    config(home, setup)
+    name = args[args.index("--name") + 1] if "--name" in args else "doc.txt"
+    args = [a for a in args if a not in ("--name", name)]
+    docs = [str(write(tmp_path / f"{i}-{name}", "y" * 10)) for i in range(3)]
+    result = run("check", *docs, "-p", "moonshot", "--json", *args)
+    assert result.exit_code == 3, result.stderr
+    body = result.json()
+    assert body["ok"] is False
+    assert limit in [v["limit"] for v in body["violations"]]
+    assert all(set(v) == VIOLATION_KEYS for v in body["violations"])
+
+    up = run("upload", *docs, "-p", "moonshot", *args)
+    assert up.exit_code == 3
+    assert "refused by quota" in up.stderr
+    if limit in ("max_files", "max_total_bytes"):
+        assert emu.count("POST", "/files") == 2  # the files that fitted went; the third did not
+    else:
+        assert emu.count("POST", "/files") == 0
+    refusals = ledger_rows(home, "SELECT detail FROM events WHERE action = 'refuse'")
+    assert refusals and all(limit in [v["limit"] for v in json.loads(d)["violations"]] for (d,) in refusals)
+
+
+def test_check_judges_files_together_and_says_what_to_free(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("openai")
+    config(home, "[providers.openai]\nmax_files = 4\n")
+    olds = [str(write(tmp_path / f"old{i}.txt", "o" * (i + 1))) for i in range(4)]
+    assert run("upload", *olds, "-p", "openai", "--concurrency", "1").exit_code == 0
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute("UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE filename = 'old2.txt'")
+    new = [str(write(tmp_path / f"new{i}.txt", f"n{i}")) for i in range(2)]
+    human = run("check", *new, "-p", "openai")
+    assert human.exit_code == 3
+    assert "max_files: 4 files held + 2 new > 4 allowed; free 2 file(s)" in human.stdout
+    assert "free at least 2 file(s)" in human.stdout
+    assert "expired files that could go" in human.stdout and "old2.txt" in human.stdout
+    assert "or the oldest files" in human.stdout and "--evict expired|oldest" in human.stdout
+    body = run("check", *new, "-p", "openai", "--json").json()
+    assert body["advice"]["free_files"] == 2
+    assert [h["filename"] for h in body["advice"]["expired"]] == ["old2.txt"]
+    assert [h["filename"] for h in body["advice"]["oldest"]] == ["old0.txt", "old1.txt"]
+
+
+def test_ttl_sets_expiry_and_is_sent_where_the_provider_takes_it(provider_env, run, tmp_path: Path) -> None:
+    for flavor, fields in [
+        ("openai", {"expires_after[anchor]": "created_at", "expires_after[seconds]": "86400"}),
+        ("xai", {"expires_after": "86400"}),
+        ("moonshot", {}),
+    ]:
+        emu = provider_env(flavor)
+        [record] = run(
+            "upload", str(write(tmp_path / f"{flavor}.txt", "t")), "-p", flavor, "--ttl", "1d", "--json"
+        ).json()
+        created = record["created_at"]
+        assert record["expires_at"] > created
+        [form] = [r.form for r in emu.requests if r.method == "POST"]
+        assert {k: v for k, v in form.items() if k.startswith("expires_after")} == fields, flavor
+    # Without --ttl the retention policy (180 days) sets the expiry; it is beyond what OpenAI takes.
+    emu = provider_env("openai")
+    [record] = run("upload", str(write(tmp_path / "plain.txt", "p")), "-p", "openai", "--json").json()
+    assert record["expires_at"][:4] == "2027"
+    assert not any(k.startswith("expires_after") for r in emu.requests for k in r.form)
+
+
+def test_bad_ttl_is_bad_input(provider_env, run, tmp_path: Path) -> None:
+    provider_env("openai")
+    result = run("upload", str(write(tmp_path / "a.txt", "x")), "-p", "openai", "--ttl", "3 weeks")
+    assert result.exit_code == 2 and "not a duration" in result.stderr
+
+
+def test_retention_zero_keeps_for_ever(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("zai")
+    config(home, "[providers.zai]\nretention_days = 0\n")
+    [record] = run("upload", str(write(tmp_path / "a.txt", "x")), "-p", "zai", "--json").json()
+    assert record["expires_at"] is None
+    [record] = run("upload", str(write(tmp_path / "b.txt", "y")), "-p", "zai", "--ttl", "900d", "--json").json()
+    assert record["expires_at"] is not None
+
+
+def test_a_full_account_refuses_then_evicts_expired(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("xai")
+    config(home, "[providers.xai]\nmax_files = 3\n")
+    olds = run("upload", *[str(write(tmp_path / f"o{i}.txt", f"{i}")) for i in range(3)], "-p", "xai", "--json").json()
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute("UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE filename = 'o1.txt'")
+    new = str(write(tmp_path / "new.txt", "new"))
+    refused = run("upload", new, "-p", "xai")
+    assert refused.exit_code == 3 and "--evict" in refused.stderr
+    result = run("upload", new, "-p", "xai", "--evict", "expired", "--json")
+    assert result.exit_code == 0, result.stderr
+    gone = next(r["id"] for r in olds if r["filename"] == "o1.txt")
+    assert f"evicted {gone} (o1.txt" in result.stderr
+    with emu.lock:
+        assert gone not in emu.files and len(emu.files) == 3
+    assert ledger_rows(home, "SELECT status FROM files WHERE file_id = ?", gone) == [("expired",)]
+    assert actions(home).count("evict") == 1
+    # Nothing else has expired: --evict expired cannot make more room.
+    again = run("upload", str(write(tmp_path / "more.txt", "more")), "-p", "xai", "--evict", "expired")
+    assert again.exit_code == 3 and "evicting every expired file would not be enough" in again.stderr
+
+
+def test_evict_oldest(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("moonshot")
+    config(home, "[providers.moonshot]\nmax_files = 2\n")
+    first = run("upload", str(write(tmp_path / "first.txt", "1")), "-p", "moonshot", "--json").json()[0]
+    run("upload", str(write(tmp_path / "second.txt", "2")), "-p", "moonshot")
+    result = run("upload", str(write(tmp_path / "third.txt", "3")), "-p", "moonshot", "--evict", "oldest")
+    assert result.exit_code == 0, result.stderr
+    assert f"evicted {first['id']} (first.txt" in result.stderr
+    with emu.lock:
+        assert sorted(f.filename for f in emu.files.values()) == ["second.txt", "third.txt"]
+    assert ledger_rows(home, "SELECT status FROM files WHERE file_id = ?", first["id"]) == [("deleted",)]
+
+
+def test_an_eviction_the_provider_refuses_restores_the_file(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    config(home, "[providers.openai]\nmax_files = 1\n[http]\nbackoff_seconds = 0.01\n")
+    first = run("upload", str(write(tmp_path / "first.txt", "1")), "-p", "openai", "--json").json()[0]
+    emu.inject("DELETE", "/files", status=403, body=emu.error_body(403, "not allowed"))
+    result = run("upload", str(write(tmp_path / "second.txt", "2")), "-p", "openai", "--evict", "oldest")
+    assert result.exit_code == 1 and "could not evict" in result.stderr and "not allowed" in result.stderr
+    assert ledger_rows(home, "SELECT filename, status FROM files ORDER BY id") == [
+        ("first.txt", "active"),
+        ("second.txt", "failed"),
+    ]
+    assert first["id"] in emu.files and emu.count("POST", "/files") == 1
+    assert "evict_failed" in actions(home)
+
+
+def test_an_identical_file_is_reused_unless_forced(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("zai")
+    doc = str(write(tmp_path / "same.txt", "identical content"))
+    first = run("upload", doc, "-p", "zai", "--json").json()[0]
+    again = run("upload", doc, "-p", "zai", "--json").json()[0]
+    assert again["id"] == first["id"] and again["reused"] is True and first["reused"] is False
+    assert emu.count("POST", "/files") == 1
+    assert "reuse" in actions(home)
+    check = run("check", doc, "-p", "zai", "--json").json()
+    assert check["requested"]["files"] == 0 and [r["id"] for r in check["reused"]] == [first["id"]]
+    other_purpose = run("upload", doc, "-p", "zai", "--purpose", "file-extract", "--json").json()[0]
+    assert other_purpose["id"] != first["id"]
+    forced = run("upload", doc, "-p", "zai", "--force", "--json").json()[0]
+    assert forced["id"] != first["id"] and forced["reused"] is False
+    assert emu.count("POST", "/files") == 3
+    # same size, other content: not a duplicate
+    different = run("upload", str(write(tmp_path / "same2.txt", "identical CONTENT")), "-p", "zai", "--json")
+    assert different.json()[0]["reused"] is False
+
+
+def test_usage_counts_expired_files_the_provider_still_holds(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("moonshot")
+    run("upload", str(write(tmp_path / "a.txt", "abc")), "-p", "moonshot")
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute("UPDATE files SET expires_at = '2020-01-01 00:00:00'")
+    [usage] = run("usage", "--json", "-p", "moonshot").json()
+    assert (usage["files"], usage["bytes"]) == (1, 3)
+
+
+def test_library_check_and_refusal(provider_env, home: Path, tmp_path: Path) -> None:
+    provider_env("openai")
+    config(home, '[accounts.small]\nprovider = "openai"\napi_key_env = "OPENAI_API_KEY"\nmax_files = 1\n')
+    doc, doc2 = write(tmp_path / "a.txt", "a"), write(tmp_path / "b.txt", "b")
+    with Keeper() as keeper:
+        assert keeper.check([doc, doc2], account="small").violations[0].limit == "max_files"
+        keeper.upload_files([doc], account="small")
+        with pytest.raises(QuotaExceeded) as info:
+            keeper.upload_files([doc2], account="small")
+        assert info.value.exit_code == 3 and info.value.violations[0].limit == "max_files"
+
+
+def test_check_imports_neither_httpx_nor_alembic(provider_env, run, tmp_path: Path, home: Path) -> None:
+    provider_env("moonshot")
+    doc = str(write(tmp_path / "a.txt", "x"))
+    assert run("check", doc, "-p", "moonshot").exit_code == 0  # the ledger exists now
+    code = (
+        "import sys\nfrom filekeeper.cli import cli\n"
+        f"try:\n    cli(['check', {doc!r}, '-p', 'moonshot'])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, sorted({'httpx', 'alembic', 'sqlalchemy.orm'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_concurrent_uploads_never_oversell_the_quota(home: Path, emulators, tmp_path: Path) -> None:
+    """8 processes, 24 files, max_files = 12: exactly 12 land, 12 active rows, 12 refusals."""
+    emu = emulators("openai")
+    config(home, "[providers.openai]\nmax_files = 12\n")
+    env = {"FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
+    subprocess.run(
+        [sys.executable, "-m", "filekeeper", "db", "upgrade"], env={**_env(), **env}, check=True, capture_output=True
+    )
+    procs = []
+    for p in range(8):
+        paths = [str(write(tmp_path / f"p{p}" / f"f{i}.txt", f"process {p} file {i}")) for i in range(3)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "filekeeper", "upload", *paths, "-p", "openai", "--json"],
+                env={**_env(), **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    uploaded = [r for _, out, _ in outputs for r in json.loads(out)]
+    assert len(uploaded) == 12
+    with emu.lock:
+        assert len(emu.files) == 12 and sorted(emu.files) == sorted(r["id"] for r in uploaded)
+    assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'active'") == [(12,)]
+    assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'refuse'") == [(12,)]
+    assert sum(err.count("refused by quota") for _, _, err in outputs) == 12
+    assert all(code in (0, 3) for code, _, _ in outputs)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
