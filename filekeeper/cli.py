@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -274,8 +274,11 @@ def render_check(r: CheckResult) -> str:
         need = [f"{r.free_files} file(s)" if r.free_files else "", format_size(r.free_bytes) if r.free_bytes else ""]
         lines.append(f"to make room, free at least {' and '.join(x for x in need if x)}:")
 
+        now = datetime.now(UTC)
+
         def show(h: Held) -> str:
-            expires = f", expired {h.expires_at:%Y-%m-%d}" if h.expires_at else ""
+            word = "expired" if h.expired(now) else "expires"
+            expires = f", {word} {h.expires_at:%Y-%m-%d}" if h.expires_at else ""
             return f"{h.file_id} ({h.filename}, {format_size(h.bytes)}, uploaded {h.created_at:%Y-%m-%d}{expires})"
 
         if r.expired:

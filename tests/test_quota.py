@@ -97,6 +97,8 @@ def test_check_judges_files_together_and_says_what_to_free(provider_env, run, ho
     assert "free at least 2 file(s)" in human.stdout
     assert "expired files that could go" in human.stdout and "old2.txt" in human.stdout
     assert "or the oldest files" in human.stdout and "--evict expired|oldest" in human.stdout
+    assert "old2.txt, 3 B, uploaded" in human.stdout and "expired 2020-01-01" in human.stdout
+    assert "old0.txt, 1 B, uploaded" in human.stdout and ", expires 20" in human.stdout
     body = run("check", *new, "-p", "openai", "--json").json()
     assert body["advice"]["free_files"] == 2
     assert [h["filename"] for h in body["advice"]["expired"]] == ["old2.txt"]
