@@ -11,16 +11,19 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded
+from .errors import EXIT_CHANGES, EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded, UsageError
 from .keeper import CheckResult, Keeper
 from .quota import Held
+
+if TYPE_CHECKING:
+    from .reconcile import Report
 from .units import format_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -386,6 +389,165 @@ def delete(state: State, file_ids: tuple[str, ...], provider: str | None, accoun
             click.echo(f"deleted {r.file_id}{note}")
     if failed:
         raise click.exceptions.Exit(max(r.error.exit_code for r in failed if r.error))
+
+
+def parse_min_age(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    from .units import parse_duration
+
+    if value.strip() == "0":
+        return timedelta(0)
+    try:
+        return timedelta(seconds=parse_duration(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def parse_max_delete_option(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
+    from .reconcile import parse_max_delete
+
+    try:
+        return parse_max_delete(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.command()
+@account_options
+@click.option("--all", "all_accounts", is_flag=True, help="Every account filekeeper knows.")
+@click.option("--apply", is_flag=True, help="Act on the plan. Without it, only print the plan and change nothing.")
+@click.option("--adopt", is_flag=True, help="Record orphans in the ledger as active instead of deleting them.")
+@click.option(
+    "--max-delete",
+    default="100",
+    show_default=True,
+    metavar="N|N%",
+    callback=parse_max_delete_option,
+    help="Refuse a plan that deletes more files than this (or this share of those listed).",
+)
+@click.option(
+    "--min-age",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    callback=parse_min_age,
+    help="Never delete orphans, or settle reservations, younger than this.",
+)
+@click.option(
+    "--accept-empty",
+    is_flag=True,
+    help="Accept an empty listing while the ledger holds active files (else refused: a wrong key looks the same).",
+)
+@click.option("--wait", is_flag=True, help="Wait for another reconcile of the account instead of failing.")
+@click.option(
+    "--concurrency", default=16, show_default=True, type=click.IntRange(1, 64), help="Deletes in flight at once."
+)
+@click.option(
+    "--exit-code", "exit_code", is_flag=True, help="Exit 4 when the plan found anything to do (for monitoring)."
+)
+@json_option
+@click.pass_obj
+def reconcile(
+    state: State,
+    provider: str | None,
+    account: str | None,
+    all_accounts: bool,
+    apply: bool,
+    adopt: bool,
+    max_delete: int | str,
+    min_age: timedelta,
+    accept_empty: bool,
+    wait: bool,
+    concurrency: int,
+    exit_code: bool,
+    as_json: bool,
+) -> None:
+    """Make the ledger and the provider agree: orphans, missing, expired, pending, drift.
+
+    Prints the plan and changes nothing unless --apply. Quiet when there is nothing to do.
+    Exit 0 done, 1 failed, and with --exit-code 4 when there was anything to do.
+    """
+    from .reconcile import Options
+
+    if all_accounts and (provider or account):
+        raise UsageError("give --all, or --provider/--account, not both")
+    keeper = state.keeper()
+    options = Options(
+        apply=apply,
+        adopt=adopt,
+        max_delete=max_delete,
+        min_age=min_age,
+        accept_empty=accept_empty,
+        wait=wait,
+        concurrency=concurrency,
+    )
+    line = None
+    if not as_json and sys.stderr.isatty():
+        from .progress import StatusLine
+
+        line = StatusLine(sys.stderr, "reconcile")
+
+    def say(message: str) -> None:
+        click.echo(f"filekeeper: {message}", err=True)
+
+    kwargs = {"options": options, "progress": line.update if line else None, "on_wait": say}
+    try:
+        if all_accounts:
+            outcomes = keeper.reconcile_all(**kwargs)
+        else:
+            acct = keeper.account(provider, account)
+            outcomes = [(acct, keeper.reconcile(account=acct.name, **kwargs))]
+    finally:
+        if line:
+            line.close()
+    reports = [r for _, r in outcomes if not isinstance(r, FilekeeperError)]
+    failures = [(a, e) for a, e in outcomes if isinstance(e, FilekeeperError)]
+    if as_json:
+        docs = [r.to_json() for r in reports]
+        emit_json(docs if all_accounts else (docs[0] if docs else None))
+    else:
+        for r in reports:
+            if r.has_work or r.errors or r.skipped:
+                click.echo(render_reconcile(r))
+    for a, e in failures:
+        click.echo(f"filekeeper: error: {a.name}: {redact(str(e), state.secrets)}", err=True)
+    for r in reports:
+        for file_id, error in r.errors:
+            click.echo(f"filekeeper: error: {r.account.name}: could not delete {file_id}: {error}", err=True)
+    if failures or any(r.errors for r in reports):
+        raise click.exceptions.Exit(max([e.exit_code for _, e in failures] + [EXIT_FAILURE]))
+    if exit_code and any(r.has_work for r in reports):
+        raise click.exceptions.Exit(EXIT_CHANGES)
+
+
+def render_reconcile(r: Report) -> str:
+    a = r.account
+    lines = [f"reconcile {a.name} ({a.provider}): {r.listed:,} files listed at the provider"]
+    young = sum(1 for _, why in r.skipped if why.startswith("younger"))
+    rows = [
+        ("orphans", len(r.orphans), "at the provider, not active in the ledger"),
+        ("missing", len(r.missing), "active in the ledger, gone at the provider"),
+        ("expired", len(r.expired), f"past their expiry ({len(r.expired_present)} still at the provider)"),
+        (
+            "pending",
+            len(r.settled) + len(r.failed_pending),
+            f"{len(r.settled)} settled, {len(r.failed_pending)} failed, {len(r.waiting_pending)} still young",
+        ),
+        ("drift", len(r.drift), "same id, different size or name"),
+    ]
+    lines += [f"  {name:<8} {count:>6}  {what}" for name, count, what in rows if count]
+    for t, rf in r.drift[:10]:
+        lines.append(f"    drift {t.file_id}: ledger {t.filename} ({t.bytes} B), provider {rf.filename} ({rf.bytes} B)")
+    if not r.applied:
+        would = len(r.expired_present) + len(r.orphans)
+        lines.append(f"plan only: run with --apply to act ({would} deletion(s) at most; --max-delete {r.max_delete})")
+        return "\n".join(lines)
+    lines.append(
+        f"applied (run #{r.run_id}): deleted {len(r.deleted)}, adopted {len(r.adopted)}, "
+        f"skipped {len(r.skipped)}, errors {len(r.errors)}"
+    )
+    if young:
+        lines.append(f"  {young} orphan(s) younger than --min-age were left alone")
+    return "\n".join(lines)
 
 
 @cli.group()

@@ -12,6 +12,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_QUOTA = 3
+#: reconcile --exit-code: the plan found something to do
+EXIT_CHANGES = 4
 
 
 class FilekeeperError(Exception):
@@ -54,6 +56,14 @@ class QuotaExceeded(FilekeeperError):
     def __init__(self, message: str, violations: list[Any] | None = None) -> None:
         super().__init__(message)
         self.violations = violations or []
+
+
+class ReconcileRefused(FilekeeperError):
+    """A reconcile stopped before changing anything: a safety rail held (the message says which)."""
+
+
+class ReconcileBusy(ReconcileRefused):
+    """Another reconcile of the same account is running."""
 
 
 class ProviderError(FilekeeperError):

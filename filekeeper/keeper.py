@@ -29,6 +29,9 @@ from .units import parse_duration
 
 if TYPE_CHECKING:
     from .providers import Provider, RemoteFile
+    from .reconcile import Options as ReconcileOptions
+    from .reconcile import Progress as ReconcileProgress
+    from .reconcile import Report
 
 ProgressCallback = Callable[[int], None]
 
@@ -480,6 +483,47 @@ class Keeper:
         name = self.account(provider, account).name
         found = self.ledger.accounts().get(name)
         return [] if found is None else [found[0]]
+
+    # --- reconcile ------------------------------------------------------------------------
+
+    def reconcile(
+        self,
+        *,
+        provider: str | None = None,
+        account: str | None = None,
+        options: ReconcileOptions | None = None,
+        progress: ReconcileProgress | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Report:
+        """Compare one account's ledger with its provider's listing; with ``options.apply``, act.
+
+        Raises IncompleteListing (nothing was changed), ReconcileRefused (a safety rail held;
+        nothing was changed) or ReconcileBusy (another applying run holds the account's lock).
+        """
+        from .reconcile import reconcile
+
+        acct = self.account(provider, account)
+        remote = self.connect(acct)
+        try:
+            account_id = self.ledger.ensure_account(acct)
+            return reconcile(
+                self.ledger, acct, account_id, remote, options or ReconcileOptions(), progress=progress, on_wait=on_wait
+            )
+        finally:
+            remote.close()
+
+    def reconcile_all(self, **kwargs: Any) -> list[tuple[Account, Report | FilekeeperError]]:
+        """:meth:`reconcile` for every account filekeeper knows: configured, in the ledger, or
+        a provider whose key is set. One account's failure does not stop the others."""
+        names = {a.name for a in self.settings.known_accounts()} | set(self.ledger.accounts())
+        out: list[tuple[Account, Report | FilekeeperError]] = []
+        for name in sorted(names):
+            acct = self._account_or_profile(name, self.ledger.accounts().get(name, (0, "compatible"))[1])
+            try:
+                out.append((acct, self.reconcile(account=name, **kwargs)))
+            except FilekeeperError as e:
+                out.append((acct, e))
+        return out
 
     # --- delete ---------------------------------------------------------------------------
 

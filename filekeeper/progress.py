@@ -47,3 +47,31 @@ class ByteProgress:
             f"  {format_size(int(rate))}/s  {eta} left "
         )
         self.stream.flush()
+
+
+class StatusLine:
+    """One line of progress rewritten in place (pages listed, files deleted), at most ten times a second."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self._last = 0.0
+        self._shown = False
+        self._lock = threading.Lock()
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < 0.1 and done != total:
+                return
+            self._last = now
+            count = f"{done:,}/{total:,}" if total else f"{done:,} files"
+            self.stream.write(f"\r{self.label}: {phase} {count} ")
+            self.stream.flush()
+            self._shown = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shown:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 
 # The newest revision in migrations/versions. Opening a ledger compares against this constant
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 FILE_STATUSES = ("pending", "active", "deleted", "expired", "missing", "failed")
 #: statuses that hold quota at the provider (or may, for a reservation in flight)
@@ -111,4 +112,25 @@ events = Table(
     Column("detail", JSON, nullable=False),
     Index(None, "at"),
     Index(None, "file_pk"),
+)
+
+# One row per `reconcile --apply`. A row in status "running" is also the account's reconcile
+# lock: taken inside the ledger's write lock, so it holds across processes and hosts.
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("status", String(16), nullable=False),  # running, done, failed, aborted, abandoned
+    Column("applied", Boolean, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("listed", Integer),
+    Column("counts", JSON, nullable=False),
+    Column("outcome", String(255)),
+    Column("error", String(2000)),
+    Index(None, "account_id", "status"),
 )

@@ -65,7 +65,7 @@ def test_db_upgrade_and_current_on_an_empty_home(run, home: Path) -> None:
 def test_an_older_ledger_is_copied_aside_before_it_is_upgraded(
     run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert run("ls").exit_code == 0  # a ledger at the current head, 0001
+    assert run("ls").exit_code == 0  # a ledger at the current head
     with sqlite3.connect(home / "ledger.db") as conn:
         conn.execute(
             "INSERT INTO accounts (name, provider, base_url, key_fingerprint, created_at) "
@@ -76,13 +76,13 @@ def test_an_older_ledger_is_copied_aside_before_it_is_upgraded(
     scripts = tmp_path / "migrations"
     shutil.copytree(filekeeper.migrate.script_location(), scripts)
     write(
-        scripts / "versions" / "0002_test.py",
-        """
+        scripts / "versions" / "9000_test.py",
+        f"""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "9000"
+down_revision = "{SCHEMA_HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -97,17 +97,17 @@ def downgrade():
 """,
     )
     monkeypatch.setattr(filekeeper.migrate, "script_location", lambda: scripts)
-    monkeypatch.setattr(filekeeper.ledger, "SCHEMA_HEAD", "0002")
+    monkeypatch.setattr(filekeeper.ledger, "SCHEMA_HEAD", "9000")
 
     result = run("ls")
     assert result.exit_code == 0, result.stderr
-    backups = list(home.glob("ledger.db.backup-0001-*"))
+    backups = list(home.glob(f"ledger.db.backup-{SCHEMA_HEAD}-*"))
     assert len(backups) == 1
     with sqlite3.connect(backups[0]) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
         assert conn.execute("SELECT name FROM accounts").fetchall() == [("a",)]
     with sqlite3.connect(home / "ledger.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0002"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "9000"
         assert conn.execute("SELECT name, note FROM accounts").fetchall() == [("a", None)]
     assert before  # the original was read before the upgrade, not replaced by the copy
 

@@ -1,0 +1,547 @@
+"""The reconciler against the emulator over a real socket: each category, each safety rail."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filekeeper import Keeper
+from filekeeper.reconcile import Options, reconcile
+from tests.conftest import KEY_VARS, SECRET, URL_VARS, write
+from tests.test_upload import actions, ledger_rows
+
+HOUR_AGO = int(time.time()) - 7200
+JSON_KEYS = {
+    "account",
+    "provider",
+    "applied",
+    "listed",
+    "orphans",
+    "missing",
+    "expired",
+    "pending",
+    "drift",
+    "deleted",
+    "adopted",
+    "skipped",
+    "errors",
+    "run_id",
+}
+
+
+def sql(home: Path, statement: str, *args: Any) -> None:
+    with sqlite3.connect(home / "ledger.db") as conn:
+        conn.execute(statement, args)
+
+
+def upload(run, tmp_path: Path, flavor: str, *names: str) -> list[dict[str, Any]]:
+    paths = [str(write(tmp_path / n, f"content of {n}")) for n in names]
+    result = run("upload", *paths, "-p", flavor, "--json", "--concurrency", "1")
+    assert result.exit_code == 0, result.stderr
+    return result.json()
+
+
+def age_everything(home: Path) -> None:
+    """Make ledger rows look two hours old, as if uploaded long before this reconcile."""
+    sql(home, "UPDATE files SET created_at = datetime(created_at, '-2 hours')")
+
+
+def emulator_ids(emu) -> set[str]:
+    with emu.lock:
+        return set(emu.files)
+
+
+def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai", page_size=3)
+    kept = upload(run, tmp_path, "openai", "keep.txt")[0]
+    old = [emu.add_file(f"orphan{i}.txt", 10 + i, created_at=HOUR_AGO) for i in range(5)]
+    young = emu.add_file("young.txt", 5)
+    before_events = actions(home)
+    plan = run("reconcile", "-p", "openai", "--json")
+    assert plan.exit_code == 0, plan.stderr
+    body = plan.json()
+    assert set(body) == JSON_KEYS and body["applied"] is False and body["listed"] == 7
+    assert sorted(o["id"] for o in body["orphans"]) == sorted([f.id for f in old] + [young.id])
+    assert body["deleted"] == [] and body["run_id"] is None
+    assert actions(home) == before_events and ledger_rows(home, "SELECT count(*) FROM reconcile_runs") == [(0,)]
+    assert len(emulator_ids(emu)) == 7
+
+    applied = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert sorted(applied["deleted"]) == sorted(f.id for f in old)
+    assert applied["skipped"] == [{"id": young.id, "reason": "younger than --min-age (1h): may be mid-upload"}]
+    assert emulator_ids(emu) == {kept["id"], young.id}
+    assert actions(home).count("reconcile_delete") == 5
+    [(status, counts, listed)] = ledger_rows(home, "SELECT status, counts, listed FROM reconcile_runs")
+    assert status == "done" and listed == 7 and json.loads(counts)["deleted"] == 5
+    assert ledger_rows(home, "SELECT status FROM files") == [("active",)]
+
+
+def test_adopt_records_orphans_instead_of_deleting(provider_env, run, home: Path) -> None:
+    emu = provider_env("zai")
+    orphan = emu.add_file("found.pdf", 1234, purpose="agent", created_at=HOUR_AGO)
+    result = run("reconcile", "-p", "zai", "--apply", "--adopt", "--json").json()
+    assert result["adopted"] == [orphan.id] and result["deleted"] == []
+    assert orphan.id in emulator_ids(emu)
+    [record] = run("ls", "-p", "zai", "--json").json()
+    assert (record["id"], record["filename"], record["bytes"], record["purpose"], record["status"]) == (
+        orphan.id,
+        "found.pdf",
+        1234,
+        "agent",
+        "active",
+    )
+    assert "reconcile_adopt" in actions(home)
+
+
+def test_missing_files_are_marked_and_stop_counting(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("moonshot")
+    a, b = upload(run, tmp_path, "moonshot", "a.txt", "b.txt")
+    with emu.lock:
+        del emu.files[a["id"]]  # deleted in the provider's console
+    result = run("reconcile", "-p", "moonshot", "--apply", "--json").json()
+    assert [m["id"] for m in result["missing"]] == [a["id"]]
+    assert ledger_rows(home, "SELECT file_id, status FROM files ORDER BY id") == [
+        (a["id"], "missing"),
+        (b["id"], "active"),
+    ]
+    assert run("usage", "-p", "moonshot", "--json").json()[0]["files"] == 1
+    assert "reconcile_missing" in actions(home)
+
+
+def test_expired_files_are_deleted_and_marked(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("xai")
+    a, b, c = upload(run, tmp_path, "xai", "a.txt", "b.txt", "c.txt")
+    sql(home, "UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE file_id IN (?, ?)", a["id"], b["id"])
+    with emu.lock:
+        del emu.files[b["id"]]  # the provider dropped it itself (as Z.AI does at 180 days)
+    plan = run("reconcile", "-p", "xai", "--json").json()
+    assert {e["id"]: e["at_provider"] for e in plan["expired"]} == {a["id"]: True, b["id"]: False}
+    result = run("reconcile", "-p", "xai", "--apply", "--json").json()
+    assert result["deleted"] == [a["id"]]
+    assert emulator_ids(emu) == {c["id"]}
+    statuses = dict(ledger_rows(home, "SELECT file_id, status FROM files"))
+    assert statuses == {a["id"]: "expired", b["id"]: "expired", c["id"]: "active"}
+    assert {"reconcile_expire", "reconcile_expired"} <= set(actions(home))
+
+
+def test_pending_reservations_are_settled_or_failed(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[http]\nbackoff_seconds = 0.01\n")
+    # A lost response whose lookup also failed: the reservation stays pending, the file landed.
+    emu.inject("POST", "/files", drop_response=True, after_store=True)
+    emu.inject("GET", "/files", status=500, times=5)
+    lost = run("upload", str(write(tmp_path / "lost.txt", "landed anyway")), "-p", "openai")
+    assert lost.exit_code == 1 and "stays pending" in lost.stderr
+    # A reservation whose process died before sending anything.
+    emu.inject("POST", "/files", drop_response=True)
+    emu.inject("GET", "/files", status=500, times=5)
+    assert run("upload", str(write(tmp_path / "never.txt", "never sent")), "-p", "openai").exit_code == 1
+    assert ledger_rows(home, "SELECT status FROM files ORDER BY id") == [("pending",), ("pending",)]
+    [landed] = emulator_ids(emu)
+
+    young = run("reconcile", "-p", "openai", "--json").json()  # both reservations are younger than 1h
+    assert {p["outcome"] for p in young["pending"]} == {"waiting"}
+    assert [o["id"] for o in young["orphans"]] == [landed]
+
+    age_everything(home)
+    result = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    outcomes = {p["filename"]: p["outcome"] for p in result["pending"]}
+    assert outcomes == {"lost.txt": "settled", "never.txt": "failed"}
+    assert result["orphans"] == [] and result["deleted"] == []
+    assert ledger_rows(home, "SELECT filename, status, file_id FROM files ORDER BY id") == [
+        ("lost.txt", "active", landed),
+        ("never.txt", "failed", None),
+    ]
+    assert run("usage", "-p", "openai", "--json").json()[0]["files"] == 1  # the failed one freed its quota
+
+
+def test_drift_is_reported(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    [a] = upload(run, tmp_path, "openai", "a.txt")
+    with emu.lock:
+        emu.files[a["id"]].bytes = 99
+        emu.files[a["id"]].filename = "renamed.txt"
+    result = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert result["drift"] == [
+        {
+            "id": a["id"],
+            "ledger": {"filename": "a.txt", "bytes": a["bytes"]},
+            "provider": {"filename": "renamed.txt", "bytes": 99},
+        }
+    ]
+    assert "reconcile_drift" in actions(home)
+    assert ledger_rows(home, "SELECT status FROM files") == [("active",)]
+
+
+# --- safety rails -----------------------------------------------------------------------------------
+
+
+def _nothing_changed(home: Path, emu, before: tuple[list[Any], set[str]]) -> None:
+    assert (ledger_rows(home, "SELECT id, status FROM files ORDER BY id"), emulator_ids(emu)) == before
+
+
+def _state(home: Path, emu) -> tuple[list[Any], set[str]]:
+    return ledger_rows(home, "SELECT id, status FROM files ORDER BY id"), emulator_ids(emu)
+
+
+@pytest.mark.parametrize("failure", ["page", "auth", "cursor"])
+def test_an_incomplete_listing_changes_nothing(failure: str, provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai", page_size=2)
+    write(home / "config.toml", "[http]\nbackoff_seconds = 0.01\nattempts = 2\n")
+    kept = upload(run, tmp_path, "openai", "a.txt", "b.txt", "c.txt")
+    with emu.lock:
+        del emu.files[kept[0]["id"]]  # would be "missing" on a complete listing
+    for i in range(4):
+        emu.add_file(f"orphan{i}.txt", 5, created_at=HOUR_AGO)
+    before = _state(home, emu)
+    if failure == "page":
+        first_page_then_fail(emu)
+    elif failure == "auth":
+        emu.inject("GET", "/files", status=401, body=emu.error_body(401, "invalid key"), times=5)
+    else:
+        page = {"object": "list", "data": [], "has_more": True, "last_id": "file-same"}
+        for i in range(5):
+            page = {
+                **page,
+                "data": [
+                    {
+                        "id": f"file-r{i}",
+                        "object": "file",
+                        "bytes": 1,
+                        "created_at": HOUR_AGO,
+                        "filename": "r.txt",
+                        "purpose": "assistants",
+                    }
+                ],
+            }
+            emu.inject("GET", "/files", status=200, body=page)
+    result = run("reconcile", "-p", "openai", "--apply")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert {"page": "listing failed after 1 page", "auth": "invalid key", "cursor": "repeated the cursor"}[
+        failure
+    ] in result.stderr
+    _nothing_changed(home, emu, before)
+    assert not any(a.startswith("reconcile_") for a in actions(home))
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("failed",)]
+
+
+def first_page_then_fail(emu) -> None:
+    """Answer the first list request with a real first page, then fail every later one."""
+    with emu.lock:
+        files = sorted(emu.files.values(), key=lambda f: (f.created_at, f.id))[:2]
+    first = [
+        {
+            "id": f.id,
+            "object": "file",
+            "bytes": f.bytes,
+            "created_at": f.created_at,
+            "filename": f.filename,
+            "purpose": f.purpose,
+        }
+        for f in files
+    ]
+    emu.inject(
+        "GET",
+        "/files",
+        status=200,
+        body={"object": "list", "data": first, "has_more": True, "last_id": first[-1]["id"]},
+    )
+    emu.inject("GET", "/files", status=500, body=emu.error_body(500, "boom"), times=10)
+
+
+def test_an_empty_listing_with_active_files_is_refused(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("moonshot")
+    upload(run, tmp_path, "moonshot", "a.txt", "b.txt")
+    with emu.lock:
+        emu.files.clear()  # what a wrong key (another, empty account) looks like
+    before = _state(home, emu)
+    for args in (["reconcile", "-p", "moonshot"], ["reconcile", "-p", "moonshot", "--apply"]):
+        result = run(*args)
+        assert result.exit_code == 1 and "listed no files while the ledger holds 2 active" in result.stderr
+        assert "--accept-empty" in result.stderr
+    _nothing_changed(home, emu, before)
+    accepted = run("reconcile", "-p", "moonshot", "--apply", "--accept-empty", "--json").json()
+    assert len(accepted["missing"]) == 2
+    assert ledger_rows(home, "SELECT DISTINCT status FROM files") == [("missing",)]
+
+
+def test_max_delete_refuses_the_whole_plan(provider_env, run, home: Path) -> None:
+    emu = provider_env("openai")
+    for i in range(12):
+        emu.add_file(f"o{i}.txt", 3, created_at=HOUR_AGO)
+    before = _state(home, emu) if (home / "ledger.db").exists() else None
+    result = run("reconcile", "-p", "openai", "--apply", "--max-delete", "10")
+    assert result.exit_code == 1
+    assert "would delete 12 files, more than --max-delete 10" in result.stderr
+    assert "--max-delete 12" in result.stderr
+    assert len(emulator_ids(emu)) == 12
+    assert before is None or _state(home, emu) == before
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("aborted",)]
+    pct = run("reconcile", "-p", "openai", "--apply", "--max-delete", "50%")
+    assert pct.exit_code == 1 and "more than --max-delete 50%" in pct.stderr
+    ok = run("reconcile", "-p", "openai", "--apply", "--max-delete", "100%", "--json")
+    assert ok.exit_code == 0 and len(ok.json()["deleted"]) == 12
+    bad = run("reconcile", "-p", "openai", "--max-delete", "lots")
+    assert bad.exit_code == 2
+
+
+def test_min_age_protects_young_orphans(provider_env, run) -> None:
+    emu = provider_env("openai")
+    fresh = emu.add_file("fresh.txt", 3)
+    result = run("reconcile", "-p", "openai", "--apply", "--min-age", "2h", "--json").json()
+    assert result["deleted"] == [] and result["skipped"][0]["id"] == fresh.id
+    assert fresh.id in emulator_ids(emu)
+    now = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
+    assert now["deleted"] == [fresh.id]
+
+
+def _hold_lock(home: Path, pid: int, host: str, heartbeat: str = "now") -> None:
+    stamp = "datetime('now')" if heartbeat == "now" else f"'{heartbeat}'"
+    sql(
+        home,
+        "INSERT INTO reconcile_runs (account_id, status, applied, actor, pid, started_at, heartbeat_at, counts) "
+        f"VALUES (1, 'running', 1, 'someone@{host}', {pid}, {stamp}, {stamp}, '{{}}')",
+    )
+
+
+def test_one_applying_reconcile_per_account(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    _hold_lock(home, os.getpid(), socket.gethostname())  # a live holder: this very test process
+    busy = run("reconcile", "-p", "openai", "--apply")
+    assert busy.exit_code == 1 and "another reconcile of this account is running" in busy.stderr
+    assert "--wait" in busy.stderr
+    assert run("reconcile", "-p", "openai").exit_code == 0  # a plan needs no lock
+
+
+def test_a_dead_holder_is_abandoned(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _hold_lock(home, dead.pid, socket.gethostname())
+    _hold_lock(home, 1, "another-host", heartbeat="2020-01-01 00:00:00")  # silent for years
+    result = run("reconcile", "-p", "openai", "--apply")
+    assert result.exit_code == 0, result.stderr
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [
+        ("abandoned",),
+        ("abandoned",),
+        ("done",),
+    ]
+    assert actions(home).count("reconcile_abandoned") == 2
+
+
+def test_wait_waits_for_the_holder(home: Path, emulators, run, tmp_path: Path) -> None:
+    emu = emulators("openai")
+    env = {**os.environ, "FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
+    assert run("db", "upgrade").exit_code == 0
+    sql(
+        home,
+        "INSERT INTO accounts (name, provider, base_url, key_fingerprint, created_at) "
+        "VALUES ('openai', 'openai', ?, ?, datetime('now'))",
+        emu.url,
+        _fingerprint(),
+    )
+    _hold_lock(home, os.getpid(), socket.gethostname())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai", "--apply", "--wait"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # blocks until the waiter says it is waiting
+    assert "waiting for run #1 by someone@" in line
+    sql(home, "UPDATE reconcile_runs SET status = 'done', finished_at = datetime('now') WHERE id = 1")
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [("done",), ("done",)]
+
+
+def _fingerprint() -> str:
+    from filekeeper.config import fingerprint
+
+    return fingerprint(SECRET)
+
+
+class RacingProvider:
+    """The real adapter, plus something that happens between the listing and the deletes."""
+
+    def __init__(self, real: Any, after_listing: Any) -> None:
+        self.real = real
+        self.after_listing = after_listing
+
+    def list_files(self, **kwargs: Any) -> Iterator[Any]:
+        yield from self.real.list_files(**kwargs)
+        self.after_listing()
+
+    def delete(self, file_id: str) -> bool:
+        return self.real.delete(file_id)
+
+
+def test_each_delete_is_rechecked_and_404_is_success(provider_env, home: Path) -> None:
+    emu = provider_env("openai")
+    became_active = emu.add_file("racing.txt", 3, created_at=HOUR_AGO)
+    vanished = emu.add_file("vanished.txt", 4, created_at=HOUR_AGO)
+    plain = emu.add_file("plain.txt", 5, created_at=HOUR_AGO)
+    with Keeper() as keeper:
+        acct = keeper.account(provider="openai")
+        account_id = keeper.ledger.ensure_account(acct)
+
+        def meanwhile() -> None:
+            # another process adopts one orphan, and someone deletes another in the console
+            sql(
+                home,
+                "INSERT INTO files (account_id, file_id, filename, bytes, purpose, status, created_at) "
+                "VALUES (?, ?, 'racing.txt', 3, 'assistants', 'active', datetime('now'))",
+                account_id,
+                became_active.id,
+            )
+            with emu.lock:
+                del emu.files[vanished.id]
+
+        remote = RacingProvider(keeper.connect(acct), meanwhile)
+        report = reconcile(keeper.ledger, acct, account_id, remote, Options(apply=True))  # type: ignore[arg-type]
+        remote.real.close()
+    assert sorted(report.deleted) == sorted([vanished.id, plain.id])
+    assert report.skipped == [(became_active.id, "became active in the ledger since the listing")]
+    assert emulator_ids(emu) == {became_active.id}
+    [(detail,)] = ledger_rows(
+        home, "SELECT detail FROM events WHERE file_id = ? AND action = 'reconcile_delete'", vanished.id
+    )
+    assert json.loads(detail)["already_gone"] is True
+
+
+# --- cron ---------------------------------------------------------------------------------------------
+
+
+def test_quiet_when_nothing_to_do_and_exit_codes(provider_env, run, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    clean = run("reconcile", "-p", "openai", "--apply", "--exit-code")
+    assert (clean.exit_code, clean.stdout, clean.stderr) == (0, "", "")
+    emu.add_file("orphan.txt", 3, created_at=HOUR_AGO)
+    plan = run("reconcile", "-p", "openai", "--exit-code")
+    assert plan.exit_code == 4 and "orphans" in plan.stdout and "plan only" in plan.stdout
+    assert run("reconcile", "-p", "openai").exit_code == 0
+    applied = run("reconcile", "-p", "openai", "--apply", "--exit-code")
+    assert applied.exit_code == 4 and "deleted 1" in applied.stdout
+    assert run("reconcile", "-p", "openai", "--apply", "--exit-code").exit_code == 0
+
+
+def test_all_accounts(home: Path, emulators, run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = emulators("openai"), emulators("moonshot")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", a.url)
+    write(
+        home / "config.toml",
+        f'[accounts.team]\nprovider = "moonshot"\napi_key_env = "TEAM_KEY"\nbase_url = "{b.url}"\n',
+    )
+    monkeypatch.setenv("TEAM_KEY", SECRET)
+    a.add_file("x.txt", 1, created_at=HOUR_AGO)
+    b.add_file("y.txt", 2, created_at=HOUR_AGO)
+    result = run("reconcile", "--all", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert {r["account"]: len(r["deleted"]) for r in result.json()} == {"openai": 1, "team": 1}
+    assert run("reconcile", "--all", "-p", "openai").exit_code == 2
+
+
+def test_reconcile_while_uploads_run_loses_nothing(home: Path, emulators, tmp_path: Path) -> None:
+    """Cron every five minutes on an account being uploaded to: the two always end up agreeing."""
+    emu = emulators("openai", latency=0.01)
+    env = {**os.environ, "FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
+    subprocess.run([sys.executable, "-m", "filekeeper", "db", "upgrade"], env=env, check=True, capture_output=True)
+    procs = []
+    for p in range(4):
+        paths = [str(write(tmp_path / f"p{p}" / f"f{i}.txt", f"{p}-{i}")) for i in range(4)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "filekeeper", "upload", *paths, "-p", "openai"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for _ in range(3):
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "filekeeper",
+                    "reconcile",
+                    "-p",
+                    "openai",
+                    "--apply",
+                    "--wait",
+                    "--accept-empty",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0] * 7, [p.stderr.read() for p in procs if p.stderr]
+    active = {i for (i,) in ledger_rows(home, "SELECT file_id FROM files WHERE status = 'active'")}
+    assert len(active) == 16 and active == emulator_ids(emu)
+    assert ledger_rows(home, "SELECT count(*) FROM files WHERE status != 'active'") == [(0,)]
+
+
+def test_progress_on_a_terminal_only(provider_env, home: Path) -> None:
+    import pty
+
+    emu = provider_env("openai", page_size=2)
+    for i in range(5):
+        emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO)
+    env = {**os.environ}
+    primary, replica = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai", "--apply"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=replica,
+            timeout=60,
+        )
+        os.close(replica)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0
+    shown = b"".join(chunks).decode()
+    assert "reconcile: listing" in shown and "reconcile: deleting 5/5" in shown
+    piped = subprocess.run(
+        [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai"], env=env, capture_output=True, text=True
+    )
+    assert "reconcile: listing" not in piped.stderr
+
+
+def test_timestamps_are_utc(provider_env, run, home: Path) -> None:
+    emu = provider_env("zai", ms_timestamps=True)
+    created = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp())
+    emu.add_file("ms.pdf", 3, purpose="agent", created_at=created)
+    [orphan] = run("reconcile", "-p", "zai", "--json").json()["orphans"]
+    assert orphan["created_at"] == "2026-01-02T00:00:00Z"
+    assert datetime.now(UTC) - timedelta(days=400) < datetime(2026, 1, 2, tzinfo=UTC)
