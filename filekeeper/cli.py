@@ -439,7 +439,7 @@ def parse_max_delete_option(_ctx: click.Context, _param: click.Parameter, value:
 )
 @click.option("--wait", is_flag=True, help="Wait for another reconcile of the account instead of failing.")
 @click.option(
-    "--concurrency", default=16, show_default=True, type=click.IntRange(1, 64), help="Deletes in flight at once."
+    "--concurrency", default=32, show_default=True, type=click.IntRange(1, 64), help="Deletes in flight at once."
 )
 @click.option(
     "--exit-code", "exit_code", is_flag=True, help="Exit 4 when the plan found anything to do (for monitoring)."

@@ -270,18 +270,33 @@ class Ledger:
         file_id: str | None = None,
         **detail: Any,
     ) -> None:
-        conn.execute(
-            insert(events).values(
-                at=utcnow(),
-                account_id=account_id,
-                file_pk=file_pk,
-                file_id=file_id,
-                action=action,
-                actor=self.actor,
-                pid=self.pid,
-                detail=detail,
-            )
-        )
+        self.events(conn, [self.event_row(action, account_id=account_id, file_pk=file_pk, file_id=file_id, **detail)])
+
+    def event_row(
+        self,
+        action: str,
+        *,
+        account_id: int | None,
+        file_pk: int | None = None,
+        file_id: str | None = None,
+        **detail: Any,
+    ) -> dict[str, Any]:
+        """An audit event, ready for :meth:`events` (which writes many in one statement)."""
+        return {
+            "at": utcnow(),
+            "account_id": account_id,
+            "file_pk": file_pk,
+            "file_id": file_id,
+            "action": action,
+            "actor": self.actor,
+            "pid": self.pid,
+            "detail": detail,
+        }
+
+    @staticmethod
+    def events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(insert(events), rows)
 
     @staticmethod
     def record(conn: Connection, ledger_id: int) -> FileRecord:

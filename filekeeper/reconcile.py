@@ -55,10 +55,10 @@ class Options:
     min_age: timedelta = timedelta(hours=1)
     accept_empty: bool = False
     wait: bool = False
-    concurrency: int = 16
+    concurrency: int = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tracked:
     """A ledger row as the reconcile snapshot saw it."""
 
@@ -320,19 +320,20 @@ def classify(
     now: datetime,
     min_age: timedelta,
 ) -> None:
-    """The one pass over the listing. Raises whatever the listing raises, before any change."""
+    """The one pass over the listing. Raises whatever the listing raises, before any change.
+
+    Consumes ``active``: each listed file is popped from it, so what is left was not listed.
+    """
     old_enough = now - min_age
     claimable: dict[tuple[str, int], list[Tracked]] = defaultdict(list)
     for p in pending:
         if p.created_at <= old_enough:  # a younger reservation may still be uploading
             claimable[(p.filename, p.bytes)].append(p)
     claimed: set[int] = set()
-    seen: set[str] = set()
     for rf in listing:
         report.listed += 1
-        t = active.get(rf.id)
+        t = active.pop(rf.id, None)
         if t is not None:
-            seen.add(rf.id)
             if (rf.bytes is not None and rf.bytes != t.bytes) or (rf.filename and rf.filename != t.filename):
                 report.drift.append((t, rf))
             if t.expired(now):
@@ -352,9 +353,8 @@ def classify(
             report.settled.append((match, rf))
             continue
         report.orphans.append(rf)
-    for file_id, t in active.items():
-        if file_id not in seen:
-            (report.expired if t.expired(now) else report.missing).append(t)
+    for t in active.values():
+        (report.expired if t.expired(now) else report.missing).append(t)
     for p in pending:
         if p.ledger_id in claimed:
             continue
@@ -390,11 +390,12 @@ def reconcile(
     try:
         now = utcnow()
         active, pending = _snapshot(ledger, account_id)
+        held = len(active)
         classify(report, active, pending, remote.list_files(on_page=on_page), now, options.min_age)
         report.max_delete = delete_limit(options.max_delete, report.listed)
-        if report.listed == 0 and active and not options.accept_empty:
+        if report.listed == 0 and held and not options.accept_empty:
             raise ReconcileRefused(
-                f"{account.name}: the provider listed no files while the ledger holds {len(active)} active; "
+                f"{account.name}: the provider listed no files while the ledger holds {held} active; "
                 "a wrong API key or base URL looks exactly like this. Nothing was changed. "
                 "If the account really is empty, run again with --accept-empty"
             )
@@ -578,83 +579,126 @@ def _delete_all(
     progress: Progress | None,
     detail: dict[str, Any],
 ) -> None:
-    """Delete concurrently (bounded); each re-checked in the ledger right before it is sent."""
+    """Delete concurrently, at most ``concurrency`` in flight.
+
+    This thread schedules: right before handing a delete to a free worker, it re-checks the file
+    in the ledger (on one connection of its own), and the worker sends it at once. Results are
+    written to the ledger in batches.
+    """
     if not jobs:
         return
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-    def one(file_id: str, expired: Tracked | None) -> tuple[str, Tracked | None, bool | None, str | None]:
-        with ledger.transaction() as conn:
-            status = conn.execute(
-                select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
-            ).scalar()
-        if expired is None and status == "active":
-            return file_id, expired, None, "became active in the ledger since the listing"
-        if expired is not None and status != "active":
-            return file_id, expired, None, f"no longer active in the ledger ({status})"
+    def send(file_id: str) -> bool | str:
         try:
-            return file_id, expired, remote.delete(file_id), None
+            return remote.delete(file_id)
         except FileNotFoundAtProvider:
-            return file_id, expired, False, None
+            return False
         except ProviderError as e:
-            return file_id, expired, None, f"error: {e}"
+            return str(e)
 
     done: list[tuple[str, Tracked | None, bool]] = []
+    queue = iter(jobs)
+    finished = 0
+    with (
+        ledger.engine.connect() as check,
+        ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool,
+    ):
 
-    def flush() -> None:
-        now = utcnow()
-        with ledger.transaction(write=True) as conn:
-            for file_id, expired, existed in done:
-                if expired is not None:
-                    _set_status(conn, expired.ledger_id, "active", status="expired", deleted_at=now)
-                    ledger.event(
-                        conn,
+        def next_delete() -> tuple[Future[bool | str], str, Tracked | None] | None:
+            nonlocal finished
+            for file_id, expired in queue:
+                with check.begin():
+                    status = check.execute(
+                        select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
+                    ).scalar()
+                if expired is None and status == "active":
+                    report.skipped.append((file_id, "became active in the ledger since the listing"))
+                elif expired is not None and status != "active":
+                    report.skipped.append((file_id, f"no longer active in the ledger ({status})"))
+                else:
+                    return pool.submit(send, file_id), file_id, expired
+                finished += 1
+            return None
+
+        in_flight: dict[Future[bool | str], tuple[str, Tracked | None]] = {}
+        while True:
+            while len(in_flight) < concurrency and (job := next_delete()) is not None:
+                in_flight[job[0]] = (job[1], job[2])
+            if not in_flight:
+                break
+            completed, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in completed:
+                file_id, expired = in_flight.pop(future)
+                outcome = future.result()
+                finished += 1
+                if isinstance(outcome, str):
+                    report.errors.append((file_id, outcome))
+                else:
+                    report.deleted.append(file_id)
+                    done.append((file_id, expired, outcome))
+            if len(done) >= RESULT_BATCH:
+                _record_deletes(ledger, account_id, done, detail)
+                done.clear()
+            if progress:
+                progress("deleting", finished, len(jobs))
+    _record_deletes(ledger, account_id, done, detail)
+
+
+def _record_deletes(
+    ledger: Ledger, account_id: int, done: list[tuple[str, Tracked | None, bool]], detail: dict[str, Any]
+) -> None:
+    """Write a batch of delete results: statuses and events, a few statements for the lot."""
+    if not done:
+        return
+    now = utcnow()
+    rows = []
+    with ledger.transaction(write=True) as conn:
+        expired_ids = [t.ledger_id for _, t, _ in done if t is not None]
+        if expired_ids:
+            conn.execute(
+                update(files)
+                .where(files.c.id.in_(expired_ids), files.c.status == "active")
+                .values(status="expired", deleted_at=now)
+            )
+        orphan_ids = [file_id for file_id, t, _ in done if t is None]
+        known: dict[str, int] = {}
+        if orphan_ids:
+            query = select(files.c.file_id, files.c.id).where(
+                files.c.account_id == account_id, files.c.file_id.in_(orphan_ids)
+            )
+            known = {file_id: ledger_id for file_id, ledger_id in conn.execute(query)}
+        if known:
+            conn.execute(
+                update(files)
+                .where(files.c.id.in_(list(known.values())), files.c.status.not_in(("deleted", "expired")))
+                .values(status="deleted", deleted_at=now)
+            )
+        for file_id, t, existed in done:
+            if t is not None:
+                rows.append(
+                    ledger.event_row(
                         "reconcile_expire",
                         account_id=account_id,
-                        file_pk=expired.ledger_id,
+                        file_pk=t.ledger_id,
                         file_id=file_id,
                         already_gone=not existed,
                         **detail,
                     )
-                else:
-                    row = conn.execute(
-                        select(files.c.id, files.c.status).where(
-                            files.c.account_id == account_id, files.c.file_id == file_id
-                        )
-                    ).first()
-                    if row is not None and row.status not in ("deleted", "expired"):
-                        conn.execute(update(files).where(files.c.id == row.id).values(status="deleted", deleted_at=now))
-                    ledger.event(
-                        conn,
+                )
+            else:
+                rows.append(
+                    ledger.event_row(
                         "reconcile_delete",
                         account_id=account_id,
-                        file_pk=None if row is None else row.id,
+                        file_pk=known.get(file_id),
                         file_id=file_id,
                         orphan=True,
                         already_gone=not existed,
                         **detail,
                     )
-        done.clear()
-
-    finished = 0
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool:
-        futures = [pool.submit(one, file_id, expired) for file_id, expired in jobs]
-        for future in as_completed(futures):
-            file_id, expired, existed, problem = future.result()
-            finished += 1
-            if problem is None:
-                report.deleted.append(file_id)
-                done.append((file_id, expired, bool(existed)))
-            elif problem.startswith("error: "):
-                report.errors.append((file_id, problem[7:]))
-            else:
-                report.skipped.append((file_id, problem))
-            if len(done) >= RESULT_BATCH:
-                flush()
-            if progress:
-                progress("deleting", finished, len(jobs))
-    if done:
-        flush()
+                )
+        ledger.events(conn, rows)
 
 
 def _age(d: timedelta) -> str:

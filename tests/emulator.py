@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -532,6 +532,9 @@ class Emulator:
         # Sort keys of every id ever stored: a cursor naming a file deleted in the meantime
         # must still resume at its place rather than end the listing early.
         self._cursor_keys: dict[str, tuple[int, str]] = {}
+        # Every (created_at, id) ever stored, kept sorted, so a page costs a bisect rather than
+        # a sort of the whole account; entries whose file is gone are skipped when read.
+        self._order: list[tuple[int, str]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._bind_port = 0
@@ -691,6 +694,7 @@ class Emulator:
         )
         self.files[fid] = stored
         self._cursor_keys[fid] = (stored.created_at, fid)
+        bisect.insort(self._order, (stored.created_at, fid))
         return stored
 
     def _take_fault(self, method: str, rel: str) -> _Fault | None:
@@ -919,23 +923,31 @@ class Emulator:
     ) -> tuple[list[dict[str, Any]], bool]:
         """One page in (created_at, id) order after the cursor id, and whether more follow."""
         with self.lock:
-            items = [f for f in self.files.values() if not purpose or f.purpose == purpose]
             cursor_key: tuple[int, str] | None = None
             if after:
                 cursor = self.files.get(after)
                 cursor_key = (cursor.created_at, cursor.id) if cursor else self._cursor_keys.get(after)
-        if after and cursor_key is None:
-            return [], False
-        items.sort(key=lambda f: (f.created_at, f.id))
-        if cursor_key is not None:
-            keys = [(f.created_at, f.id) for f in items]
+                if cursor_key is None:
+                    return [], False
+            order = self._order
             if desc:
-                items = items[: bisect.bisect_left(keys, cursor_key)]
+                start = len(order) if cursor_key is None else bisect.bisect_left(order, cursor_key)
+                positions: Iterable[int] = range(start - 1, -1, -1)
             else:
-                items = items[bisect.bisect_right(keys, cursor_key) :]
-        if desc:
-            items.reverse()
-        return [self._serve(f) for f in items[:limit]], len(items) > limit
+                start = 0 if cursor_key is None else bisect.bisect_right(order, cursor_key)
+                positions = range(start, len(order))
+            page: list[StoredFile] = []
+            more = False
+            for i in positions:
+                created_at, fid = order[i]
+                f = self.files.get(fid)
+                if f is None or f.created_at != created_at or (purpose and f.purpose != purpose):
+                    continue
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(f)
+            return [self._serve(f) for f in page], more
 
     def _cap(self, limit: int) -> int:
         # Like a compatible service that silently caps page size below what was asked.

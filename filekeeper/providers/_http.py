@@ -166,7 +166,7 @@ class HTTP:
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"filekeeper/{__version__}"},
             timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
             transport=transport,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         )
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from ._http import HTTP
 ProgressCallback = Callable[[int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteFile:
     """A file as the provider describes it."""
 
