@@ -26,36 +26,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from emulator_process import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 KEY = "sk-bench-reconcile"
 
 
-class Emulator:
+class Emulator(EmulatorProcess):
     def __init__(self, files: int, latency: float, page_size: int) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.emulator",
-                "--flavor",
-                "openai",
-                "--api-key",
-                KEY,
-                "--seed-files",
-                str(files),
-                "--latency",
-                str(latency),
-                "--page-size",
-                str(page_size),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            "openai",
+            "--api-key",
+            KEY,
+            "--seed-files",
+            str(files),
+            "--latency",
+            str(latency),
+            "--page-size",
+            str(page_size),
         )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().split()[1]
 
     def ids(self) -> list[str]:
         return [f["id"] for f in self.files()]
@@ -70,10 +60,6 @@ class Emulator:
                 if not body.get("has_more"):
                     return out
                 after = body["data"][-1]["id"]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def make_ledger(home: Path, url: str, known: list[dict[str, object]]) -> dict[str, str]:

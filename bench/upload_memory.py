@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from emulator_process import EmulatorProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-upload-memory"
 
@@ -60,25 +62,9 @@ def main() -> int:
         child(*args.child)
         return 0
 
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.emulator",
-            "--flavor",
-            "openai",
-            "--api-key",
-            KEY,
-            "--max-file-bytes",
-            str(10**10),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    emulator = EmulatorProcess("openai", "--api-key", KEY, "--max-file-bytes", str(10**10))
     try:
-        assert emulator.stdout is not None
-        url = emulator.stdout.readline().split()[1]
+        url = emulator.url
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "big.jsonl"
             block = os.urandom(1 << 20)
@@ -119,8 +105,7 @@ def main() -> int:
                     f"peak {r['peak_kb'] / 1024:7.1f} MiB   growth {growth:+7.1f} MiB"
                 )
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
+        emulator.close()
     return 0
 
 

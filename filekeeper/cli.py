@@ -12,7 +12,8 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -87,6 +88,11 @@ class FilekeeperGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("filekeeper: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`filekeeper report | head`): stop quietly, as Unix tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_FAILURE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
@@ -550,6 +556,93 @@ def render_reconcile(r: Report) -> str:
     return "\n".join(lines)
 
 
+def parse_date_option(end_of_day: bool) -> Callable[[click.Context, click.Parameter, str | None], datetime | None]:
+    def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+        from .reports import parse_when
+
+        if value is None:
+            return None
+        try:
+            return parse_when(value, end_of_day=end_of_day)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return parse
+
+
+_FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".md": "md", ".html": "html", ".htm": "html", ".txt": "table"}
+
+
+@cli.command()
+@account_options
+@click.option(
+    "--since",
+    metavar="DATE",
+    callback=parse_date_option(False),
+    help="Start (YYYY-MM-DD or ISO time; default: 30 days before --until).",
+)
+@click.option("--until", metavar="DATE", callback=parse_date_option(True), help="End (default: now).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "md", "html"]),
+    help="Default: from --output's extension, else table on a terminal and json otherwise.",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
+@click.pass_obj
+def report(
+    state: State,
+    provider: str | None,
+    account: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str | None,
+    output: Path | None,
+) -> None:
+    """Audit report: usage against limits now, activity by day, reconcile runs, every event."""
+    from .report_formats import render_html, render_md, render_table, write_csv, write_json
+
+    keeper = state.keeper()
+    if fmt is None:
+        fmt = _FORMAT_BY_SUFFIX.get(output.suffix.lower()) if output else None
+        fmt = fmt or ("table" if output is None and sys.stdout.isatty() else "json")
+    events = {"provider": provider, "account": account, "since": since, "until": until}
+
+    def produce(out: TextIO) -> None:
+        if fmt == "csv":
+            write_csv(keeper.events(**events), out)
+            return
+        summary = keeper.report(**events)
+        if fmt == "json":
+            write_json(summary, keeper.events(**{**events, "since": summary.since, "until": summary.until}), out)
+        elif fmt == "html":
+            out.write(
+                render_html(
+                    summary,
+                    list(keeper.events(**{**events, "since": summary.since, "until": summary.until}, newest_first=100)),
+                )
+            )
+        else:
+            out.write((render_md if fmt == "md" else render_table)(summary))
+
+    if output is None:
+        produce(sys.stdout)
+        return
+    # Written aside and renamed, so that a report that fails half-way leaves no half a file.
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            produce(out)
+        partial.replace(output)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    click.echo(f"wrote {fmt} report to {output}", err=True)
+
+
 @cli.group()
 def db() -> None:
     """The ledger's schema."""
@@ -588,6 +681,26 @@ def db_current(state: State) -> None:
         "newer": f"(written by a newer filekeeper; this one knows up to {st.head})",
     }
     click.echo(f"{st.current or 'none'} {notes[st.state]}")
+
+
+@db.command("prune-events")
+@click.option(
+    "--before",
+    required=True,
+    metavar="DATE",
+    callback=parse_date_option(False),
+    help="Remove events before this date (YYYY-MM-DD or ISO time).",
+)
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV archive to write first (default: $FILEKEEPER_HOME/archive/events-before-DATE-*.csv).",
+)
+@click.pass_obj
+def db_prune_events(state: State, before: datetime, archive: Path | None) -> None:
+    """Archive old events to CSV, then remove them from the ledger (nothing is ever pruned implicitly)."""
+    count, path = state.keeper().prune_events(before, archive)
+    click.echo(f"archived {count} event(s) before {before:%Y-%m-%d %H:%M} UTC to {path}; removed them from the ledger")
 
 
 def main() -> None:

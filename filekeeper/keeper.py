@@ -28,10 +28,15 @@ from .schema import FILE_STATUSES, accounts, utcnow
 from .units import parse_duration
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from datetime import datetime
+
     from .providers import Provider, RemoteFile
     from .reconcile import Options as ReconcileOptions
     from .reconcile import Progress as ReconcileProgress
     from .reconcile import Report
+    from .reports import EventOut
+    from .reports import Report as AuditReport
 
 ProgressCallback = Callable[[int], None]
 
@@ -524,6 +529,50 @@ class Keeper:
             except FilekeeperError as e:
                 out.append((acct, e))
         return out
+
+    # --- reports --------------------------------------------------------------------------
+
+    def report(
+        self,
+        *,
+        provider: str | None = None,
+        account: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AuditReport:
+        """The audit summary of every account (or one) for a period (default: the last 30 days)."""
+        from .reports import build
+
+        until = until or utcnow()
+        since = since or until - timedelta(days=30)
+        if since > until:
+            raise UsageError("--since is after --until")
+        return build(self.ledger, self.settings, self._account_ids(provider, account), since, until)
+
+    def events(
+        self,
+        *,
+        provider: str | None = None,
+        account: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        newest_first: int | None = None,
+    ) -> Iterator[EventOut]:
+        """Every event of the period, streamed (for CSV and JSON reports of any size)."""
+        from .reports import iter_events
+
+        return iter_events(self.ledger, self._account_ids(provider, account), since, until, newest_first=newest_first)
+
+    def prune_events(self, before: datetime, archive: Path | None = None) -> tuple[int, Path]:
+        """Archive events older than ``before`` to CSV, then remove them from the ledger."""
+        from .reports import prune_events
+
+        if archive is None:
+            stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+            archive = self.settings.home / "archive" / f"events-before-{before:%Y-%m-%d}-{stamp}.csv"
+        if archive.exists():
+            raise UsageError(f"{archive} exists already; give another --archive")
+        return prune_events(self.ledger, before, archive), archive
 
     # --- delete ---------------------------------------------------------------------------
 

@@ -96,6 +96,30 @@ def run_process(*args: str, env: dict[str, str] | None = None, **kwargs: Any) ->
     )
 
 
+def run_on_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with its stderr on a pseudo-terminal; return the exit code and what it showed."""
+    import pty
+
+    primary, replica = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "filekeeper", *args], env=env, stdout=subprocess.PIPE, stderr=replica, timeout=60
+        )
+        os.close(replica)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the writer side is closed and everything was read
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(primary)
+    return proc.returncode, b"".join(chunks).decode()
+
+
 def write(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)

@@ -18,7 +18,7 @@ import pytest
 
 from filekeeper import Keeper
 from filekeeper.reconcile import Options, reconcile
-from tests.conftest import KEY_VARS, SECRET, URL_VARS, write
+from tests.conftest import KEY_VARS, SECRET, URL_VARS, run_on_terminal, write
 from tests.test_upload import actions, ledger_rows
 
 HOUR_AGO = int(time.time()) - 7200
@@ -502,35 +502,12 @@ def test_reconcile_while_uploads_run_loses_nothing(home: Path, emulators, tmp_pa
 
 
 def test_progress_on_a_terminal_only(provider_env, home: Path) -> None:
-    import pty
-
     emu = provider_env("openai", page_size=2)
     for i in range(5):
         emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO)
     env = {**os.environ}
-    primary, replica = pty.openpty()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai", "--apply"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=replica,
-            timeout=60,
-        )
-        os.close(replica)
-        chunks = []
-        while True:
-            try:
-                data = os.read(primary, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(primary)
-    assert proc.returncode == 0
-    shown = b"".join(chunks).decode()
+    code, shown = run_on_terminal("reconcile", "-p", "openai", "--apply", env=env)
+    assert code == 0
     assert "reconcile: listing" in shown and "reconcile: deleting 5/5" in shown
     piped = subprocess.run(
         [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai"], env=env, capture_output=True, text=True

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from filekeeper import Keeper, ProviderError
-from tests.conftest import KEY_VARS, PROVIDERS, SECRET, URL_VARS, run_process, write
+from tests.conftest import KEY_VARS, PROVIDERS, SECRET, URL_VARS, run_on_terminal, run_process, write
 
 RECORD_KEYS = {
     "id",
@@ -324,29 +321,8 @@ def test_progress_bar_on_a_terminal_only(home: Path, emulators, tmp_path: Path) 
     emu = emulators("moonshot")
     env = {**os.environ, "FILEKEEPER_HOME": str(home), "MOONSHOT_API_KEY": SECRET, "MOONSHOT_BASE_URL": emu.url}
     doc = write(tmp_path / "big.txt", os.urandom(3_000_000))
-    primary, replica = pty.openpty()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "filekeeper", "upload", str(doc), "-p", "moonshot"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=replica,
-            timeout=60,
-        )
-        os.close(replica)
-        chunks = []
-        while True:
-            try:
-                data = os.read(primary, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(primary)
-    assert proc.returncode == 0
-    tty_err = b"".join(chunks).decode()
+    code, tty_err = run_on_terminal("upload", str(doc), "-p", "moonshot", env=env)
+    assert code == 0
     assert "uploading [" in tty_err and "3.0 MB / 3.0 MB" in tty_err and "/s" in tty_err and "left" in tty_err
     piped = run_process("upload", str(doc), "-p", "moonshot", env=env)
     assert piped.returncode == 0 and "uploading [" not in piped.stderr

@@ -1,0 +1,456 @@
+"""Audit reports: who uploaded what, where it went, and what it costs in quota.
+
+Built from the ledger's files, events and reconcile runs. :func:`build` gathers the summaries
+(small, whatever the ledger's size); :func:`iter_events` streams every event of the period, so
+that a CSV of a million events never holds more than a batch of rows in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Text, cast, func, select
+
+from .config import Settings
+from .ledger import RECORDS, FileRecord, Ledger, iso
+from .profiles import PROFILES, Limits
+from .schema import HELD, accounts, events, files, reconcile_runs, utcnow
+
+#: the JSON report's schema; bumped on any incompatible change
+SCHEMA = "filekeeper.report/1"
+#: the CSV's columns (and the JSON events' keys), in order
+EVENT_COLUMNS = ("time", "actor", "pid", "account", "provider", "file_id", "filename", "action", "detail")
+#: the daily figures, in order
+DAILY_COLUMNS = (
+    "uploads",
+    "bytes_uploaded",
+    "reused",
+    "refused",
+    "deletes",
+    "expiries",
+    "orphans_found",
+    "orphans_deleted",
+    "adopted",
+    "missing",
+    "failures",
+)
+_DAILY_ACTIONS = {
+    "upload": "uploads",
+    "reconcile_settle": "uploads",
+    "reuse": "reused",
+    "refuse": "refused",
+    "delete": "deletes",
+    "evict": "deletes",
+    "reconcile_expire": "expiries",
+    "reconcile_expired": "expiries",
+    "reconcile_delete": "orphans_deleted",
+    "reconcile_adopt": "adopted",
+    "reconcile_missing": "missing",
+    "upload_failed": "failures",
+    "reconcile_fail_pending": "failures",
+    "evict_failed": "failures",
+}
+EXPIRING_WITHIN = timedelta(days=7)
+LIST_LIMIT = 20
+
+
+@dataclass
+class AccountNow:
+    """One account as it stands: usage against limits and the files worth a look."""
+
+    account: str
+    provider: str
+    files: int
+    bytes: int
+    limits: Limits
+    expiring: list[FileRecord] = field(default_factory=list)
+    largest: list[FileRecord] = field(default_factory=list)
+    pending: list[FileRecord] = field(default_factory=list)
+    failed: list[FileRecord] = field(default_factory=list)
+    missing: list[FileRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # files per status
+
+    def percent(self, used: int, limit: int | None) -> float | None:
+        return None if not limit else round(100 * used / limit, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        lim = self.limits
+        return {
+            "account": self.account,
+            "provider": self.provider,
+            "files": self.files,
+            "bytes": self.bytes,
+            "limits": lim.as_dict(),
+            "percent": {
+                "files": self.percent(self.files, lim.max_files),
+                "bytes": self.percent(self.bytes, lim.max_total_bytes),
+            },
+            "headroom": {
+                "files": None if lim.max_files is None else lim.max_files - self.files,
+                "bytes": None if lim.max_total_bytes is None else lim.max_total_bytes - self.bytes,
+            },
+            "statuses": self.counts,
+            "expiring_7d": [r.to_json() for r in self.expiring],
+            "largest": [r.to_json() for r in self.largest],
+            "pending": [r.to_json() for r in self.pending],
+            "failed": [r.to_json() for r in self.failed],
+            "missing": [r.to_json() for r in self.missing],
+        }
+
+
+@dataclass
+class Report:
+    generated_at: datetime
+    since: datetime
+    until: datetime
+    accounts: list[AccountNow]
+    #: (day, account) -> figures; refusals by limit under "refused_by"
+    daily: dict[tuple[date, str], dict[str, Any]]
+    runs: list[dict[str, Any]]
+    #: account -> [(day, files held, bytes held)] at the end of each day of the period
+    usage: dict[str, list[tuple[date, int, int]]]
+
+    def days(self) -> list[date]:
+        first, last = self.since.date(), self.until.date()
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+    def summary_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "generated_at": iso(self.generated_at),
+            "period": {"since": iso(self.since), "until": iso(self.until)},
+            "accounts": [a.to_json() for a in self.accounts],
+            "daily": [
+                {"date": d.isoformat(), "account": acct, **figures} for (d, acct), figures in sorted(self.daily.items())
+            ],
+            "reconcile_runs": self.runs,
+            "usage": {
+                acct: [{"date": d.isoformat(), "files": n, "bytes": b} for d, n, b in series]
+                for acct, series in self.usage.items()
+            },
+        }
+
+
+def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
+    """A date (YYYY-MM-DD, the whole day) or an ISO 8601 time; UTC unless it says otherwise."""
+    try:
+        if len(text) == 10:
+            d = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+            return d + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else d
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def build(
+    ledger: Ledger, settings: Settings, account_ids: Sequence[int] | None, since: datetime, until: datetime
+) -> Report:
+    now = utcnow()
+    with ledger.transaction() as conn:
+        query = select(accounts.c.id, accounts.c.name, accounts.c.provider).order_by(accounts.c.name)
+        if account_ids is not None:
+            query = query.where(accounts.c.id.in_(account_ids))
+        known = list(conn.execute(query))
+        ids = [a.id for a in known]
+        names = {a.id: a.name for a in known}
+        status_counts: dict[int, dict[str, int]] = defaultdict(dict)
+        held: dict[int, tuple[int, int]] = {}
+        for account_id, status, n, size in conn.execute(
+            select(files.c.account_id, files.c.status, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
+            .where(files.c.account_id.in_(ids))
+            .group_by(files.c.account_id, files.c.status)
+        ):
+            status_counts[account_id][status] = int(n)
+            if status in HELD:
+                f, b = held.get(account_id, (0, 0))
+                held[account_id] = (f + int(n), b + int(size))
+
+        def records(*where: Any, order: Any, limit: int = LIST_LIMIT) -> dict[int, list[FileRecord]]:
+            out: dict[int, list[FileRecord]] = defaultdict(list)
+            for account_id in ids:
+                rows = conn.execute(
+                    RECORDS.where(files.c.account_id == account_id, *where).order_by(order).limit(limit)
+                )
+                out[account_id] = [FileRecord.from_row(r) for r in rows]
+            return out
+
+        expiring = records(
+            files.c.status == "active",
+            files.c.expires_at > now,
+            files.c.expires_at <= now + EXPIRING_WITHIN,
+            order=files.c.expires_at,
+        )
+        largest = records(files.c.status == "active", order=files.c.bytes.desc(), limit=10)
+        pending = records(files.c.status == "pending", order=files.c.created_at)
+        failed = records(files.c.status == "failed", order=files.c.created_at.desc())
+        missing = records(files.c.status == "missing", order=files.c.created_at.desc())
+
+        daily: dict[tuple[date, str], dict[str, Any]] = {}
+
+        def day_figures(day: date, account: str) -> dict[str, Any]:
+            return daily.setdefault((day, account), {**dict.fromkeys(DAILY_COLUMNS, 0), "refused_by": {}})
+
+        period = (events.c.at >= since, events.c.at <= until, events.c.account_id.in_(ids))
+        day_of = func.date(events.c.at)
+        for day, account_id, action, n in conn.execute(
+            select(day_of, events.c.account_id, events.c.action, func.count())
+            .where(*period)
+            .group_by(day_of, events.c.account_id, events.c.action)
+        ):
+            column = _DAILY_ACTIONS.get(action)
+            if column:
+                day_figures(_as_date(day), names[account_id])[column] += int(n)
+        for day, account_id, size in conn.execute(
+            select(day_of, events.c.account_id, func.coalesce(func.sum(files.c.bytes), 0))
+            .join(files, files.c.id == events.c.file_pk)
+            .where(*period, events.c.action.in_(("upload", "reconcile_settle")))
+            .group_by(day_of, events.c.account_id)
+        ):
+            day_figures(_as_date(day), names[account_id])["bytes_uploaded"] += int(size)
+        for at, account_id, detail in conn.execute(
+            select(events.c.at, events.c.account_id, events.c.detail).where(*period, events.c.action == "refuse")
+        ):
+            by = day_figures(at.date(), names[account_id])["refused_by"]
+            for violation in (detail or {}).get("violations", []):
+                by[violation.get("limit", "?")] = by.get(violation.get("limit", "?"), 0) + 1
+
+        runs = []
+        for run in conn.execute(
+            select(reconcile_runs, accounts.c.name)
+            .join(accounts, accounts.c.id == reconcile_runs.c.account_id)
+            .where(
+                reconcile_runs.c.account_id.in_(ids),
+                reconcile_runs.c.started_at >= since,
+                reconcile_runs.c.started_at <= until,
+            )
+            .order_by(reconcile_runs.c.started_at)
+        ):
+            counts = run.counts or {}
+            day_figures(run.started_at.date(), run.name)["orphans_found"] += int(counts.get("orphans", 0))
+            runs.append(
+                {
+                    "id": run.id,
+                    "account": run.name,
+                    "status": run.status,
+                    "actor": run.actor,
+                    "started_at": iso(run.started_at),
+                    "finished_at": iso(run.finished_at),
+                    "listed": run.listed,
+                    "deleted": counts.get("deleted", 0),
+                    "adopted": counts.get("adopted", 0),
+                    "missing": counts.get("missing", 0),
+                    "expired": counts.get("expired", 0),
+                    "counts": counts,
+                    "outcome": run.outcome,
+                    "error": run.error,
+                }
+            )
+        usage = _usage_series(conn, ids, names, since, until)
+
+    out = []
+    for a in known:
+        limits = _limits(settings, a.name, a.provider)
+        n, size = held.get(a.id, (0, 0))
+        out.append(
+            AccountNow(
+                a.name,
+                a.provider,
+                n,
+                size,
+                limits,
+                expiring[a.id],
+                largest[a.id],
+                pending[a.id],
+                failed[a.id],
+                missing[a.id],
+                dict(status_counts[a.id]),
+            )
+        )
+    return Report(now, since, until, out, daily, runs, usage)
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _limits(settings: Settings, name: str, provider: str) -> Limits:
+    try:
+        return settings.account(name).limits
+    except Exception:
+        return PROFILES[provider].limits
+
+
+def _usage_series(
+    conn: Any, ids: list[int], names: dict[int, str], since: datetime, until: datetime
+) -> dict[str, list[tuple[date, int, int]]]:
+    """Files and bytes each account held at the end of each day: every file counts from its
+    upload until it was deleted, expired or found missing."""
+    gone = (
+        select(events.c.file_pk, func.min(events.c.at).label("at"))
+        .where(events.c.action == "reconcile_missing")
+        .group_by(events.c.file_pk)
+        .subquery()
+    )
+    end = func.coalesce(files.c.deleted_at, gone.c.at)
+    first, last = since.date(), until.date()
+    span = (last - first).days + 1
+    delta: dict[int, list[list[int]]] = {i: [[0, 0] for _ in range(span + 1)] for i in ids}
+    rows = conn.execute(
+        select(files.c.account_id, files.c.created_at, end.label("end"), files.c.bytes)
+        .outerjoin(gone, gone.c.file_pk == files.c.id)
+        .where(
+            files.c.account_id.in_(ids),
+            files.c.status != "failed",
+            files.c.file_id.is_not(None),
+            files.c.created_at <= until,
+        )
+    )
+    for account_id, created, ended, size in rows:
+        ended_day = None if ended is None else _as_date(ended)
+        if ended_day is not None and ended_day < first:
+            continue
+        start = max(0, (created.date() - first).days)
+        d = delta[account_id]
+        d[start][0] += 1
+        d[start][1] += size
+        if ended_day is not None and (ended_day - first).days < span:
+            stop = (ended_day - first).days
+            d[stop][0] -= 1
+            d[stop][1] -= size
+    out: dict[str, list[tuple[date, int, int]]] = {}
+    for account_id, d in delta.items():
+        n = size = 0
+        series = []
+        for i in range(span):
+            n, size = n + d[i][0], size + d[i][1]
+            series.append((first + timedelta(days=i), n, size))
+        out[names[account_id]] = series
+    return out
+
+
+@dataclass(frozen=True)
+class EventOut:
+    time: str
+    actor: str
+    pid: int
+    account: str | None
+    provider: str | None
+    file_id: str | None
+    filename: str | None
+    action: str
+    detail: str  # JSON text, as stored
+
+    def row(self) -> list[Any]:
+        return [
+            self.time,
+            self.actor,
+            self.pid,
+            self.account,
+            self.provider,
+            self.file_id,
+            self.filename,
+            self.action,
+            self.detail,
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dict(zip(EVENT_COLUMNS[:-1], self.row()[:-1], strict=True)), "detail": json.loads(self.detail)}
+
+
+def iter_events(
+    ledger: Ledger,
+    account_ids: Sequence[int] | None,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    before: datetime | None = None,
+    up_to_id: int | None = None,
+    newest_first: int | None = None,
+    batch: int = 2000,
+) -> Iterator[EventOut]:
+    """Every event of the period in order, streamed from the database a batch at a time
+    (or only the ``newest_first`` latest, newest first)."""
+    query = (
+        select(
+            events.c.at,
+            events.c.actor,
+            events.c.pid,
+            accounts.c.name,
+            accounts.c.provider,
+            func.coalesce(events.c.file_id, files.c.file_id),
+            files.c.filename,
+            events.c.action,
+            cast(events.c.detail, Text),
+            events.c.detail["filename"].as_string(),
+        )
+        .outerjoin(accounts, accounts.c.id == events.c.account_id)
+        .outerjoin(files, files.c.id == events.c.file_pk)
+        .order_by(events.c.id.desc() if newest_first else events.c.id)
+    )
+    if newest_first:
+        query = query.limit(newest_first)
+    if account_ids is not None:
+        query = query.where(events.c.account_id.in_(account_ids))
+    if since is not None:
+        query = query.where(events.c.at >= since)
+    if until is not None:
+        query = query.where(events.c.at <= until)
+    if before is not None:
+        query = query.where(events.c.at < before)
+    if up_to_id is not None:
+        query = query.where(events.c.id <= up_to_id)
+    with ledger.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+        for at, actor, pid, account, provider, file_id, filename, action, detail, detail_name in result:
+            yield EventOut(
+                iso(at) or "", actor, pid, account, provider, file_id, filename or detail_name, action, detail
+            )
+
+
+def account_ids_for(ledger: Ledger, names: Sequence[str] | None) -> list[int] | None:
+    if names is None:
+        return None
+    known = ledger.accounts()
+    return [known[n][0] for n in names if n in known]
+
+
+def prune_events(ledger: Ledger, before: datetime, archive: Path) -> int:
+    """Archive every event before ``before`` to a CSV file, then delete them from the ledger.
+
+    The archive is complete and on disk (written aside, fsynced, renamed) before anything is
+    deleted, and only what it holds is deleted: events written meanwhile stay.
+    """
+    from .report_formats import write_csv
+
+    with ledger.transaction() as conn:
+        last_id = conn.execute(select(func.max(events.c.id)).where(events.c.at < before)).scalar()
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="") as out:
+        count = write_csv(iter_events(ledger, None, None, None, before=before, up_to_id=last_id or 0), out)
+        out.flush()
+        os.fsync(out.fileno())
+    partial.replace(archive)
+    if last_id is not None:
+        with ledger.transaction(write=True) as conn:
+            conn.execute(events.delete().where(events.c.at < before, events.c.id <= last_id))
+    return count
+
+
+def summarize_refusals(daily: dict[tuple[date, str], dict[str, Any]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for figures in daily.values():
+        total.update(figures["refused_by"])
+    return total
