@@ -111,7 +111,8 @@ def actor() -> str:
 def make_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
     try:
-        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+        # pre_ping: a server restart or a dropped idle connection is replaced, not handed out.
+        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite)
     except ModuleNotFoundError as e:
         raise LedgerError(
             f"the database driver for {url.split(':', 1)[0]} is not installed ({e.name}); "

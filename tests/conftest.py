@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,177 @@ URL_VARS = {"moonshot": "MOONSHOT_BASE_URL", "zai": "ZAI_BASE_URL", "xai": "XAI_
 SECRET = "sk-fk-test-5b1f0c9e3d7a4e2b8c6d"
 
 
+# --- the ledger's database: SQLite, and PostgreSQL where a server is reachable ---------------------
+
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database-url",
+        default=None,
+        help=f"PostgreSQL server for the postgresql leg (default: $FILEKEEPER_TEST_DATABASE_URL, else {DEFAULT_PG})",
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for this test run, created here and dropped at the end."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(
+        request.config.getoption("--database-url") or os.environ.get("FILEKEEPER_TEST_DATABASE_URL") or DEFAULT_PG
+    )
+    required = os.environ.get("FILEKEEPER_REQUIRE_POSTGRES") == "1"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if required:
+            pytest.fail("FILEKEEPER_REQUIRE_POSTGRES=1 but psycopg is not installed (pip install '.[postgres]')")
+        pytest.skip("PostgreSQL leg skipped: psycopg is not installed (pip install '.[postgres]')")
+    name = f"filekeeper_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:
+        admin.dispose()
+        reason = f"PostgreSQL leg skipped: no server at {url.render_as_string(hide_password=True)} ({type(e).__name__})"
+        if required:
+            pytest.fail(reason.replace("skipped", "required (FILEKEEPER_REQUIRE_POSTGRES=1)"))
+        pytest.skip(reason)
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty FILEKEEPER_HOME and an environment with no provider variables of the machine's."""
+def home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    """An empty FILEKEEPER_HOME (and, on PostgreSQL, an empty schema of its own) and an environment
+    with no provider variables of the machine's."""
     for name in list(os.environ):
         if name.startswith("FILEKEEPER_") or name.endswith(("_API_KEY", "_BASE_URL")):
             monkeypatch.delenv(name)
     path = tmp_path / "home"
     monkeypatch.setenv("FILEKEEPER_HOME", str(path))
-    return path
+    if backend == "sqlite":
+        yield path
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("about the SQLite file itself")
+    from sqlalchemy import create_engine, text
+
+    database = request.getfixturevalue("postgres_database")
+    schema = f"t_{abs(hash(request.node.nodeid)) % 10**12}"
+    engine = create_engine(database, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    monkeypatch.setenv("FILEKEEPER_DATABASE_URL", f"{database}?options=-csearch_path%3D{schema}")
+    try:
+        yield path
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def ledger_url(home: Path) -> str:
+    return os.environ.get("FILEKEEPER_DATABASE_URL") or f"sqlite:///{home / 'ledger.db'}"
+
+
+def _bind(statement: str, args: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    from sqlalchemy import text
+
+    parts = statement.split("?")
+    assert len(parts) == len(args) + 1, "one argument per ? placeholder"
+    named = parts[0] + "".join(f":p{i}{rest}" for i, rest in enumerate(parts[1:]))
+    return text(named), {f"p{i}": a for i, a in enumerate(args)}
+
+
+def ledger_rows(home: Path, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the ledger directly, whatever database holds it (``?`` placeholders)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(ledger_url(home))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(*_bind(statement, args))]
+    finally:
+        engine.dispose()
+
+
+def ledger_sql(home: Path, statement: str, *args: Any) -> None:
+    """Change the ledger directly, as a test's setup (an aged row, a held lock)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(ledger_url(home))
+    try:
+        with engine.begin() as conn:
+            conn.execute(*_bind(statement, args))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def ledger_connection(home: Path) -> Iterator[Any]:
+    """A Core connection in a committed transaction, for setups that need typed values
+    (aware datetimes, booleans) written the same way on every database."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(ledger_url(home))
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def files_count(home: Path) -> int:
+    """Rows in the files table; 0 when the ledger was never even created."""
+    from sqlalchemy import create_engine, inspect
+
+    if not os.environ.get("FILEKEEPER_DATABASE_URL") and not (home / "ledger.db").exists():
+        return 0
+    engine = create_engine(ledger_url(home))
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("files"):
+                return 0
+    finally:
+        engine.dispose()
+    return ledger_rows(home, "SELECT count(*) FROM files")[0][0]
+
+
+def as_json(value: Any) -> Any:
+    """An events.detail value as read back: text on SQLite, already parsed on PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def actions(home: Path) -> list[str]:
+    return [a for (a,) in ledger_rows(home, "SELECT action FROM events ORDER BY id")]
+
+
+def ledger_dump(home: Path) -> bytes:
+    """Everything the ledger stores, as bytes to search: the file(s), or every row of every table."""
+    if not os.environ.get("FILEKEEPER_DATABASE_URL"):
+        return b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    return repr(
+        [ledger_rows(home, f"SELECT * FROM {t}") for t in ("accounts", "files", "events", "reconcile_runs")]
+    ).encode()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def test_durations() -> None:
         parse_duration("3w")
 
 
-def test_builtin_accounts_and_env_overrides(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_accounts_and_env_overrides(home: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     monkeypatch.setenv("MOONSHOT_BASE_URL", "http://127.0.0.1:9/v1/")
     settings = load_settings()
     moonshot = settings.resolve(provider="moonshot")
@@ -40,7 +40,7 @@ def test_builtin_accounts_and_env_overrides(home: Path, monkeypatch: pytest.Monk
     assert moonshot.limits.max_files == 1000 and moonshot.limits.max_total_bytes == 10 * 10**9
     assert settings.resolve(provider="zai").limits.max_total_bytes is None
     assert settings.resolve(provider="openai").default_purpose == "assistants"
-    assert settings.ledger_path == home / "ledger.db"
+    assert settings.ledger_path == (home / "ledger.db" if backend == "sqlite" else None)
 
 
 def test_config_overrides_per_provider_and_account(home: Path) -> None:

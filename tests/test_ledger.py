@@ -18,7 +18,7 @@ from filekeeper.config import load_settings
 from filekeeper.ledger import open_ledger
 from filekeeper.migrate import alembic_config, head
 from filekeeper.schema import SCHEMA_HEAD, metadata
-from tests.conftest import write
+from tests.conftest import ledger_rows, ledger_sql, write
 
 
 def digest(path: Path) -> str:
@@ -39,6 +39,7 @@ def test_models_match_migrations(home: Path) -> None:
     assert diff == []
 
 
+@pytest.mark.sqlite_only
 def test_first_use_creates_the_ledger_with_wal_and_foreign_keys(run, home: Path) -> None:
     assert not home.exists()
     result = run("ls")
@@ -56,12 +57,14 @@ def test_first_use_creates_the_ledger_with_wal_and_foreign_keys(run, home: Path)
     assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
 
 
-def test_db_upgrade_and_current_on_an_empty_home(run, home: Path) -> None:
-    assert "no ledger yet" in run("db", "current").stdout
+def test_db_upgrade_and_current_on_an_empty_home(run, home: Path, backend: str) -> None:
+    empty = "no ledger yet" if backend == "sqlite" else "none (empty; run: filekeeper db upgrade)"
+    assert empty in run("db", "current").stdout
     assert run("db", "upgrade").stdout.strip() == f"ledger upgraded from empty to {SCHEMA_HEAD}"
     assert run("db", "upgrade").stdout.strip() == f"ledger already at {SCHEMA_HEAD} (head)"
 
 
+@pytest.mark.sqlite_only
 def test_an_older_ledger_is_copied_aside_before_it_is_upgraded(
     run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,21 +115,22 @@ def downgrade():
     assert before  # the original was read before the upgrade, not replaced by the copy
 
 
-def test_a_ledger_from_a_newer_filekeeper_is_refused(run, home: Path) -> None:
+def test_a_ledger_from_a_newer_filekeeper_is_refused(run, home: Path, backend: str) -> None:
     assert run("ls").exit_code == 0
-    with sqlite3.connect(home / "ledger.db") as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '9999'")
-    before = digest(home / "ledger.db")
+    ledger_sql(home, "UPDATE alembic_version SET version_num = '9999'")
+    before = digest(home / "ledger.db") if backend == "sqlite" else ledger_rows(home, "SELECT * FROM alembic_version")
     result = run("ls")
     assert result.exit_code == 1
     assert "schema revision 9999, written by a newer filekeeper" in result.stderr
     assert "upgrade filekeeper" in result.stderr
     assert "Traceback" not in result.stderr
-    assert digest(home / "ledger.db") == before
+    after = digest(home / "ledger.db") if backend == "sqlite" else ledger_rows(home, "SELECT * FROM alembic_version")
+    assert after == before
     assert "newer filekeeper" in run("db", "current").stdout
     assert run("db", "upgrade").exit_code == 1
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(
     "content",
     [b"this is not a database at all\n" * 100, b"SQLite format 3\x00" + b"\xff" * 4000],
@@ -144,6 +148,7 @@ def test_a_corrupt_ledger_fails_cleanly_and_is_left_byte_for_byte(run, home: Pat
     assert "ledger" in run("ls").stderr
 
 
+@pytest.mark.sqlite_only
 def test_a_foreign_sqlite_database_is_not_taken_over(run, home: Path) -> None:
     home.mkdir(parents=True)
     with sqlite3.connect(home / "ledger.db") as conn:

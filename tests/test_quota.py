@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from filekeeper import Keeper, QuotaExceeded
-from tests.conftest import KEY_VARS, SECRET, URL_VARS, write
-from tests.test_upload import actions, ledger_rows
+from tests.conftest import KEY_VARS, SECRET, URL_VARS, actions, as_json, ledger_rows, ledger_sql, write
 
 VIOLATION_KEYS = {"limit", "message", "current", "requested", "max"}
 
@@ -80,7 +78,7 @@ def test_each_violation_kind_refuses_check_and_upload(
     else:
         assert emu.count("POST", "/files") == 0
     refusals = ledger_rows(home, "SELECT detail FROM events WHERE action = 'refuse'")
-    assert refusals and all(limit in [v["limit"] for v in json.loads(d)["violations"]] for (d,) in refusals)
+    assert refusals and all(limit in [v["limit"] for v in as_json(d)["violations"]] for (d,) in refusals)
 
 
 def test_check_judges_files_together_and_says_what_to_free(provider_env, run, home: Path, tmp_path: Path) -> None:
@@ -88,8 +86,7 @@ def test_check_judges_files_together_and_says_what_to_free(provider_env, run, ho
     config(home, "[providers.openai]\nmax_files = 4\n")
     olds = [str(write(tmp_path / f"old{i}.txt", "o" * (i + 1))) for i in range(4)]
     assert run("upload", *olds, "-p", "openai", "--concurrency", "1").exit_code == 0
-    with sqlite3.connect(home / "ledger.db") as conn:
-        conn.execute("UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE filename = 'old2.txt'")
+    ledger_sql(home, "UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE filename = 'old2.txt'")
     new = [str(write(tmp_path / f"new{i}.txt", f"n{i}")) for i in range(2)]
     human = run("check", *new, "-p", "openai")
     assert human.exit_code == 3
@@ -145,8 +142,7 @@ def test_a_full_account_refuses_then_evicts_expired(provider_env, run, home: Pat
     emu = provider_env("xai")
     config(home, "[providers.xai]\nmax_files = 3\n")
     olds = run("upload", *[str(write(tmp_path / f"o{i}.txt", f"{i}")) for i in range(3)], "-p", "xai", "--json").json()
-    with sqlite3.connect(home / "ledger.db") as conn:
-        conn.execute("UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE filename = 'o1.txt'")
+    ledger_sql(home, "UPDATE files SET expires_at = '2020-01-01 00:00:00' WHERE filename = 'o1.txt'")
     new = str(write(tmp_path / "new.txt", "new"))
     refused = run("upload", new, "-p", "xai")
     assert refused.exit_code == 3 and "--evict" in refused.stderr
@@ -214,8 +210,7 @@ def test_an_identical_file_is_reused_unless_forced(provider_env, run, home: Path
 def test_usage_counts_expired_files_the_provider_still_holds(provider_env, run, home: Path, tmp_path: Path) -> None:
     provider_env("moonshot")
     run("upload", str(write(tmp_path / "a.txt", "abc")), "-p", "moonshot")
-    with sqlite3.connect(home / "ledger.db") as conn:
-        conn.execute("UPDATE files SET expires_at = '2020-01-01 00:00:00'")
+    ledger_sql(home, "UPDATE files SET expires_at = '2020-01-01 00:00:00'")
     [usage] = run("usage", "--json", "-p", "moonshot").json()
     assert (usage["files"], usage["bytes"]) == (1, 3)
 
@@ -245,17 +240,21 @@ def test_check_imports_neither_httpx_nor_alembic(provider_env, run, tmp_path: Pa
     assert out.stdout.strip().splitlines()[-1] == "0 []"
 
 
-def test_concurrent_uploads_never_oversell_the_quota(home: Path, emulators, tmp_path: Path) -> None:
-    """8 processes, 24 files, max_files = 12: exactly 12 land, 12 active rows, 12 refusals."""
+@pytest.mark.parametrize(("processes", "per_process", "limit"), [(8, 3, 12), (16, 4, 20)])
+def test_concurrent_uploads_never_oversell_the_quota(
+    processes: int, per_process: int, limit: int, home: Path, emulators, tmp_path: Path
+) -> None:
+    """8 processes, 24 files, max_files = 12 (and 16 processes, 64 uploads, max_files = 20):
+    exactly the limit lands, as many active rows, and every other file is refused."""
     emu = emulators("openai")
-    config(home, "[providers.openai]\nmax_files = 12\n")
+    config(home, f"[providers.openai]\nmax_files = {limit}\n")
     env = {"FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
     subprocess.run(
         [sys.executable, "-m", "filekeeper", "db", "upgrade"], env={**_env(), **env}, check=True, capture_output=True
     )
     procs = []
-    for p in range(8):
-        paths = [str(write(tmp_path / f"p{p}" / f"f{i}.txt", f"process {p} file {i}")) for i in range(3)]
+    for p in range(processes):
+        paths = [str(write(tmp_path / f"p{p}" / f"f{i}.txt", f"process {p} file {i}")) for i in range(per_process)]
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "filekeeper", "upload", *paths, "-p", "openai", "--json"],
@@ -267,12 +266,13 @@ def test_concurrent_uploads_never_oversell_the_quota(home: Path, emulators, tmp_
         )
     outputs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
     uploaded = [r for _, out, _ in outputs for r in json.loads(out)]
-    assert len(uploaded) == 12
+    refused = processes * per_process - limit
+    assert len(uploaded) == limit
     with emu.lock:
-        assert len(emu.files) == 12 and sorted(emu.files) == sorted(r["id"] for r in uploaded)
-    assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'active'") == [(12,)]
-    assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'refuse'") == [(12,)]
-    assert sum(err.count("refused by quota") for _, _, err in outputs) == 12
+        assert len(emu.files) == limit and sorted(emu.files) == sorted(r["id"] for r in uploaded)
+    assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'active'") == [(limit,)]
+    assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'refuse'") == [(refused,)]
+    assert sum(err.count("refused by quota") for _, _, err in outputs) == refused
     assert all(code in (0, 3) for code, _, _ in outputs)
 
 

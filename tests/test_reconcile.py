@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,8 +16,18 @@ import pytest
 
 from filekeeper import Keeper
 from filekeeper.reconcile import Options, reconcile
-from tests.conftest import KEY_VARS, SECRET, URL_VARS, run_on_terminal, write
-from tests.test_upload import actions, ledger_rows
+from tests.conftest import (
+    KEY_VARS,
+    SECRET,
+    URL_VARS,
+    actions,
+    as_json,
+    ledger_connection,
+    ledger_rows,
+    ledger_sql,
+    run_on_terminal,
+    write,
+)
 
 HOUR_AGO = int(time.time()) - 7200
 JSON_KEYS = {
@@ -41,8 +49,7 @@ JSON_KEYS = {
 
 
 def sql(home: Path, statement: str, *args: Any) -> None:
-    with sqlite3.connect(home / "ledger.db") as conn:
-        conn.execute(statement, args)
+    ledger_sql(home, statement, *args)
 
 
 def upload(run, tmp_path: Path, flavor: str, *names: str) -> list[dict[str, Any]]:
@@ -54,7 +61,13 @@ def upload(run, tmp_path: Path, flavor: str, *names: str) -> list[dict[str, Any]
 
 def age_everything(home: Path) -> None:
     """Make ledger rows look two hours old, as if uploaded long before this reconcile."""
-    sql(home, "UPDATE files SET created_at = datetime(created_at, '-2 hours')")
+    from sqlalchemy import select, update
+
+    from filekeeper.schema import files
+
+    with ledger_connection(home) as conn:
+        for ledger_id, created in conn.execute(select(files.c.id, files.c.created_at)).all():
+            conn.execute(update(files).where(files.c.id == ledger_id).values(created_at=created - timedelta(hours=2)))
 
 
 def emulator_ids(emu) -> set[str]:
@@ -83,7 +96,7 @@ def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, h
     assert emulator_ids(emu) == {kept["id"], young.id}
     assert actions(home).count("reconcile_delete") == 5
     [(status, counts, listed)] = ledger_rows(home, "SELECT status, counts, listed FROM reconcile_runs")
-    assert status == "done" and listed == 7 and json.loads(counts)["deleted"] == 5
+    assert status == "done" and listed == 7 and as_json(counts)["deleted"] == 5
     assert ledger_rows(home, "SELECT status FROM files") == [("active",)]
 
 
@@ -306,13 +319,25 @@ def test_min_age_protects_young_orphans(provider_env, run) -> None:
     assert now["deleted"] == [fresh.id]
 
 
-def _hold_lock(home: Path, pid: int, host: str, heartbeat: str = "now") -> None:
-    stamp = "datetime('now')" if heartbeat == "now" else f"'{heartbeat}'"
-    sql(
-        home,
-        "INSERT INTO reconcile_runs (account_id, status, applied, actor, pid, started_at, heartbeat_at, counts) "
-        f"VALUES (1, 'running', 1, 'someone@{host}', {pid}, {stamp}, {stamp}, '{{}}')",
-    )
+def _hold_lock(home: Path, pid: int, host: str, heartbeat: datetime | None = None) -> None:
+    from sqlalchemy import insert
+
+    from filekeeper.schema import reconcile_runs
+
+    stamp = heartbeat or datetime.now(UTC)
+    with ledger_connection(home) as conn:
+        conn.execute(
+            insert(reconcile_runs).values(
+                account_id=1,
+                status="running",
+                applied=True,
+                actor=f"someone@{host}",
+                pid=pid,
+                started_at=stamp,
+                heartbeat_at=stamp,
+                counts={},
+            )
+        )
 
 
 def test_one_applying_reconcile_per_account(provider_env, run, home: Path, tmp_path: Path) -> None:
@@ -331,7 +356,7 @@ def test_a_dead_holder_is_abandoned(provider_env, run, home: Path, tmp_path: Pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     _hold_lock(home, dead.pid, socket.gethostname())
-    _hold_lock(home, 1, "another-host", heartbeat="2020-01-01 00:00:00")  # silent for years
+    _hold_lock(home, 1, "another-host", heartbeat=datetime(2020, 1, 1, tzinfo=UTC))  # silent for years
     result = run("reconcile", "-p", "openai", "--apply")
     assert result.exit_code == 0, result.stderr
     assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [
@@ -346,13 +371,20 @@ def test_wait_waits_for_the_holder(home: Path, emulators, run, tmp_path: Path) -
     emu = emulators("openai")
     env = {**os.environ, "FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
     assert run("db", "upgrade").exit_code == 0
-    sql(
-        home,
-        "INSERT INTO accounts (name, provider, base_url, key_fingerprint, created_at) "
-        "VALUES ('openai', 'openai', ?, ?, datetime('now'))",
-        emu.url,
-        _fingerprint(),
-    )
+    from sqlalchemy import insert
+
+    from filekeeper.schema import accounts
+
+    with ledger_connection(home) as conn:
+        conn.execute(
+            insert(accounts).values(
+                name="openai",
+                provider="openai",
+                base_url=emu.url,
+                key_fingerprint=_fingerprint(),
+                created_at=datetime.now(UTC),
+            )
+        )
     _hold_lock(home, os.getpid(), socket.gethostname())
     proc = subprocess.Popen(
         [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai", "--apply", "--wait"],
@@ -364,7 +396,7 @@ def test_wait_waits_for_the_holder(home: Path, emulators, run, tmp_path: Path) -
     assert proc.stderr is not None
     line = proc.stderr.readline()  # blocks until the waiter says it is waiting
     assert "waiting for run #1 by someone@" in line
-    sql(home, "UPDATE reconcile_runs SET status = 'done', finished_at = datetime('now') WHERE id = 1")
+    sql(home, "UPDATE reconcile_runs SET status = 'done' WHERE id = 1")
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [("done",), ("done",)]
 
@@ -401,13 +433,22 @@ def test_each_delete_is_rechecked_and_404_is_success(provider_env, home: Path) -
 
         def meanwhile() -> None:
             # another process adopts one orphan, and someone deletes another in the console
-            sql(
-                home,
-                "INSERT INTO files (account_id, file_id, filename, bytes, purpose, status, created_at) "
-                "VALUES (?, ?, 'racing.txt', 3, 'assistants', 'active', datetime('now'))",
-                account_id,
-                became_active.id,
-            )
+            from sqlalchemy import insert
+
+            from filekeeper.schema import files
+
+            with ledger_connection(home) as conn:
+                conn.execute(
+                    insert(files).values(
+                        account_id=account_id,
+                        file_id=became_active.id,
+                        filename="racing.txt",
+                        bytes=3,
+                        purpose="assistants",
+                        status="active",
+                        created_at=datetime.now(UTC),
+                    )
+                )
             with emu.lock:
                 del emu.files[vanished.id]
 
@@ -420,7 +461,7 @@ def test_each_delete_is_rechecked_and_404_is_success(provider_env, home: Path) -
     [(detail,)] = ledger_rows(
         home, "SELECT detail FROM events WHERE file_id = ? AND action = 'reconcile_delete'", vanished.id
     )
-    assert json.loads(detail)["already_gone"] is True
+    assert as_json(detail)["already_gone"] is True
 
 
 # --- cron ---------------------------------------------------------------------------------------------

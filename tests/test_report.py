@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import write
-from tests.test_upload import ledger_rows
+from tests.conftest import ledger_rows, write
 
 AWKWARD = ["plain.txt", 'comma, "quoted".txt', "new\nline.txt", "ünïcødé 文件.md"]
 

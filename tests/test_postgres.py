@@ -1,0 +1,86 @@
+"""What only a shared PostgreSQL ledger has to survive: dropped connections, a missing driver."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, event, text
+
+from filekeeper import Keeper, LedgerError
+from tests.conftest import ledger_rows, write
+
+
+@pytest.fixture
+def postgres(home: Path, backend: str) -> Path:
+    if backend != "postgresql":
+        pytest.skip("about PostgreSQL connections")
+    return home
+
+
+def kill_connection_when(keeper: Keeper, marker: str) -> list[str]:
+    """Terminate the ledger's server connection the moment a statement containing ``marker``
+    is about to run: a network drop or a server restart in the middle of a transaction."""
+    admin = create_engine(os.environ["FILEKEEPER_DATABASE_URL"])
+    killed: list[str] = []
+
+    def before(conn, _cursor, statement: str, *_args: object) -> None:  # type: ignore[no-untyped-def]
+        if marker in statement and not killed:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with admin.connect() as a:
+                a.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            killed.append(statement)
+
+    event.listen(keeper.ledger.engine, "before_cursor_execute", before)
+    return killed
+
+
+def test_a_connection_dropped_while_reserving_loses_nothing(postgres: Path, provider_env, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    doc = write(tmp_path / "a.txt", "hello")
+    with Keeper() as keeper:
+        keeper.ledger.ensure_account(keeper.account(provider="openai"))
+        killed = kill_connection_when(keeper, "INSERT INTO files")
+        [result] = keeper.upload([doc], provider="openai")
+        assert killed and isinstance(result.error, LedgerError)
+        # The reservation rolled back with the connection: no row, nothing sent.
+        assert ledger_rows(postgres, "SELECT count(*) FROM files") == [(0,)]
+        assert emu.count("POST", "/files") == 0
+        # The pool replaces the dead connection: the next upload simply works.
+        [again] = keeper.upload([doc], provider="openai")
+        assert again.ok and again.record is not None and again.record.status == "active"
+
+
+def test_a_connection_dropped_after_the_upload_leaves_a_reservation_reconcile_settles(
+    postgres: Path, provider_env, run, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    doc = write(tmp_path / "a.txt", "hello")
+    with Keeper() as keeper:
+        keeper.ledger.ensure_account(keeper.account(provider="openai"))
+        killed = kill_connection_when(keeper, "SET file_id=")
+        [result] = keeper.upload([doc], provider="openai")
+        assert killed and isinstance(result.error, LedgerError)
+    assert ledger_rows(postgres, "SELECT status FROM files") == [("pending",)]
+    with emu.lock:
+        [landed] = emu.files
+    settled = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
+    assert [p["outcome"] for p in settled["pending"]] == ["settled"]
+    assert ledger_rows(postgres, "SELECT status, file_id FROM files") == [("active", landed)]
+
+
+def test_a_missing_driver_is_a_clear_message(postgres: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from filekeeper.cli import main\n"
+        "sys.argv = ['filekeeper', 'ls']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert out.returncode == 1
+    assert "the database driver for postgresql+psycopg is not installed" in out.stderr
+    assert 'pip install "filekeeper[postgres]"' in out.stderr
+    assert "Traceback" not in out.stderr
