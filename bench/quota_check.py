@@ -1,12 +1,15 @@
-"""Latency of an in-process quota check on a large ledger.
+"""Quota check latency on a large ledger, and reservations per second from many processes.
 
     python bench/quota_check.py [--rows 1000000] [--accounts 50] [--active 1000] [--calls 400]
-                                [--database-url URL]
+                                [--reservers 8] [--reservations 250]
+                                [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-Builds a ledger of ``--rows`` file rows (mostly deleted history; ``--active`` active files per
-account over ``--accounts`` accounts), then times ``Keeper.check`` of one small file against a
-random account: median and 95th percentile, over ``--calls`` calls after a warm-up.
-SQLite in a temporary FILEKEEPER_HOME by default; ``--database-url`` for another database.
+For SQLite (a temporary FILEKEEPER_HOME) and PostgreSQL (a database created on that server for
+the run, and dropped after): builds a ledger of ``--rows`` file rows (mostly deleted history;
+``--active`` active files per account over ``--accounts`` accounts), times ``Keeper.check`` of one
+small file against a random account (median and 95th percentile over ``--calls`` calls after a
+warm-up), then has ``--reservers`` processes at once each make ``--reservations`` reservations
+(the quota check and the pending row, in one locked transaction) on one account.
 """
 
 from __future__ import annotations
@@ -79,20 +82,91 @@ def build(keeper: object, args: argparse.Namespace) -> float:
     return time.perf_counter() - started
 
 
+def reserver(n: int) -> None:
+    """A child process: ``n`` reservations on acct0, as fast as the ledger allows."""
+    from filekeeper import Keeper
+    from filekeeper.quota import Request
+    from filekeeper.reservation import reserve
+
+    with Keeper() as keeper:
+        acct = keeper.account(account="acct0")
+        account_id = keeper.ledger.accounts()["acct0"][0]
+        pid = os.getpid()
+        for i in range(n):
+            r = reserve(keeper.ledger, acct, account_id, Request(f"r-{pid}-{i}.pdf", 1000, "assistants"))
+            assert r.record is not None, r.violations
+
+
+def reservations_per_second(args: argparse.Namespace) -> float:
+    import subprocess
+
+    env = {**os.environ}
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--reserver", str(args.reservations)], env=env)
+        for _ in range(args.reservers)
+    ]
+    assert all(p.wait() == 0 for p in procs)
+    return args.reservers * args.reservations / (time.perf_counter() - t0)
+
+
+def fresh_postgres(url: str) -> tuple[str, object]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"filekeeper_bench_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return make_url(url).set(database=name).render_as_string(hide_password=False), (admin, name)
+
+
+def drop_postgres(handle: object) -> None:
+    from sqlalchemy import text
+
+    admin, name = handle  # type: ignore[misc]
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--active", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=400)
-    parser.add_argument("--database-url")
+    parser.add_argument("--reservers", type=int, default=8)
+    parser.add_argument("--reservations", type=int, default=250)
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL server to bench against too ('' to skip)",
+    )
+    parser.add_argument("--reserver", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reserver:
+        reserver(args.reserver)
+        return 0
+    for database in ("sqlite", "postgresql") if args.postgres else ("sqlite",):
+        handle = None
+        if database == "postgresql":
+            url, handle = fresh_postgres(args.postgres)
+            os.environ["FILEKEEPER_DATABASE_URL"] = url
+        try:
+            bench(args)
+        finally:
+            os.environ.pop("FILEKEEPER_DATABASE_URL", None)
+            if handle is not None:
+                drop_postgres(handle)
+    return 0
 
+
+def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         os.environ["FILEKEEPER_HOME"] = str(home)
-        if args.database_url:
-            os.environ["FILEKEEPER_DATABASE_URL"] = args.database_url
         (home / "config.toml").write_text(
             "".join(
                 f'[accounts.acct{a}]\nprovider = "openai"\napi_key_env = "BENCH_KEY"\n' for a in range(args.accounts)
@@ -124,7 +198,11 @@ def main() -> int:
             f"{args.accounts} accounts), built in {seconds:.1f} s"
         )
         print(f"  in-process check: median {median:.2f} ms, p95 {p95:.2f} ms over {args.calls} calls")
-    return 0
+        rate = reservations_per_second(args)
+        print(
+            f"  reservations from {args.reservers} processes at once: {rate:,.0f}/s "
+            f"({args.reservers} x {args.reservations}, one account)"
+        )
 
 
 if __name__ == "__main__":
