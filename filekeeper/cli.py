@@ -419,7 +419,9 @@ def parse_max_delete_option(_ctx: click.Context, _param: click.Parameter, value:
 
 @cli.command()
 @account_options
-@click.option("--all", "all_accounts", is_flag=True, help="Every account filekeeper knows.")
+@click.option(
+    "--all", "all_accounts", is_flag=True, help="Every configured account, and each provider whose API key is set."
+)
 @click.option("--apply", is_flag=True, help="Act on the plan. Without it, only print the plan and change nothing.")
 @click.option("--adopt", is_flag=True, help="Record orphans in the ledger as active instead of deleting them.")
 @click.option(

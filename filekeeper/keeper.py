@@ -518,14 +518,15 @@ class Keeper:
             remote.close()
 
     def reconcile_all(self, **kwargs: Any) -> list[tuple[Account, Report | FilekeeperError]]:
-        """:meth:`reconcile` for every account filekeeper knows: configured, in the ledger, or
-        a provider whose key is set. One account's failure does not stop the others."""
-        names = {a.name for a in self.settings.known_accounts()} | set(self.ledger.accounts())
+        """:meth:`reconcile` for every configured account and each provider whose key is set here.
+
+        Accounts that only the ledger knows (another host's, on a shared ledger) are not this
+        host's to reconcile. One account's failure does not stop the others.
+        """
         out: list[tuple[Account, Report | FilekeeperError]] = []
-        for name in sorted(names):
-            acct = self._account_or_profile(name, self.ledger.accounts().get(name, (0, "compatible"))[1])
+        for acct in self.settings.known_accounts():
             try:
-                out.append((acct, self.reconcile(account=name, **kwargs)))
+                out.append((acct, self.reconcile(account=acct.name, **kwargs)))
             except FilekeeperError as e:
                 out.append((acct, e))
         return out

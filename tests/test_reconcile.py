@@ -496,6 +496,11 @@ def test_all_accounts(home: Path, emulators, run, tmp_path: Path, monkeypatch: p
     assert result.exit_code == 0, result.stderr
     assert {r["account"]: len(r["deleted"]) for r in result.json()} == {"openai": 1, "team": 1}
     assert run("reconcile", "--all", "-p", "openai").exit_code == 2
+    # An account only the (shared) ledger knows, with no key on this host, is not ours to reconcile.
+    monkeypatch.delenv("OPENAI_API_KEY")
+    again = run("reconcile", "--all", "--apply", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert [r["account"] for r in again.json()] == ["team"]
 
 
 def test_reconcile_while_uploads_run_loses_nothing(home: Path, emulators, tmp_path: Path) -> None:
