@@ -149,6 +149,24 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
             daily_rows,
         )
     )
+    out.append(
+        (
+            "By actor",
+            ["actor", "account", "uploads", "bytes uploaded", "reused", "refused", "deletes"],
+            [
+                [
+                    a["actor"],
+                    a["account"],
+                    str(a["uploads"]),
+                    format_size(a["bytes_uploaded"]),
+                    str(a["reused"]),
+                    str(a["refused"]),
+                    str(a["deletes"]),
+                ]
+                for a in report.actors
+            ],
+        )
+    )
     run_rows = [
         [
             f"#{r['id']}",

@@ -116,6 +116,8 @@ class Report:
     runs: list[dict[str, Any]]
     #: account -> [(day, files held, bytes held)] at the end of each day of the period
     usage: dict[str, list[tuple[date, int, int]]]
+    #: who did what in the period: {actor, account, uploads, bytes_uploaded, reused, refused, deletes}
+    actors: list[dict[str, Any]] = field(default_factory=list)
 
     def days(self) -> list[date]:
         first, last = self.since.date(), self.until.date()
@@ -135,6 +137,7 @@ class Report:
                 acct: [{"date": d.isoformat(), "files": n, "bytes": b} for d, n, b in series]
                 for acct, series in self.usage.items()
             },
+            "actors": self.actors,
         }
 
 
@@ -254,6 +257,7 @@ def build(
                 }
             )
         usage = _usage_series(conn, ids, names, since, until)
+        actors = _actors(conn, names, period)
 
     out = []
     for a in known:
@@ -274,7 +278,48 @@ def build(
                 dict(status_counts[a.id]),
             )
         )
-    return Report(now, since, until, out, daily, runs, usage)
+    return Report(now, since, until, out, daily, runs, usage, actors)
+
+
+_ACTOR_ACTIONS = {
+    "upload": "uploads",
+    "reconcile_settle": "uploads",
+    "reuse": "reused",
+    "refuse": "refused",
+    "delete": "deletes",
+    "evict": "deletes",
+    "reconcile_delete": "deletes",
+    "reconcile_expire": "deletes",
+}
+
+
+def _actors(conn: Any, names: dict[int, str], period: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Per user@host and account: what they uploaded, reused, were refused and deleted."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    bytes_of = func.coalesce(func.sum(files.c.bytes), 0)
+    for actor, account_id, action, n, size in conn.execute(
+        select(events.c.actor, events.c.account_id, events.c.action, func.count(), bytes_of)
+        .outerjoin(files, files.c.id == events.c.file_pk)
+        .where(*period, events.c.action.in_(list(_ACTOR_ACTIONS)))
+        .group_by(events.c.actor, events.c.account_id, events.c.action)
+    ):
+        row = table.setdefault(
+            (actor, names[account_id]),
+            {
+                "actor": actor,
+                "account": names[account_id],
+                "uploads": 0,
+                "bytes_uploaded": 0,
+                "reused": 0,
+                "refused": 0,
+                "deletes": 0,
+            },
+        )
+        column = _ACTOR_ACTIONS[action]
+        row[column] += int(n)
+        if column == "uploads":
+            row["bytes_uploaded"] += int(size)
+    return [table[k] for k in sorted(table)]
 
 
 def _as_date(value: Any) -> date:

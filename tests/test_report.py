@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import getpass
 import io
 import json
 import re
@@ -42,7 +43,7 @@ def test_table_and_markdown_summaries(history, run) -> None:
     table = run("report", "--format", "table")
     assert table.exit_code == 0, table.stderr
     out = table.stdout
-    for section in ("Now", "By day", "Reconcile runs", "openai: largest files", "openai: missing"):
+    for section in ("Now", "By day", "By actor", "Reconcile runs", "openai: largest files", "openai: missing"):
         assert section in out
     assert "3 / 5 (60.0%)" in out
     assert "Refusals by limit: max_files" in out
@@ -54,7 +55,17 @@ def test_table_and_markdown_summaries(history, run) -> None:
 def test_json_report_schema_and_figures(history, run, home: Path) -> None:
     doc = run("report", "--format", "json").json()
     assert doc["schema"] == "filekeeper.report/1"
-    assert set(doc) == {"schema", "generated_at", "period", "accounts", "daily", "reconcile_runs", "usage", "events"}
+    assert set(doc) == {
+        "schema",
+        "generated_at",
+        "period",
+        "accounts",
+        "daily",
+        "reconcile_runs",
+        "usage",
+        "actors",
+        "events",
+    }
     [acct] = doc["accounts"]
     assert acct["account"] == "openai" and acct["limits"]["max_files"] == 5
     assert acct["statuses"] == {"active": 3, "deleted": 1, "missing": 1}
@@ -72,6 +83,8 @@ def test_json_report_schema_and_figures(history, run, home: Path) -> None:
     first = doc["events"][0]
     assert set(first) == {"time", "actor", "pid", "account", "provider", "file_id", "filename", "action", "detail"}
     assert isinstance(first["detail"], dict)
+    [who] = [a for a in doc["actors"] if a["actor"].startswith(f"{getpass.getuser()}@")]
+    assert (who["account"], who["uploads"], who["reused"], who["refused"], who["deletes"]) == ("openai", 5, 1, 2, 2)
     series = doc["usage"]["openai"]
     assert series[-1]["files"] == 3 and series[0]["files"] == 0  # 5 uploaded today, 1 deleted, 1 missing
 
