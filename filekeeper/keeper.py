@@ -23,7 +23,15 @@ from .errors import FilekeeperError, ProviderError, QuotaExceeded, ResponseLost,
 from .ledger import FileRecord, Ledger, iso, open_ledger
 from .profiles import PROFILES, Limits
 from .quota import EvictMode, Held, Request, Usage, Violation, choose_evictions, evaluate, eviction_order, expiry
-from .reservation import find_duplicate, held_files, may_be_duplicate, reserve, restore_evicted, usage
+from .reservation import (
+    could_be_upload_of,
+    find_duplicate,
+    held_files,
+    may_be_duplicate,
+    reserve,
+    restore_evicted,
+    usage,
+)
 from .schema import FILE_STATUSES, accounts, utcnow
 from .units import parse_duration
 
@@ -40,8 +48,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]
 
-#: provider clocks and ours may disagree; a landed file may look this much older than its reservation
-CLOCK_SKEW = timedelta(minutes=5)
 #: how many times an upload whose response was lost (and that did not land) is sent again
 LOST_RESPONSE_ATTEMPTS = 3
 
@@ -432,13 +438,10 @@ class Keeper:
     def _find_landed(self, remote: Provider, account_id: int, reservation: FileRecord, size: int) -> RemoteFile | None:
         """The file an upload with a lost response stored, if it did: same name and size,
         created after the reservation, and not already another ledger row's."""
-        since = reservation.created_at - CLOCK_SKEW
         for candidate in remote.list_files():
-            if candidate.filename != reservation.filename or candidate.bytes not in (size, None):
-                continue
-            if candidate.created_at is not None and candidate.created_at < since:
-                continue
-            if self.ledger.find(account_id, candidate.id) is None:
+            if could_be_upload_of(candidate, reservation.filename, size, reservation.created_at) and (
+                self.ledger.find(account_id, candidate.id) is None
+            ):
                 return candidate
         return None
 

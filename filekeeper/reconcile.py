@@ -32,13 +32,12 @@ from sqlalchemy import Connection, insert, select, update
 from .config import Account
 from .errors import FileNotFoundAtProvider, ProviderError, ReconcileBusy, ReconcileRefused
 from .ledger import Ledger, iso
+from .reservation import could_be_upload_of
 from .schema import accounts, files, reconcile_runs, utcnow
 
 if TYPE_CHECKING:
     from .providers import Provider, RemoteFile
 
-#: a provider's clock and ours may disagree: a settled file may look this much older than its reservation
-CLOCK_SKEW = timedelta(minutes=5)
 #: a running reconcile that has not shown a sign of life for this long is taken to have died
 STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = 15.0  # seconds
@@ -325,10 +324,10 @@ def classify(
     Consumes ``active``: each listed file is popped from it, so what is left was not listed.
     """
     old_enough = now - min_age
-    claimable: dict[tuple[str, int], list[Tracked]] = defaultdict(list)
+    claimable: dict[str, list[Tracked]] = defaultdict(list)
     for p in pending:
         if p.created_at <= old_enough:  # a younger reservation may still be uploading
-            claimable[(p.filename, p.bytes)].append(p)
+            claimable[p.filename].append(p)
     claimed: set[int] = set()
     for rf in listing:
         report.listed += 1
@@ -343,8 +342,8 @@ def classify(
         match = next(
             (
                 p
-                for p in claimable.get((rf.filename, rf.bytes or -1), ())
-                if p.ledger_id not in claimed and (rf.created_at is None or rf.created_at >= p.created_at - CLOCK_SKEW)
+                for p in claimable.get(rf.filename, ())
+                if p.ledger_id not in claimed and could_be_upload_of(rf, p.filename, p.bytes, p.created_at)
             ),
             None,
         )

@@ -10,8 +10,8 @@ never over-sold.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -19,6 +19,23 @@ from .config import Account
 from .ledger import RECORDS, FileRecord, Ledger
 from .quota import EvictMode, Held, Request, Usage, Violation, choose_evictions, file_violations, room_violations
 from .schema import HELD, accounts, files, utcnow
+
+if TYPE_CHECKING:
+    from .providers import RemoteFile
+
+
+#: a provider's clock and ours may disagree: a landed file may look this much older than its reservation
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def could_be_upload_of(remote: RemoteFile, filename: str, size: int, reserved_at: datetime) -> bool:
+    """Whether a file at the provider may be the one a reservation uploaded: same name, same size
+    (or none reported yet, as OpenAI may while it completes), created after the reservation."""
+    return (
+        remote.filename == filename
+        and remote.bytes in (size, None)
+        and (remote.created_at is None or remote.created_at >= reserved_at - CLOCK_SKEW)
+    )
 
 
 @dataclass(frozen=True)
