@@ -111,7 +111,8 @@ class FilekeeperGroup(click.Group):
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Track files uploaded to LLM providers, and keep accounts within their quotas.
 
-    Exit codes: 0 ok, 1 operational failure, 2 bad input or usage, 3 refused by quota policy.
+    Exit codes: 0 ok, 1 operational failure, 2 bad input or usage, 3 refused by quota policy;
+    4 from `reconcile --exit-code` when the plan found something to do.
     """
     state = State(verbose)
     ctx.obj = state
