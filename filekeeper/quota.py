@@ -54,7 +54,7 @@ class Held:
     expires_at: datetime | None
 
     def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
+        return is_expired(self.expires_at, now)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,11 @@ class Violation:
             "requested": self.requested,
             "max": self.max,
         }
+
+
+def is_expired(expires_at: datetime | None, now: datetime) -> bool:
+    """The one rule for "expired", for eviction, check and reconcile alike: due at or before now."""
+    return expires_at is not None and expires_at <= now
 
 
 def file_format(filename: str) -> str:

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, insert, select, update
 from .config import Account
 from .errors import FileNotFoundAtProvider, ProviderError, ReconcileBusy, ReconcileRefused
 from .ledger import Ledger, iso
+from .quota import is_expired
 from .reservation import could_be_upload_of
 from .schema import accounts, files, reconcile_runs, utcnow
 
@@ -70,7 +71,7 @@ class Tracked:
     expires_at: datetime | None
 
     def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
+        return is_expired(self.expires_at, now)
 
 
 @dataclass
