@@ -617,6 +617,10 @@ class Emulator:
         with self.lock:
             self._faults.append(fault)
 
+    def file_object(self, stored: StoredFile) -> dict[str, Any]:
+        """A stored file as this flavor serves it (for tests that craft a listing page)."""
+        return self._serve(stored)
+
     def count(self, method: str, path_prefix: str = "") -> int:
         """Logged requests with this method ("*" = any) whose path starts with path_prefix.
 

@@ -253,17 +253,7 @@ def first_page_then_fail(emu) -> None:
     """Answer the first list request with a real first page, then fail every later one."""
     with emu.lock:
         files = sorted(emu.files.values(), key=lambda f: (f.created_at, f.id))[:2]
-    first = [
-        {
-            "id": f.id,
-            "object": "file",
-            "bytes": f.bytes,
-            "created_at": f.created_at,
-            "filename": f.filename,
-            "purpose": f.purpose,
-        }
-        for f in files
-    ]
+    first = [emu.file_object(f) for f in files]
     emu.inject(
         "GET",
         "/files",
