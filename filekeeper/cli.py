@@ -547,8 +547,9 @@ def render_reconcile(r: Report) -> str:
     for t, rf in r.drift[:10]:
         lines.append(f"    drift {t.file_id}: ledger {t.filename} ({t.bytes} B), provider {rf.filename} ({rf.bytes} B)")
     if not r.applied:
-        would = len(r.expired_present) + len(r.orphans)
-        lines.append(f"plan only: run with --apply to act ({would} deletion(s) at most; --max-delete {r.max_delete})")
+        lines.append(
+            f"plan only: run with --apply to act ({r.to_delete} deletion(s) at most; --max-delete {r.max_delete})"
+        )
         return "\n".join(lines)
     lines.append(
         f"applied (run #{r.run_id}): deleted {len(r.deleted)}, adopted {len(r.adopted)}, "

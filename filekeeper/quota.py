@@ -16,7 +16,6 @@ from .profiles import Limits
 from .units import format_size
 
 EvictMode = Literal["expired", "oldest"]
-LIMITS = ("max_files", "max_total_bytes", "max_file_bytes", "retention", "purpose", "format")
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Held:
 
 @dataclass(frozen=True)
 class Violation:
-    limit: str  # one of LIMITS
+    limit: str  # max_files, max_total_bytes, max_file_bytes, retention, purpose or format
     message: str
     current: int | str | None
     requested: int | str | None

@@ -16,8 +16,6 @@ from .ledger import FileRecord
 from .reports import EVENT_COLUMNS, SCHEMA, AccountNow, EventOut, Report, summarize_refusals
 from .units import format_size
 
-FORMATS = ("table", "md", "json", "csv", "html")
-
 
 def write_csv(events: Iterable[EventOut], out: TextIO) -> int:
     """One row per event under a header row; RFC 4180 quoting and CRLF line ends. Returns the count."""

@@ -119,10 +119,6 @@ class Report:
     #: who did what in the period: {actor, account, uploads, bytes_uploaded, reused, refused, deletes}
     actors: list[dict[str, Any]] = field(default_factory=list)
 
-    def days(self) -> list[date]:
-        first, last = self.since.date(), self.until.date()
-        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
-
     def summary_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -462,13 +458,6 @@ def iter_events(
             yield EventOut(
                 iso(at) or "", actor, pid, account, provider, file_id, filename or detail_name, action, detail
             )
-
-
-def account_ids_for(ledger: Ledger, names: Sequence[str] | None) -> list[int] | None:
-    if names is None:
-        return None
-    known = ledger.accounts()
-    return [known[n][0] for n in names if n in known]
 
 
 def prune_events(ledger: Ledger, before: datetime, archive: Path) -> int:
