@@ -38,7 +38,7 @@ def build(keeper: object, args: argparse.Namespace) -> float:
     now = datetime.now(UTC)
     started = time.perf_counter()
     per_account = args.rows // args.accounts
-    with ledger.transaction(write=True) as conn:
+    with ledger.engine.begin() as conn:
         conn.execute(
             insert(accounts),
             [
@@ -73,11 +73,11 @@ def build(keeper: object, args: argparse.Namespace) -> float:
                 }
             )
             if len(batch) == 20_000:
-                with ledger.transaction(write=True) as conn:
+                with ledger.engine.begin() as conn:
                     conn.execute(insert(files), batch)
                 batch.clear()
     if batch:
-        with ledger.transaction(write=True) as conn:
+        with ledger.engine.begin() as conn:
             conn.execute(insert(files), batch)
     return time.perf_counter() - started
 
@@ -85,15 +85,21 @@ def build(keeper: object, args: argparse.Namespace) -> float:
 def reserver(n: int) -> None:
     """A child process: ``n`` reservations on acct0, as fast as the ledger allows."""
     from filekeeper import Keeper
-    from filekeeper.quota import Request
-    from filekeeper.reservation import reserve
+    from filekeeper.upload import UploadJob, reserve
+
+    class Bytes:
+        """A payload that is only reserved, never sent."""
+
+        def __init__(self, filename: str) -> None:
+            self.filename, self.size = filename, 1000
 
     with Keeper() as keeper:
         acct = keeper.account(account="acct0")
         account_id = keeper.ledger.accounts()["acct0"][0]
         pid = os.getpid()
         for i in range(n):
-            r = reserve(keeper.ledger, acct, account_id, Request(f"r-{pid}-{i}.pdf", 1000, "assistants"))
+            job = UploadJob(acct, account_id, Bytes(f"r-{pid}-{i}.pdf"), "assistants")  # type: ignore[arg-type]
+            r = reserve(keeper.ledger, job, None)
             assert r.record is not None, r.violations
 
 

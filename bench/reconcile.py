@@ -77,7 +77,7 @@ def make_ledger(home: Path, url: str, known: list[dict[str, object]]) -> dict[st
     with Keeper() as keeper:
         account_id = keeper.ledger.ensure_account(keeper.account(provider="openai"))
         now = datetime.now(UTC)
-        with keeper.ledger.transaction(write=True) as conn:
+        with keeper.ledger.engine.begin() as conn:
             for start in range(0, len(known), 10_000):
                 conn.execute(
                     insert(files),

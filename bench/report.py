@@ -32,7 +32,7 @@ def build(home: Path, n_events: int) -> None:
 
     ledger = open_ledger(load_settings())
     start = datetime.now(UTC) - timedelta(days=30)
-    with ledger.transaction(write=True) as conn:
+    with ledger.engine.begin() as conn:
         conn.execute(
             insert(accounts).values(
                 id=1,
@@ -74,7 +74,7 @@ def build(home: Path, n_events: int) -> None:
                     "detail": {"bytes": 1000 + i, "attempt": 1},
                 }
             )
-        with ledger.transaction(write=True) as conn:
+        with ledger.engine.begin() as conn:
             if file_rows:
                 conn.execute(insert(files), file_rows)
             conn.execute(insert(events), event_rows)

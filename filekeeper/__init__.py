@@ -1,12 +1,11 @@
 """filekeeper: a local file-lifecycle tracker with quota enforcement for LLM providers' Files APIs.
 
-The public API is what this module exports; everything else is internal.
+The public API is what this module exports (``__all__``); every other name is internal.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .config import Account, Settings, load_settings
 from .errors import (
     ConfigError,
@@ -17,23 +16,34 @@ from .errors import (
     MissingKeyError,
     ProviderError,
     QuotaExceeded,
+    ReconcileBusy,
+    ReconcileRefused,
     ResponseLost,
     UsageError,
 )
-from .keeper import AccountUsage, DeleteResult, Keeper, UploadResult
-from .ledger import FileRecord
-from .profiles import PROFILES, PROVIDERS, Limits
+from .keeper import Keeper
+from .profiles import Limits
+from .providers import PROFILES, PROVIDERS
+from .quota import Advice, Held, Violation
+from .reconcile import ReconcileOptions, ReconcilePlan
+from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
+from .report_formats import FORMATS, AuditReport, write_report
 
 __all__ = [
+    "FORMATS",
     "PROFILES",
     "PROVIDERS",
     "Account",
     "AccountUsage",
+    "Advice",
+    "AuditReport",
+    "CheckResult",
     "ConfigError",
     "DeleteResult",
     "FileNotFoundAtProvider",
     "FileRecord",
     "FilekeeperError",
+    "Held",
     "IncompleteListing",
     "Keeper",
     "LedgerError",
@@ -41,10 +51,16 @@ __all__ = [
     "MissingKeyError",
     "ProviderError",
     "QuotaExceeded",
+    "ReconcileBusy",
+    "ReconcileOptions",
+    "ReconcilePlan",
+    "ReconcileRefused",
     "ResponseLost",
     "Settings",
     "UploadResult",
     "UsageError",
+    "Violation",
     "__version__",
     "load_settings",
+    "write_report",
 ]

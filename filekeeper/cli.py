@@ -1,6 +1,8 @@
-"""The ``filekeeper`` command: parse, call :class:`filekeeper.Keeper`, render. No business logic.
+"""The ``filekeeper`` command: parse the arguments, call :class:`filekeeper.Keeper`, render the result.
 
-Heavy imports (httpx, alembic) happen inside the library only in the commands that need them.
+No business logic here. Start-up stays light: SQLAlchemy is imported when a command first opens
+the ledger, httpx only by the commands that talk to a provider, alembic only to create or
+upgrade the ledger.
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import __version__
-from .config import Settings, load_settings
-from .errors import EXIT_CHANGES, EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded, UsageError
-from .keeper import CheckResult, Keeper
-from .quota import Held
+from ._version import __version__
+from .config import load_settings
+from .display import table, used_of, when
+from .errors import EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded, UsageError, exit_code_for, redact
+from .keeper import Keeper, check_upload_path
+from .providers import PROVIDERS
+from .report_formats import FORMATS
+from .units import format_size
 
 if TYPE_CHECKING:
-    from .reconcile import Report
-from .units import format_size
+    from .quota import Held
+    from .reconcile import ReconcilePlan
+    from .records import CheckResult, UploadResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,13 +40,10 @@ class State:
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
         self._keeper: Keeper | None = None
-        self.secrets: list[str] = []
 
     def keeper(self) -> Keeper:
         if self._keeper is None:
-            settings = load_settings()
-            self.secrets = _secrets(settings)
-            self._keeper = Keeper(settings)
+            self._keeper = Keeper(load_settings())
         return self._keeper
 
     def close(self) -> None:
@@ -48,26 +51,9 @@ class State:
             self._keeper.close()
 
 
-def _secrets(settings: Settings) -> list[str]:
-    """Values that must never be printed: every configured key variable and *_API_KEY."""
-    names = {a.api_key_env for a in settings.accounts.values()}
-    names |= {n for n in os.environ if n.endswith("_API_KEY")}
-    return sorted({os.environ[n] for n in names if len(os.environ.get(n, "")) >= 8}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text
-
-
 class _RedactingFilter(logging.Filter):
-    def __init__(self, state: State) -> None:
-        super().__init__()
-        self.state = state
-
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage(), self.state.secrets)
+        record.msg = redact(record.getMessage())
         record.args = None
         return True
 
@@ -79,11 +65,8 @@ class FilekeeperGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FilekeeperError as e:
-            state: State | None = ctx.obj
-            secrets = state.secrets if state else []
-            if state and state.verbose:
-                traceback.print_exc()
-            click.echo(f"filekeeper: error: {redact(str(e), secrets)}", err=True)
+            self._traceback(ctx)
+            click.echo(f"filekeeper: error: {e}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("filekeeper: interrupted", err=True)
@@ -96,12 +79,16 @@ class FilekeeperGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as e:
-            state = ctx.obj
-            if state and state.verbose:
-                traceback.print_exc()
-            message = redact(f"{type(e).__name__}: {e}", state.secrets if state else [])
+            self._traceback(ctx)
+            message = redact(f"{type(e).__name__}: {e}")
             click.echo(f"filekeeper: internal error: {message} (run with --verbose for details)", err=True)
             ctx.exit(EXIT_FAILURE)
+
+    @staticmethod
+    def _traceback(ctx: click.Context) -> None:
+        state: State | None = ctx.obj
+        if state and state.verbose:
+            traceback.print_exc()
 
 
 @click.group(cls=FilekeeperGroup)
@@ -118,7 +105,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = state
     ctx.call_on_close(state.close)
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RedactingFilter(state))
+    handler.addFilter(_RedactingFilter())
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -129,9 +116,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 def account_options(f: F) -> F:
     f = click.option("--account", "-a", metavar="NAME", help="A configured account (or a provider's own).")(f)
-    return click.option(
-        "--provider", "-p", metavar="NAME", help="moonshot, zai, xai, openai or compatible (its default account)."
-    )(f)
+    return click.option("--provider", "-p", metavar="NAME", help=f"{', '.join(PROVIDERS)} (its default account).")(f)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON only on stdout.")
@@ -141,15 +126,10 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def _when(d: datetime | None) -> str:
-    return "-" if d is None else d.strftime("%Y-%m-%d %H:%M")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
+def fail_with(errors: Sequence[FilekeeperError | None]) -> None:
+    """Exit with the most severe of several failures, if there were any."""
+    if code := exit_code_for(errors):
+        raise click.exceptions.Exit(code)
 
 
 paths_argument = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
@@ -158,6 +138,9 @@ ttl_option = click.option(
     "--ttl", metavar="DURATION", help="Expire after this long, e.g. 30d, 12h (default: the retention policy)."
 )
 force_option = click.option("--force", is_flag=True, help="Upload even if an identical file is already active.")
+
+
+# --- upload and check -------------------------------------------------------------------------------
 
 
 @cli.command()
@@ -188,8 +171,6 @@ def upload(
 ) -> None:
     """Upload files: each is checked against the quota and recorded in the ledger before it is sent."""
     keeper = state.keeper()
-    from .keeper import check_upload_path
-
     bar = None
     if not as_json and sys.stderr.isatty():
         from .progress import ByteProgress
@@ -202,14 +183,19 @@ def upload(
             account=account,
             purpose=purpose,
             ttl=ttl,
-            evict=evict,
+            evict=evict,  # type: ignore[arg-type]
             force=force,
-            concurrency=concurrency,  # type: ignore[arg-type]
+            concurrency=concurrency,
             on_progress=bar.update if bar else None,
         )
     finally:
         if bar:
             bar.close()
+    render_upload(results, as_json)
+    fail_with([r.error for r in results])
+
+
+def render_upload(results: Sequence[UploadResult], as_json: bool) -> None:
     for r in results:
         for h in r.evicted:
             click.echo(
@@ -217,19 +203,16 @@ def upload(
             )
     failed = [r for r in results if not r.ok]
     for r in failed:
-        click.echo(f"filekeeper: error: {r.path}: {redact(str(r.error), state.secrets)}", err=True)
+        click.echo(f"filekeeper: error: {r.path}: {r.error}", err=True)
     if any(isinstance(r.error, QuotaExceeded) for r in failed):
         click.echo("  (see `filekeeper check` for what to free, or retry with --evict expired|oldest)", err=True)
     records = [r.record for r in results if r.record is not None]
     if as_json:
         emit_json([rec.to_json() for rec in records])
-    else:
-        for rec in records:
-            note = "  (already uploaded: reused)" if rec.reused else ""
-            click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}")
-    if failed:
-        # Several failures may have several causes; the most severe exit code wins.
-        raise click.exceptions.Exit(max(r.error.exit_code for r in failed if r.error))
+        return
+    for rec in records:
+        note = "  (already uploaded: reused)" if rec.reused else ""
+        click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}")
 
 
 @cli.command()
@@ -263,48 +246,58 @@ def check(
 def render_check(r: CheckResult) -> str:
     a, limits = r.account, r.account.limits
     n, size = len(r.requests), sum(q.bytes for q in r.requests)
-    after_files, after_bytes = r.usage.files + n, r.usage.bytes + size
     lines = []
     if r.reused:
         lines.append(
             f"{len(r.reused)} file(s) already uploaded, would be reused: "
             + ", ".join(f"{x.filename} ({x.id})" for x in r.reused)
         )
-    files_of = f"/{limits.max_files}" if limits.max_files is not None else ""
-    bytes_of = f"/{format_size(limits.max_total_bytes)}" if limits.max_total_bytes is not None else ""
+    if r.twins:
+        lines.append(f"{len(r.twins)} file(s) identical to another given here, sent once: {', '.join(r.twins)}")
     if r.ok:
+        files_of = f"/{limits.max_files}" if limits.max_files is not None else ""
+        bytes_of = f"/{format_size(limits.max_total_bytes)}" if limits.max_total_bytes is not None else ""
         lines.append(
             f"ok: {n} file(s), {format_size(size)}, fit in {a.name} ({a.provider}); "
-            f"after upload {after_files}{files_of} files, {format_size(after_bytes)}{bytes_of}"
+            f"after upload {r.usage.files + n}{files_of} files, {format_size(r.usage.bytes + size)}{bytes_of}"
         )
         return "\n".join(lines)
     lines.append(f"refused: {n} file(s), {format_size(size)}, do not fit in {a.name} ({a.provider}):")
     lines += [f"  {v.limit}: {v.message}" for v in r.violations]
-    if r.free_files or r.free_bytes:
-        need = [f"{r.free_files} file(s)" if r.free_files else "", format_size(r.free_bytes) if r.free_bytes else ""]
-        lines.append(f"to make room, free at least {' and '.join(x for x in need if x)}:")
-
-        now = datetime.now(UTC)
-
-        def show(h: Held) -> str:
-            word = "expired" if h.expired(now) else "expires"
-            expires = f", {word} {h.expires_at:%Y-%m-%d}" if h.expires_at else ""
-            return f"{h.file_id} ({h.filename}, {format_size(h.bytes)}, uploaded {h.created_at:%Y-%m-%d}{expires})"
-
-        if r.expired:
-            lines.append("  expired files that could go:")
-            lines += [f"    {show(h)}" for h in r.expired[:10]]
-            if len(r.expired) > 10:
-                lines.append(f"    … and {len(r.expired) - 10} more")
-        if r.oldest:
-            lines.append("  or the oldest files:")
-            lines += [f"    {show(h)}" for h in r.oldest[:10]]
-            if len(r.oldest) > 10:
-                lines.append(f"    … and {len(r.oldest) - 10} more")
-        lines.append(
-            f"  delete them with `filekeeper delete ID... --account {a.name}`, or upload with --evict expired|oldest"
-        )
+    if r.advice is not None and (r.advice.free_files or r.advice.free_bytes):
+        lines += render_advice(r)
     return "\n".join(lines)
+
+
+def render_advice(r: CheckResult) -> list[str]:
+    advice = r.advice
+    assert advice is not None
+    need = [
+        f"{advice.free_files} file(s)" if advice.free_files else "",
+        format_size(advice.free_bytes) if advice.free_bytes else "",
+    ]
+    lines = [f"to make room, free at least {' and '.join(x for x in need if x)}:"]
+    now = datetime.now(UTC)
+
+    def show(h: Held) -> str:
+        word = "expired" if h.expired(now) else "expires"
+        expires = f", {word} {h.expires_at:%Y-%m-%d}" if h.expires_at else ""
+        return f"{h.file_id} ({h.filename}, {format_size(h.bytes)}, uploaded {h.created_at:%Y-%m-%d}{expires})"
+
+    for title, held in (("expired files that could go", advice.expired), ("or the oldest files", advice.oldest)):
+        if held:
+            lines.append(f"  {title}:")
+            lines += [f"    {show(h)}" for h in held[:10]]
+            if len(held) > 10:
+                lines.append(f"    … and {len(held) - 10} more")
+    lines.append(
+        f"  delete them with `filekeeper delete ID... --account {r.account.name}`, "
+        "or upload with --evict expired|oldest"
+    )
+    return lines
+
+
+# --- the ledger's views -------------------------------------------------------------------------------
 
 
 @cli.command("ls")
@@ -334,8 +327,8 @@ def ls(state: State, provider: str | None, account: str | None, statuses: tuple[
             r.account,
             r.status,
             format_size(r.bytes),
-            _when(r.created_at),
-            _when(r.expires_at),
+            when(r.created_at),
+            when(r.expires_at),
             r.filename,
         ]
         for r in records
@@ -356,19 +349,12 @@ def usage(state: State, provider: str | None, account: str | None, as_json: bool
     if not rows:
         click.echo("no accounts yet: set a provider's API key or configure one in config.toml", err=True)
         return
-
-    def of(used: int, limit: int | None, fmt: Callable[[int], str]) -> str:
-        if limit is None:
-            return f"{fmt(used)} (no limit)"
-        pct = f"{100 * used / limit:.0f}%" if limit else "-"
-        return f"{fmt(used)} / {fmt(limit)} ({pct})"
-
     body = [
         [
             u.account,
             u.provider,
-            of(u.files, u.limits.max_files, str),
-            of(u.bytes, u.limits.max_total_bytes, format_size),
+            used_of(u.files, u.limits.max_files),
+            used_of(u.bytes, u.limits.max_total_bytes, format_size),
             f"{u.limits.retention_days}d" if u.limits.retention_days else "for ever",
         ]
         for u in rows
@@ -384,18 +370,19 @@ def usage(state: State, provider: str | None, account: str | None, as_json: bool
 def delete(state: State, file_ids: tuple[str, ...], provider: str | None, account: str | None, as_json: bool) -> None:
     """Delete files at the provider and record it (a file already gone counts as deleted)."""
     results = state.keeper().delete(file_ids, provider=provider, account=account)
-    failed = [r for r in results if r.error is not None]
-    for r in failed:
-        click.echo(f"filekeeper: error: {r.file_id}: {redact(str(r.error), state.secrets)}", err=True)
+    for r in results:
+        if r.error is not None:
+            click.echo(f"filekeeper: error: {r.file_id}: {r.error}", err=True)
     done = [r for r in results if r.error is None]
     if as_json:
         emit_json([r.to_json() for r in done])
     else:
         for r in done:
-            note = " (was already gone)" if r.already_gone else ""
-            click.echo(f"deleted {r.file_id}{note}")
-    if failed:
-        raise click.exceptions.Exit(max(r.error.exit_code for r in failed if r.error))
+            click.echo(f"deleted {r.file_id}{' (was already gone)' if r.already_gone else ''}")
+    fail_with([r.error for r in results])
+
+
+# --- reconcile --------------------------------------------------------------------------------------
 
 
 def parse_min_age(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
@@ -460,45 +447,30 @@ def reconcile(
     provider: str | None,
     account: str | None,
     all_accounts: bool,
-    apply: bool,
-    adopt: bool,
-    max_delete: int | str,
-    min_age: timedelta,
-    accept_empty: bool,
-    wait: bool,
-    concurrency: int,
     exit_code: bool,
     as_json: bool,
+    **options: Any,
 ) -> None:
     """Make the ledger and the provider agree: orphans, missing, expired, pending, drift.
 
     Prints the plan and changes nothing unless --apply. Quiet when there is nothing to do.
     Exit 0 done, 1 failed, and with --exit-code 4 when there was anything to do.
     """
-    from .reconcile import Options
+    from . import reconcile as rec
 
     if all_accounts and (provider or account):
         raise UsageError("give --all, or --provider/--account, not both")
     keeper = state.keeper()
-    options = Options(
-        apply=apply,
-        adopt=adopt,
-        max_delete=max_delete,
-        min_age=min_age,
-        accept_empty=accept_empty,
-        wait=wait,
-        concurrency=concurrency,
-    )
     line = None
     if not as_json and sys.stderr.isatty():
         from .progress import StatusLine
 
         line = StatusLine(sys.stderr, "reconcile")
-
-    def say(message: str) -> None:
-        click.echo(f"filekeeper: {message}", err=True)
-
-    kwargs = {"options": options, "progress": line.update if line else None, "on_wait": say}
+    kwargs: dict[str, Any] = {
+        "options": rec.ReconcileOptions(**options),
+        "progress": line.update if line else None,
+        "on_wait": lambda message: click.echo(f"filekeeper: {message}", err=True),
+    }
     try:
         if all_accounts:
             outcomes = keeper.reconcile_all(**kwargs)
@@ -508,27 +480,31 @@ def reconcile(
     finally:
         if line:
             line.close()
-    reports = [r for _, r in outcomes if not isinstance(r, FilekeeperError)]
-    failures = [(a, e) for a, e in outcomes if isinstance(e, FilekeeperError)]
+    render_reconcile(outcomes, as_json=as_json, many=all_accounts)
+    if code := rec.exit_code([o for _, o in outcomes], changes=exit_code):
+        raise click.exceptions.Exit(code)
+
+
+def render_reconcile(
+    outcomes: Sequence[tuple[Any, ReconcilePlan | FilekeeperError]], *, as_json: bool, many: bool
+) -> None:
+    plans = [p for _, p in outcomes if not isinstance(p, FilekeeperError)]
     if as_json:
-        docs = [r.to_json() for r in reports]
-        emit_json(docs if all_accounts else (docs[0] if docs else None))
+        docs = [p.to_json() for p in plans]
+        emit_json(docs if many else (docs[0] if docs else None))
     else:
-        for r in reports:
-            if r.has_work or r.errors or r.skipped:
-                click.echo(render_reconcile(r))
-    for a, e in failures:
-        click.echo(f"filekeeper: error: {a.name}: {redact(str(e), state.secrets)}", err=True)
-    for r in reports:
-        for file_id, error in r.errors:
-            click.echo(f"filekeeper: error: {r.account.name}: could not delete {file_id}: {error}", err=True)
-    if failures or any(r.errors for r in reports):
-        raise click.exceptions.Exit(max([e.exit_code for _, e in failures] + [EXIT_FAILURE]))
-    if exit_code and any(r.has_work for r in reports):
-        raise click.exceptions.Exit(EXIT_CHANGES)
+        for p in plans:
+            if p.has_work or p.errors or p.skipped:
+                click.echo(render_plan(p))
+    for a, e in outcomes:
+        if isinstance(e, FilekeeperError):
+            click.echo(f"filekeeper: error: {a.name}: {e}", err=True)
+    for p in plans:
+        for file_id, error in p.errors:
+            click.echo(f"filekeeper: error: {p.account.name}: could not delete {file_id}: {redact(error)}", err=True)
 
 
-def render_reconcile(r: Report) -> str:
+def render_plan(r: ReconcilePlan) -> str:
     a = r.account
     lines = [f"reconcile {a.name} ({a.provider}): {r.listed:,} files listed at the provider"]
     young = sum(1 for _, why in r.skipped if why.startswith("younger"))
@@ -560,6 +536,9 @@ def render_reconcile(r: Report) -> str:
     return "\n".join(lines)
 
 
+# --- reports ----------------------------------------------------------------------------------------
+
+
 def parse_date_option(end_of_day: bool) -> Callable[[click.Context, click.Parameter, str | None], datetime | None]:
     def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
         from .reports import parse_when
@@ -574,9 +553,6 @@ def parse_date_option(end_of_day: bool) -> Callable[[click.Context, click.Parame
     return parse
 
 
-_FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".md": "md", ".html": "html", ".htm": "html", ".txt": "table"}
-
-
 @cli.command()
 @account_options
 @click.option(
@@ -589,10 +565,11 @@ _FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".md": "md", ".html": "html
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "json", "csv", "md", "html"]),
+    type=click.Choice(list(FORMATS)),
     help="Default: from --output's extension, else table on a terminal and json otherwise.",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file.")
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.pass_obj
 def report(
     state: State,
@@ -602,80 +579,62 @@ def report(
     until: datetime | None,
     fmt: str | None,
     output: Path | None,
+    as_json: bool,
 ) -> None:
     """Audit report: usage against limits now, activity by day, reconcile runs, every event."""
-    from .report_formats import render_html, render_md, render_table, write_csv, write_json
+    from .report_formats import infer_format, write_report
 
-    keeper = state.keeper()
-    if fmt is None:
-        fmt = _FORMAT_BY_SUFFIX.get(output.suffix.lower()) if output else None
-        fmt = fmt or ("table" if output is None and sys.stdout.isatty() else "json")
-    events = {"provider": provider, "account": account, "since": since, "until": until}
+    if as_json and fmt not in (None, "json"):
+        raise UsageError(f"give --json or --format {fmt}, not both")
+    fmt = infer_format("json" if as_json else fmt, output, terminal=sys.stdout.isatty())
+    query = state.keeper().report_query(provider=provider, account=account, since=since, until=until)
+    write_report(query, fmt, output)
+    if output is not None:
+        click.echo(f"wrote {fmt} report to {output}", err=True)
 
-    def produce(out: TextIO) -> None:
-        if fmt == "csv":
-            write_csv(keeper.events(**events), out)
-            return
-        summary = keeper.report(**events)
-        if fmt == "json":
-            write_json(summary, keeper.events(**{**events, "since": summary.since, "until": summary.until}), out)
-        elif fmt == "html":
-            out.write(
-                render_html(
-                    summary,
-                    list(keeper.events(**{**events, "since": summary.since, "until": summary.until}, newest_first=100)),
-                )
-            )
-        else:
-            out.write((render_md if fmt == "md" else render_table)(summary))
 
-    if output is None:
-        produce(sys.stdout)
-        return
-    # Written aside and renamed, so that a report that fails half-way leaves no half a file.
-    partial = output.with_name(output.name + ".partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as out:
-            produce(out)
-        partial.replace(output)
-    except OSError as e:
-        partial.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {output}: {e.strerror}") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    click.echo(f"wrote {fmt} report to {output}", err=True)
+# --- the ledger itself ------------------------------------------------------------------------------
 
 
 @cli.group()
 def db() -> None:
-    """The ledger's schema."""
+    """The ledger's schema and its audit log."""
 
 
 @db.command("upgrade")
+@json_option
 @click.pass_obj
-def db_upgrade(state: State) -> None:
+def db_upgrade(state: State, as_json: bool) -> None:
     """Create the ledger or bring it to this filekeeper's schema (a SQLite ledger is backed up first)."""
     from .migrate import upgrade
 
     before, after, backup = upgrade(state.keeper().settings)
-    if before.current == after.current:
+    if as_json:
+        emit_json(
+            {"before": before.current, "after": after.current, "head": after.head, "backup": backup and str(backup)}
+        )
+    elif before.current == after.current:
         click.echo(f"ledger already at {after.current} (head)")
-        return
-    click.echo(f"ledger upgraded from {before.current or 'empty'} to {after.current}")
-    if backup:
-        click.echo(f"backup of the previous ledger: {backup}")
+    else:
+        click.echo(f"ledger upgraded from {before.current or 'empty'} to {after.current}")
+        if backup:
+            click.echo(f"backup of the previous ledger: {backup}")
 
 
 @db.command("current")
+@json_option
 @click.pass_obj
-def db_current(state: State) -> None:
+def db_current(state: State, as_json: bool) -> None:
     """Show the ledger's schema revision (reads only; creates nothing)."""
     from .migrate import status
 
     settings = state.keeper().settings
     st = status(settings)
-    if st.current is None and settings.ledger_path and not settings.ledger_path.exists():
+    missing = st.current is None and settings.ledger_path is not None and not settings.ledger_path.exists()
+    if as_json:
+        emit_json({"revision": st.current, "head": st.head, "state": "missing" if missing else st.state})
+        return
+    if missing:
         click.echo(f"no ledger yet at {settings.ledger_path} (head is {st.head})")
         return
     notes = {
@@ -700,10 +659,14 @@ def db_current(state: State) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV archive to write first (default: $FILEKEEPER_HOME/archive/events-before-DATE-*.csv).",
 )
+@json_option
 @click.pass_obj
-def db_prune_events(state: State, before: datetime, archive: Path | None) -> None:
+def db_prune_events(state: State, before: datetime, archive: Path | None, as_json: bool) -> None:
     """Archive old events to CSV, then remove them from the ledger (nothing is ever pruned implicitly)."""
     count, path = state.keeper().prune_events(before, archive)
+    if as_json:
+        emit_json({"archived": count, "archive": str(path), "before": before.isoformat()})
+        return
     click.echo(f"archived {count} event(s) before {before:%Y-%m-%d %H:%M} UTC to {path}; removed them from the ledger")
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, MissingKeyError, UsageError
-from .profiles import PROFILES, PROVIDERS, Limits, Profile
+from .errors import ConfigError, MissingKeyError, UsageError, register_secret
+from .profiles import Limits, Profile
+from .providers import PROFILES, PROVIDERS
 from .quota import Rules
 from .units import parse_size
 
@@ -48,6 +49,7 @@ class Account:
         key = os.environ.get(self.api_key_env, "").strip()
         if not key:
             raise MissingKeyError(self.name, self.api_key_env)
+        register_secret(key)  # from now on no error, log or output can show it
         return key
 
     def key_fingerprint(self) -> str:
@@ -96,6 +98,15 @@ class Settings:
             return self._implicit_account(name)
         known = ", ".join(sorted({*self.accounts, *PROVIDERS}))
         raise UsageError(f"unknown account {name!r} (known: {known})")
+
+    def account_or_default(self, name: str, provider: str) -> Account:
+        """An account the ledger knows: as configured, or, if the config no longer names it, with
+        its provider's built-in limits (for showing its usage; it has no key or URL here)."""
+        try:
+            return self.account(name)
+        except UsageError:
+            profile = PROFILES[provider]
+            return Account(name, provider, "", "", profile.limits, profile.default_purpose)
 
     def resolve(self, provider: str | None = None, account: str | None = None) -> Account:
         """The account a command acts on, from exactly one of --provider and --account."""
@@ -173,6 +184,10 @@ def load_settings() -> Settings:
         for name, section in accounts_raw.items()
     }
     settings = Settings(home, config_path, database_url, providers, accounts, http)
+    # Every key this process could read is a secret from now on, read or not: a provider's error
+    # may echo any of them (a teammate's key in the wrong variable, say).
+    for name in {a.api_key_env for a in accounts.values()} | {n for n in env if n.endswith("_API_KEY")}:
+        register_secret(env.get(name, "").strip())
     # Resolve every configured provider section now so that a bad one fails early, naming its key.
     for name in providers:
         if name != "compatible" or "base_url" in providers[name]:

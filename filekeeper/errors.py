@@ -1,11 +1,29 @@
 """One exception tree for everything filekeeper can refuse or fail at.
 
-Every error carries the process exit code the CLI should use, so the CLI never has to
-guess: 1 operational failure, 2 bad input or usage, 3 refused by quota policy.
+Every error carries the process exit code the CLI uses, so the CLI never has to guess::
+
+    FilekeeperError                  1  operational failure (the base)
+    ├── UsageError                   2  bad input: a missing path, an unknown provider or account
+    │   ├── ConfigError              2  config.toml or the environment is malformed
+    │   └── MissingKeyError          2  the API key's variable is not set
+    ├── LedgerError                  1  the ledger cannot be opened, read or written
+    ├── QuotaExceeded                3  refused by quota policy before anything was sent
+    ├── ReconcileRefused             1  a reconcile safety rail held; nothing was changed
+    │   └── ReconcileBusy            1  another reconcile of the account holds its lock
+    └── ProviderError                1  a provider answered with an error or could not be reached
+        ├── FileNotFoundAtProvider   1  the provider does not hold that file id
+        ├── IncompleteListing        1  a listing could not be read to its end
+        └── ResponseLost             1  sent, but the answer never came: the outcome is unknown
+
+The text of every error is redacted: an API key read through :meth:`filekeeper.config.Account.api_key`
+is registered here and never appears in ``str(error)``, whoever prints it (the CLI, a script, a log).
 """
 
 from __future__ import annotations
 
+import re
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 EXIT_OK = 0
@@ -15,11 +33,43 @@ EXIT_QUOTA = 3
 #: reconcile --exit-code: the plan found something to do
 EXIT_CHANGES = 4
 
+REDACTED = "[redacted]"
+# Secrets shorter than this would redact ordinary words; real API keys are far longer.
+_MIN_SECRET = 8
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+# user:password@ in a URL (a base URL, a database URL): the password part.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<password>[^/@\s]+)@")
+
+
+def register_secret(value: str) -> None:
+    """Remember a value that must never be shown (an API key, once it has been read)."""
+    if len(value) >= _MIN_SECRET:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str, extra: Iterable[str] = ()) -> str:
+    """``text`` with every registered secret (and ``extra``) and any URL password replaced."""
+    with _secrets_lock:
+        secrets = sorted({*_secrets, *(s for s in extra if len(s) >= _MIN_SECRET)}, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+
+
+def exit_code_for(errors: Iterable[FilekeeperError | None]) -> int:
+    """The exit code for a command some of whose parts failed: the most severe wins (0 if none)."""
+    return max((e.exit_code for e in errors if e is not None), default=EXIT_OK)
+
 
 class FilekeeperError(Exception):
     """Base of every error filekeeper raises on purpose."""
 
     exit_code = EXIT_FAILURE
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class UsageError(FilekeeperError):
@@ -94,7 +144,7 @@ class ProviderError(FilekeeperError):
     def __str__(self) -> str:
         where = f"{self.provider}: " if self.provider else ""
         status = f"HTTP {self.status}: " if self.status else ""
-        return f"{where}{status}{self.message}"
+        return redact(f"{where}{status}{self.message}")
 
 
 class FileNotFoundAtProvider(ProviderError):

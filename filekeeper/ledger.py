@@ -1,94 +1,32 @@
 """The ledger: every file filekeeper has reserved, uploaded or deleted, and what happened to it.
 
-One ``Ledger`` wraps one SQLAlchemy engine. Writes that must not race (reservations, account
-creation) run in a *write* transaction: ``BEGIN IMMEDIATE`` on SQLite, and a row lock
-(``SELECT ... FOR UPDATE``) on databases that have them.
+This module is the ledger's only writer. Everything that can happen to a file is a method of
+:class:`Writer`, and each decides the audit event it writes, so the list of those methods is the
+list of what can happen. Other modules read through :class:`Reader` (or their own ``select``s)
+and write by calling a transition inside ``with ledger.write() as w:``, one transaction each.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Row, Select, create_engine, func, insert, inspect, select, text, update
-from sqlalchemy import event as sa_event
+from sqlalchemy import Connection, Engine, Row, Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .config import Account, Settings
+from .engine import WRITE, database_errors, db_message, prepare, read_revision, use_wal
 from .errors import LedgerError, UsageError
-from .schema import HELD, SCHEMA_HEAD, accounts, events, files, utcnow
+from .quota import Held, Request, Usage, Violation
+from .records import FileRecord, Tracked
+from .schema import HELD, SCHEMA_HEAD, Action, RunStatus, Status, accounts, events, files, reconcile_runs, utcnow
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-_WRITE = "filekeeper_write"
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """One ledger row, as the library and ``--json`` show it."""
-
-    ledger_id: int
-    id: str | None
-    provider: str
-    account: str
-    filename: str
-    bytes: int
-    sha256: str | None
-    purpose: str
-    status: str
-    created_at: datetime
-    expires_at: datetime | None
-    deleted_at: datetime | None
-    reused: bool = False
-
-    @classmethod
-    def from_row(cls, row: Row[Any], *, reused: bool = False) -> FileRecord:
-        """From a row of :data:`RECORDS` (a files row joined to its account)."""
-        m = row._mapping
-        return cls(
-            ledger_id=m["id"],
-            id=m["file_id"],
-            provider=m["provider"],
-            account=m["account"],
-            filename=m["filename"],
-            bytes=m["bytes"],
-            sha256=m["sha256"],
-            purpose=m["purpose"],
-            status=m["status"],
-            created_at=m["created_at"],
-            expires_at=m["expires_at"],
-            deleted_at=m["deleted_at"],
-            reused=reused,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "provider": self.provider,
-            "account": self.account,
-            "filename": self.filename,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "purpose": self.purpose,
-            "status": self.status,
-            "created_at": iso(self.created_at),
-            "expires_at": iso(self.expires_at),
-            "deleted_at": iso(self.deleted_at),
-            "ledger_id": self.ledger_id,
-            "reused": self.reused,
-        }
-
-
-def iso(d: datetime | None) -> str | None:
-    """ISO 8601 UTC with a Z, as every JSON output shows times."""
-    return None if d is None else d.isoformat().replace("+00:00", "Z")
-
+if TYPE_CHECKING:
+    from .config import Account, Settings
+    from .providers import RemoteFile
 
 #: ledger records: a files row with its account's name and provider
 RECORDS: Select[Any] = select(files, accounts.c.name.label("account"), accounts.c.provider).join(
@@ -108,90 +46,6 @@ def actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def make_engine(url: str) -> Engine:
-    is_sqlite = url.startswith("sqlite")
-    try:
-        # pre_ping: a server restart or a dropped idle connection is replaced, not handed out.
-        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite)
-    except ModuleNotFoundError as e:
-        raise LedgerError(
-            f"the database driver for {url.split(':', 1)[0]} is not installed ({e.name}); "
-            'for PostgreSQL: pip install "filekeeper[postgres]"'
-        ) from None
-    except Exception as e:
-        raise UsageError(f"FILEKEEPER_DATABASE_URL is not a usable database URL: {e}") from None
-    if is_sqlite:
-        sa_event.listen(engine, "connect", _sqlite_connect)
-        sa_event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take transaction control away from the sqlite3 module so that _sqlite_begin decides
-    # between BEGIN and BEGIN IMMEDIATE (the documented SQLAlchemy recipe).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout = 30000")
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-
-def check_sqlite_file(path: Path) -> None:
-    """Refuse a file that is not a SQLite database before SQLite can touch it."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise LedgerError(f"cannot read the ledger {path}: {e.strerror}") from None
-    if head and head != SQLITE_MAGIC:
-        raise LedgerError(
-            f"the ledger {path} is not a SQLite database (corrupt or not a ledger); it was left untouched"
-        )
-
-
-def read_revision(conn: Connection) -> str | None:
-    """The ledger's schema revision; None for an empty database. Refuses a foreign database."""
-    if conn.dialect.name == "sqlite":
-        # The everyday case, answered without the inspector: one query on a current ledger.
-        found = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'alembic_version'").first()
-        if found is not None:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    if not inspect(conn).has_table("alembic_version"):
-        tables = inspect(conn).get_table_names()
-        if tables:
-            raise LedgerError(f"the database holds tables ({', '.join(tables[:5])}) but is not a filekeeper ledger")
-        return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-
-
-@contextmanager
-def database_errors(settings: Settings, doing: str) -> Iterator[None]:
-    """Turn the database's own exceptions into one clear LedgerError naming the ledger."""
-    try:
-        yield
-    except SQLAlchemyError as e:
-        raise LedgerError(f"cannot {doing} the ledger {_where(settings)}: {_db_message(e)}") from None
-
-
-def prepare(settings: Settings) -> Engine:
-    """An engine for the ledger, after checking that a SQLite file is one and its folder exists."""
-    path = settings.ledger_path
-    if path is not None:
-        check_sqlite_file(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise LedgerError(f"cannot create {path.parent}: {e.strerror}") from None
-    return make_engine(settings.database_url)
-
-
 def open_ledger(settings: Settings, *, upgrade: bool = True) -> Ledger:
     """Open the ledger, creating or upgrading it to the current schema on first use."""
     ledger = Ledger(prepare(settings))
@@ -200,7 +54,7 @@ def open_ledger(settings: Settings, *, upgrade: bool = True) -> Ledger:
             revision = read_revision(conn)
             conn.rollback()  # end the read transaction: the journal mode cannot change inside one
             if conn.dialect.name == "sqlite":
-                _use_wal(conn, settings)
+                use_wal(conn, settings)
         if revision != SCHEMA_HEAD and upgrade:
             from .migrate import upgrade_to_head  # alembic is imported only when there is work for it
 
@@ -212,28 +66,9 @@ def open_ledger(settings: Settings, *, upgrade: bool = True) -> Ledger:
     return ledger
 
 
-def _use_wal(conn: Connection, settings: Settings) -> None:
-    # WAL lets readers work while an upload holds the write lock. The mode is stored in the
-    # file, so it is set once, and only on a database known to be ours (it rewrites the header).
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    try:
-        if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            raw.execute("PRAGMA journal_mode = WAL")
-    except sqlite3.Error as e:
-        raise LedgerError(f"cannot open the ledger {_where(settings)}: {e}") from None
-
-
-def _where(settings: Settings) -> str:
-    return str(settings.ledger_path) if settings.ledger_path else "(FILEKEEPER_DATABASE_URL)"
-
-
-def _db_message(e: SQLAlchemyError) -> str:
-    orig = getattr(e, "orig", None)
-    return str(orig or e).strip().splitlines()[0]
-
-
 class Ledger:
+    """One ledger database: read and write transactions over it, and the account bookkeeping."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.pid = os.getpid()
@@ -247,210 +82,613 @@ class Ledger:
         self.engine.dispose()
 
     @contextmanager
-    def transaction(self, *, write: bool = False) -> Iterator[Connection]:
-        """A transaction, committed on success. ``write`` takes the write lock at once
-        (SQLite ``BEGIN IMMEDIATE``), for read-check-write sequences that must not race."""
+    def read(self) -> Iterator[Reader]:
+        """A read transaction."""
+        with self._transaction(write=False) as conn:
+            yield Reader(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[Writer]:
+        """A write transaction: it takes the write lock at once (SQLite ``BEGIN IMMEDIATE``),
+        so a read-check-write sequence inside it cannot race; committed on success."""
+        with self._transaction(write=True) as conn:
+            yield Writer(conn, self)
+
+    @contextmanager
+    def status_probe(self, account_id: int) -> Iterator[Callable[[str], str | None]]:
+        """A file's current status by provider id, on one connection of its own, each call in a
+        fresh transaction: it sees what other processes committed a moment ago (a reconcile
+        re-checks each file right before deleting it)."""
+        try:
+            with self.engine.connect() as conn:
+
+                def status(file_id: str) -> str | None:
+                    with conn.begin():
+                        return Reader(conn).status_of(account_id, file_id)
+
+                yield status
+        except SQLAlchemyError as e:
+            raise LedgerError(f"ledger error: {db_message(e)}") from None
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 if write:
-                    conn.execution_options(**{_WRITE: True})
+                    conn.execution_options(**{WRITE: True})
                 with conn.begin():
                     yield conn
         except IntegrityError:
             raise
         except SQLAlchemyError as e:
-            raise LedgerError(f"ledger error: {_db_message(e)}") from None
+            raise LedgerError(f"ledger error: {db_message(e)}") from None
 
-    def event(
-        self,
-        conn: Connection,
-        action: str,
-        *,
-        account_id: int | None,
-        file_pk: int | None = None,
-        file_id: str | None = None,
-        **detail: Any,
-    ) -> None:
-        self.events(conn, [self.event_row(action, account_id=account_id, file_pk=file_pk, file_id=file_id, **detail)])
+    # --- convenience reads ------------------------------------------------------------------
 
-    def event_row(
-        self,
-        action: str,
-        *,
-        account_id: int | None,
-        file_pk: int | None = None,
-        file_id: str | None = None,
-        **detail: Any,
-    ) -> dict[str, Any]:
-        """An audit event, ready for :meth:`events` (which writes many in one statement)."""
-        return {
-            "at": utcnow(),
-            "account_id": account_id,
-            "file_pk": file_pk,
-            "file_id": file_id,
-            "action": action,
-            "actor": self.actor,
-            "pid": self.pid,
-            "detail": detail,
-        }
+    def accounts(self) -> dict[str, tuple[int, str]]:
+        """Every account the ledger has seen: name -> (ledger id, provider)."""
+        with self.read() as r:
+            return r.accounts()
 
-    @staticmethod
-    def events(conn: Connection, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            conn.execute(insert(events), rows)
+    def files(
+        self, *, account_ids: Iterable[int] | None = None, statuses: Sequence[str] | None = None
+    ) -> list[FileRecord]:
+        with self.read() as r:
+            return r.files(account_ids=account_ids, statuses=statuses)
 
-    @staticmethod
-    def record(conn: Connection, ledger_id: int) -> FileRecord:
-        return FileRecord.from_row(conn.execute(RECORDS.where(files.c.id == ledger_id)).one())
+    def find(self, account_id: int, file_id: str) -> FileRecord | None:
+        with self.read() as r:
+            return r.find(account_id, file_id)
 
-    # --- accounts -------------------------------------------------------------------------
+    def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
+        with self.read() as r:
+            return r.usage(account_ids)
+
+    # --- accounts ---------------------------------------------------------------------------
 
     def ensure_account(self, account: Account) -> int:
         """The ledger id of an account, recording it (or a change of key or URL) as it is first used."""
         fp = account.key_fingerprint()
         for attempt in range(2):
             try:
-                with self.transaction(write=True) as conn:
-                    row = conn.execute(
-                        select(accounts).where(accounts.c.name == account.name).with_for_update()
-                    ).first()
+                with self.write() as w:
+                    row = w.account_row(account.name, lock=True)
                     if row is None:
-                        account_id = conn.execute(
-                            insert(accounts).values(
-                                name=account.name,
-                                provider=account.provider,
-                                base_url=account.base_url,
-                                key_fingerprint=fp,
-                                created_at=utcnow(),
-                            )
-                        ).inserted_primary_key[0]
-                        self.event(
-                            conn,
-                            "account_added",
-                            account_id=account_id,
-                            provider=account.provider,
-                            base_url=account.base_url,
-                            key_fingerprint=fp,
-                        )
-                        return account_id
+                        return w.add_account(account, fp)
                     if row.provider != account.provider:
                         raise UsageError(
                             f"account {account.name!r} is recorded in the ledger as provider {row.provider!r}, "
                             f"but the config says {account.provider!r}; use a new account name"
                         )
                     if (row.base_url, row.key_fingerprint) != (account.base_url, fp):
-                        self.event(
-                            conn,
-                            "account_changed",
-                            account_id=row.id,
-                            base_url={"old": row.base_url, "new": account.base_url},
-                            key_fingerprint={"old": row.key_fingerprint, "new": fp},
-                        )
-                        conn.execute(
-                            update(accounts)
-                            .where(accounts.c.id == row.id)
-                            .values(base_url=account.base_url, key_fingerprint=fp)
-                        )
+                        w.change_account(row, account, fp)
                     return row.id
             except IntegrityError:
                 if attempt:  # another process created it between our read and insert
                     raise
         raise AssertionError("unreachable")
 
+
+class Reader:
+    """Reads inside one transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def record(self, ledger_id: int) -> FileRecord:
+        return FileRecord.from_row(self.conn.execute(RECORDS.where(files.c.id == ledger_id)).one())
+
+    def account_row(self, name: str, *, lock: bool = False) -> Row[Any] | None:
+        query = select(accounts).where(accounts.c.name == name)
+        return self.conn.execute(query.with_for_update() if lock else query).first()
+
     def accounts(self) -> dict[str, tuple[int, str]]:
-        """Every account the ledger has seen: name -> (ledger id, provider)."""
-        with self.transaction() as conn:
-            rows = conn.execute(select(accounts.c.name, accounts.c.id, accounts.c.provider))
-            return {name: (id_, provider) for name, id_, provider in rows}
-
-    # --- files ----------------------------------------------------------------------------
-
-    def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str, **detail: Any) -> FileRecord:
-        """A reservation's upload landed: it is ``active`` under the provider's id."""
-        with self.transaction(write=True) as conn:
-            conn.execute(
-                update(files)
-                .where(files.c.id == ledger_id)
-                .values(file_id=file_id, bytes=size, sha256=sha256, status="active")
-            )
-            record = self.record(conn, ledger_id)
-            self.event(
-                conn,
-                "upload",
-                account_id=_account_of(conn, ledger_id),
-                file_pk=ledger_id,
-                file_id=file_id,
-                bytes=size,
-                sha256=sha256,
-                **detail,
-            )
-            return record
-
-    def fail(self, ledger_id: int, error: str, **detail: Any) -> FileRecord:
-        with self.transaction(write=True) as conn:
-            conn.execute(update(files).where(files.c.id == ledger_id).values(status="failed"))
-            self.event(
-                conn, "upload_failed", account_id=_account_of(conn, ledger_id), file_pk=ledger_id, error=error, **detail
-            )
-            return self.record(conn, ledger_id)
-
-    def mark_deleted(self, account_id: int, file_id: str, *, already_gone: bool) -> FileRecord | None:
-        """Record a delete at the provider; the event is written even for ids the ledger never saw."""
-        with self.transaction(write=True) as conn:
-            ledger_id = conn.execute(
-                select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == file_id)
-            ).scalar()
-            if ledger_id is not None:
-                conn.execute(
-                    update(files)
-                    .where(files.c.id == ledger_id, files.c.status != "deleted")
-                    .values(status="deleted", deleted_at=utcnow())
-                )
-            self.event(
-                conn,
-                "delete",
-                account_id=account_id,
-                file_pk=ledger_id,
-                file_id=file_id,
-                already_gone=already_gone,
-                known=ledger_id is not None,
-            )
-            return None if ledger_id is None else self.record(conn, ledger_id)
+        rows = self.conn.execute(select(accounts.c.name, accounts.c.id, accounts.c.provider))
+        return {name: (id_, provider) for name, id_, provider in rows}
 
     def files(
-        self,
-        *,
-        account_ids: Iterable[int] | None = None,
-        statuses: Sequence[str] | None = None,
+        self, *, account_ids: Iterable[int] | None = None, statuses: Sequence[str] | None = None
     ) -> list[FileRecord]:
         query = RECORDS.order_by(files.c.created_at, files.c.id)
         if account_ids is not None:
             query = query.where(files.c.account_id.in_(list(account_ids)))
         if statuses:
             query = query.where(files.c.status.in_(list(statuses)))
-        with self.transaction() as conn:
-            return [FileRecord.from_row(r) for r in conn.execute(query)]
+        return [FileRecord.from_row(r) for r in self.conn.execute(query)]
 
     def find(self, account_id: int, file_id: str) -> FileRecord | None:
-        with self.transaction() as conn:
-            row = conn.execute(RECORDS.where(files.c.account_id == account_id, files.c.file_id == file_id)).first()
-            return None if row is None else FileRecord.from_row(row)
+        row = self.conn.execute(RECORDS.where(files.c.account_id == account_id, files.c.file_id == file_id)).first()
+        return None if row is None else FileRecord.from_row(row)
 
-    def usage(self, account_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
-        """Files and bytes held per account: ``active`` and ``pending`` rows."""
+    def ledger_id_of(self, account_id: int, file_id: str) -> int | None:
+        return self.conn.execute(
+            select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == file_id)
+        ).scalar()
+
+    def status_of(self, account_id: int, file_id: str) -> str | None:
+        return self.conn.execute(
+            select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
+        ).scalar()
+
+    def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
+        """Files and bytes held per account (``active`` and ``pending`` rows): the one usage query."""
         ids = list(account_ids)
-        with self.transaction() as conn:
-            found = {a: (int(n), int(b)) for a, n, b in conn.execute(usage_query(ids))}
-        return {a: found.get(a, (0, 0)) for a in ids}
+        found = {
+            a: Usage(int(n), int(b))
+            for a, n, b in self.conn.execute(
+                select(files.c.account_id, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
+                .where(files.c.account_id.in_(ids), files.c.status.in_(HELD))
+                .group_by(files.c.account_id)
+            )
+        }
+        return {a: found.get(a, Usage(0, 0)) for a in ids}
+
+    def held_files(self, account_id: int, *, expired_by: datetime | None = None) -> list[Held]:
+        """Active files that could make room (only those expired by ``expired_by``, if given)."""
+        query = select(
+            files.c.id, files.c.file_id, files.c.filename, files.c.bytes, files.c.created_at, files.c.expires_at
+        ).where(files.c.account_id == account_id, files.c.status == Status.ACTIVE, files.c.file_id.is_not(None))
+        if expired_by is not None:
+            query = query.where(files.c.expires_at <= expired_by)
+        return [Held(*row) for row in self.conn.execute(query)]
+
+    def find_duplicate(self, account_id: int, sha256: str, purpose: str) -> FileRecord | None:
+        """The newest active file with the same content and purpose, which an upload can reuse."""
+        row = self.conn.execute(
+            RECORDS.where(
+                files.c.account_id == account_id,
+                files.c.sha256 == sha256,
+                files.c.purpose == purpose,
+                files.c.status == Status.ACTIVE,
+            )
+            .order_by(files.c.id.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else FileRecord.from_row(row, reused=True)
+
+    def may_be_duplicate(self, account_id: int, request: Request) -> bool:
+        """Whether an active file of the same size and purpose exists: only then is hashing first worth it."""
+        query = (
+            select(files.c.id)
+            .where(
+                files.c.account_id == account_id,
+                files.c.status == Status.ACTIVE,
+                files.c.bytes == request.bytes,
+                files.c.purpose == request.purpose,
+            )
+            .limit(1)
+        )
+        return self.conn.execute(query).first() is not None
+
+    def tracked(self, account_id: int) -> list[Tracked]:
+        """The account's ``active`` and ``pending`` rows: what a reconcile compares a listing with."""
+        rows = self.conn.execute(
+            select(
+                files.c.id,
+                files.c.file_id,
+                files.c.filename,
+                files.c.bytes,
+                files.c.status,
+                files.c.created_at,
+                files.c.expires_at,
+            ).where(files.c.account_id == account_id, files.c.status.in_(HELD))
+        )
+        return [Tracked(*r) for r in rows]
+
+    def last_event_before(self, before: datetime) -> int | None:
+        return self.conn.execute(select(func.max(events.c.id)).where(events.c.at < before)).scalar()
+
+    def running_runs(self, account_id: int) -> list[Row[Any]]:
+        return list(
+            self.conn.execute(
+                select(reconcile_runs).where(
+                    reconcile_runs.c.account_id == account_id, reconcile_runs.c.status == RunStatus.RUNNING
+                )
+            )
+        )
 
 
-def usage_query(account_ids: Sequence[int]) -> Select[Any]:
-    return (
-        select(files.c.account_id, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
-        .where(files.c.account_id.in_(account_ids), files.c.status.in_(HELD))
-        .group_by(files.c.account_id)
-    )
+class Writer(Reader):
+    """A write transaction. Its methods are everything that can happen in the ledger; each writes
+    its audit event. Nothing else in filekeeper inserts, updates or deletes a ledger row."""
 
+    def __init__(self, conn: Connection, ledger: Ledger) -> None:
+        super().__init__(conn)
+        self._ledger = ledger
 
-def _account_of(conn: Connection, ledger_id: int) -> int:
-    return conn.execute(select(files.c.account_id).where(files.c.id == ledger_id)).scalar_one()
+    # --- the audit log --------------------------------------------------------------------------
+
+    def _event_row(
+        self,
+        action: Action,
+        *,
+        account_id: int | None,
+        file_pk: int | None = None,
+        file_id: str | None = None,
+        **detail: Any,
+    ) -> dict[str, Any]:
+        return {
+            "at": utcnow(),
+            "account_id": account_id,
+            "file_pk": file_pk,
+            "file_id": file_id,
+            "action": str(action),
+            "actor": self._ledger.actor,
+            "pid": self._ledger.pid,
+            "detail": detail,
+        }
+
+    def _event(self, action: Action, **kwargs: Any) -> None:
+        self.conn.execute(insert(events), [self._event_row(action, **kwargs)])
+
+    def _move(self, ledger_id: int, expected: str | Sequence[str] | None = None, **values: Any) -> bool:
+        """Change a row (only if its status is still ``expected``: another process may have moved it on)."""
+        query = update(files).where(files.c.id == ledger_id)
+        if isinstance(expected, str):
+            query = query.where(files.c.status == expected)
+        elif expected is not None:
+            query = query.where(files.c.status.in_(list(expected)))
+        return self.conn.execute(query.values(**values)).rowcount == 1
+
+    def _account_of(self, ledger_id: int) -> int:
+        return self.conn.execute(select(files.c.account_id).where(files.c.id == ledger_id)).scalar_one()
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    def add_account(self, account: Account, fingerprint: str) -> int:
+        account_id = self.conn.execute(
+            insert(accounts).values(
+                name=account.name,
+                provider=account.provider,
+                base_url=account.base_url,
+                key_fingerprint=fingerprint,
+                created_at=utcnow(),
+            )
+        ).inserted_primary_key[0]
+        self._event(
+            Action.ACCOUNT_ADDED,
+            account_id=account_id,
+            provider=account.provider,
+            base_url=account.base_url,
+            key_fingerprint=fingerprint,
+        )
+        return account_id
+
+    def change_account(self, row: Row[Any], account: Account, fingerprint: str) -> None:
+        self._event(
+            Action.ACCOUNT_CHANGED,
+            account_id=row.id,
+            base_url={"old": row.base_url, "new": account.base_url},
+            key_fingerprint={"old": row.key_fingerprint, "new": fingerprint},
+        )
+        self.conn.execute(
+            update(accounts)
+            .where(accounts.c.id == row.id)
+            .values(base_url=account.base_url, key_fingerprint=fingerprint)
+        )
+
+    def lock_account(self, account_id: int) -> None:
+        """Serialise writers of one account: a row lock where the database has them (SQLite's
+        write transaction already excludes every other writer)."""
+        self.conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+
+    # --- an upload: reserve, then activate or fail --------------------------------------------
+
+    def refuse(self, account_id: int, request: Request, violations: Sequence[Violation], **detail: Any) -> None:
+        self._event(
+            Action.REFUSE,
+            account_id=account_id,
+            filename=request.filename,
+            bytes=request.bytes,
+            purpose=request.purpose,
+            violations=[v.to_json() for v in violations],
+            **detail,
+        )
+
+    def reuse(self, account_id: int, record: FileRecord, request: Request, sha256: str, **detail: Any) -> None:
+        self._event(
+            Action.REUSE,
+            account_id=account_id,
+            file_pk=record.ledger_id,
+            file_id=record.id,
+            filename=request.filename,
+            sha256=sha256,
+            **detail,
+        )
+
+    def reserve(
+        self,
+        account_id: int,
+        request: Request,
+        *,
+        sha256: str | None,
+        created_at: datetime,
+        expires_at: datetime | None,
+        **detail: Any,
+    ) -> FileRecord:
+        """A ``pending`` row: the quota is held from now until the upload lands or fails."""
+        ledger_id = self.conn.execute(
+            insert(files).values(
+                account_id=account_id,
+                filename=request.filename,
+                bytes=request.bytes,
+                sha256=sha256,
+                purpose=request.purpose,
+                status=Status.PENDING,
+                created_at=created_at,
+                expires_at=expires_at,
+            )
+        ).inserted_primary_key[0]
+        self._event(
+            Action.RESERVE,
+            account_id=account_id,
+            file_pk=ledger_id,
+            filename=request.filename,
+            bytes=request.bytes,
+            purpose=request.purpose,
+            **detail,
+        )
+        return self.record(ledger_id)
+
+    def evict(self, account_id: int, victim: Held, *, mode: str, now: datetime, for_filename: str) -> None:
+        """Marked gone inside the reservation's lock, so that no other upload counts on this room;
+        deleted at the provider afterwards, and restored if that fails."""
+        status = Status.EXPIRED if victim.expired(now) else Status.DELETED
+        self._move(victim.ledger_id, status=status, deleted_at=now)
+        self._event(
+            Action.EVICT,
+            account_id=account_id,
+            file_pk=victim.ledger_id,
+            file_id=victim.file_id,
+            mode=mode,
+            status=str(status),
+            bytes=victim.bytes,
+            to_make_room_for=for_filename,
+        )
+
+    def restore_evicted(self, account_id: int, victim: Held, error: str) -> None:
+        """A file marked for eviction could not be deleted at the provider: it is still there."""
+        self._move(victim.ledger_id, status=Status.ACTIVE, deleted_at=None)
+        self._event(
+            Action.EVICT_FAILED, account_id=account_id, file_pk=victim.ledger_id, file_id=victim.file_id, error=error
+        )
+
+    def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str | None, **detail: Any) -> FileRecord:
+        """A reservation's upload landed: it is ``active`` under the provider's id."""
+        self._move(ledger_id, file_id=file_id, bytes=size, sha256=sha256, status=Status.ACTIVE)
+        self._event(
+            Action.UPLOAD,
+            account_id=self._account_of(ledger_id),
+            file_pk=ledger_id,
+            file_id=file_id,
+            bytes=size,
+            sha256=sha256,
+            **detail,
+        )
+        return self.record(ledger_id)
+
+    def fail(self, ledger_id: int, error: str, **detail: Any) -> FileRecord:
+        """A reservation's upload did not land: ``failed``, holding no quota."""
+        self._move(ledger_id, status=Status.FAILED)
+        self._event(
+            Action.UPLOAD_FAILED, account_id=self._account_of(ledger_id), file_pk=ledger_id, error=error, **detail
+        )
+        return self.record(ledger_id)
+
+    # --- deletes ----------------------------------------------------------------------------------
+
+    def mark_deleted(self, account_id: int, file_id: str, *, already_gone: bool) -> FileRecord | None:
+        """Record a delete at the provider; the event is written even for ids the ledger never saw."""
+        ledger_id = self.ledger_id_of(account_id, file_id)
+        if ledger_id is not None:
+            self._move(
+                ledger_id, [s for s in Status if s != Status.DELETED], status=Status.DELETED, deleted_at=utcnow()
+            )
+        self._event(
+            Action.DELETE,
+            account_id=account_id,
+            file_pk=ledger_id,
+            file_id=file_id,
+            already_gone=already_gone,
+            known=ledger_id is not None,
+        )
+        return None if ledger_id is None else self.record(ledger_id)
+
+    # --- reconcile ------------------------------------------------------------------------------
+
+    def settle(self, account_id: int, pending: Tracked, remote: RemoteFile, *, run_id: int | None) -> str | None:
+        """A reservation whose upload landed after all: ``active`` under the id found in the listing.
+        Returns why it was not settled, or None."""
+        taken = self.ledger_id_of(account_id, remote.id)
+        if taken is not None:
+            return f"already recorded as ledger row {taken}; reservation not settled"
+        size = remote.bytes if remote.bytes is not None else pending.bytes
+        if self._move(pending.ledger_id, Status.PENDING, status=Status.ACTIVE, file_id=remote.id, bytes=size):
+            self._event(
+                Action.RECONCILE_SETTLE,
+                account_id=account_id,
+                file_pk=pending.ledger_id,
+                file_id=remote.id,
+                run_id=run_id,
+            )
+        return None
+
+    def fail_pending(self, account_id: int, pending: Tracked, *, run_id: int | None) -> None:
+        if self._move(pending.ledger_id, Status.PENDING, status=Status.FAILED):
+            self._event(
+                Action.RECONCILE_FAIL_PENDING,
+                account_id=account_id,
+                file_pk=pending.ledger_id,
+                reason="no matching file at the provider",
+                run_id=run_id,
+            )
+
+    def mark_missing(self, account_id: int, tracked: Tracked, *, run_id: int | None) -> None:
+        if self._move(tracked.ledger_id, Status.ACTIVE, status=Status.MISSING):
+            self._event(
+                Action.RECONCILE_MISSING,
+                account_id=account_id,
+                file_pk=tracked.ledger_id,
+                file_id=tracked.file_id,
+                run_id=run_id,
+            )
+
+    def mark_expired(self, account_id: int, tracked: Tracked, *, now: datetime, run_id: int | None) -> None:
+        """Past its expiry and already gone at the provider: nothing to delete, only to record."""
+        if self._move(tracked.ledger_id, Status.ACTIVE, status=Status.EXPIRED, deleted_at=now):
+            self._event(
+                Action.RECONCILE_EXPIRED,
+                account_id=account_id,
+                file_pk=tracked.ledger_id,
+                file_id=tracked.file_id,
+                gone_at_provider=True,
+                run_id=run_id,
+            )
+
+    def record_drift(self, account_id: int, tracked: Tracked, remote: RemoteFile, *, run_id: int | None) -> None:
+        self._event(
+            Action.RECONCILE_DRIFT,
+            account_id=account_id,
+            file_pk=tracked.ledger_id,
+            file_id=tracked.file_id,
+            ledger={"filename": tracked.filename, "bytes": tracked.bytes},
+            provider={"filename": remote.filename, "bytes": remote.bytes},
+            run_id=run_id,
+        )
+
+    def adopt(self, account_id: int, remote: RemoteFile, *, run_id: int | None) -> int:
+        """An orphan recorded as ours (``reconcile --adopt``), with the provider's metadata."""
+        values = {
+            "filename": remote.filename or remote.id,
+            "bytes": remote.bytes or 0,
+            "status": Status.ACTIVE,
+            "deleted_at": None,
+            "expires_at": remote.expires_at,
+        }
+        ledger_id = self.ledger_id_of(account_id, remote.id)
+        if ledger_id is not None:
+            self._move(ledger_id, **values)
+        else:
+            ledger_id = self.conn.execute(
+                insert(files).values(
+                    account_id=account_id,
+                    file_id=remote.id,
+                    purpose=remote.purpose or "unknown",
+                    sha256=None,
+                    created_at=remote.created_at or utcnow(),
+                    **values,
+                )
+            ).inserted_primary_key[0]
+        self._event(
+            Action.RECONCILE_ADOPT,
+            account_id=account_id,
+            file_pk=ledger_id,
+            file_id=remote.id,
+            bytes=remote.bytes,
+            filename=remote.filename,
+            run_id=run_id,
+        )
+        return ledger_id
+
+    def record_deletes(
+        self, account_id: int, done: Sequence[tuple[str, Tracked | None, bool]], *, run_id: int | None
+    ) -> None:
+        """A batch of a reconcile's deletes, ``(file_id, the expired row or None for an orphan,
+        whether the provider still had it)``: statuses and events in a few statements for the lot."""
+        if not done:
+            return
+        now = utcnow()
+        expired_ids = [t.ledger_id for _, t, _ in done if t is not None]
+        if expired_ids:
+            self.conn.execute(
+                update(files)
+                .where(files.c.id.in_(expired_ids), files.c.status == Status.ACTIVE)
+                .values(status=Status.EXPIRED, deleted_at=now)
+            )
+        orphan_ids = [file_id for file_id, t, _ in done if t is None]
+        known: dict[str, int] = {}
+        if orphan_ids:
+            query = select(files.c.file_id, files.c.id).where(
+                files.c.account_id == account_id, files.c.file_id.in_(orphan_ids)
+            )
+            known = {file_id: ledger_id for file_id, ledger_id in self.conn.execute(query)}
+        if known:
+            self.conn.execute(
+                update(files)
+                .where(files.c.id.in_(list(known.values())), files.c.status.not_in((Status.DELETED, Status.EXPIRED)))
+                .values(status=Status.DELETED, deleted_at=now)
+            )
+        rows = [
+            self._event_row(
+                Action.RECONCILE_EXPIRE,
+                account_id=account_id,
+                file_pk=t.ledger_id,
+                file_id=file_id,
+                already_gone=not existed,
+                run_id=run_id,
+            )
+            if t is not None
+            else self._event_row(
+                Action.RECONCILE_DELETE,
+                account_id=account_id,
+                file_pk=known.get(file_id),
+                file_id=file_id,
+                orphan=True,
+                already_gone=not existed,
+                run_id=run_id,
+            )
+            for file_id, t, existed in done
+        ]
+        self.conn.execute(insert(events), rows)
+
+    # --- reconcile runs (a running row is also the account's lock) -------------------------------
+
+    def start_run(self, account_id: int, now: datetime) -> int:
+        return self.conn.execute(
+            insert(reconcile_runs).values(
+                account_id=account_id,
+                status=RunStatus.RUNNING,
+                applied=True,
+                actor=self._ledger.actor,
+                pid=self._ledger.pid,
+                started_at=now,
+                heartbeat_at=now,
+                counts={},
+            )
+        ).inserted_primary_key[0]
+
+    def abandon_run(self, account_id: int, run_id: int, why: str, now: datetime) -> None:
+        """A running row whose process is gone: marked ``abandoned``, so its lock is free."""
+        self.conn.execute(
+            update(reconcile_runs)
+            .where(reconcile_runs.c.id == run_id)
+            .values(status=RunStatus.ABANDONED, finished_at=now, error=f"abandoned: {why}")
+        )
+        self._event(Action.RECONCILE_ABANDONED, account_id=account_id, run_id=run_id, reason=why)
+
+    def heartbeat(self, run_id: int) -> None:
+        self.conn.execute(update(reconcile_runs).where(reconcile_runs.c.id == run_id).values(heartbeat_at=utcnow()))
+
+    def finish_run(
+        self, run_id: int, status: RunStatus, *, listed: int, counts: dict[str, int], outcome: str, error: str | None
+    ) -> None:
+        now = utcnow()
+        self.conn.execute(
+            update(reconcile_runs)
+            .where(reconcile_runs.c.id == run_id)
+            .values(
+                status=status,
+                finished_at=now,
+                heartbeat_at=now,
+                listed=listed,
+                counts=counts,
+                outcome=outcome[:255],
+                error=None if error is None else error[:2000],
+            )
+        )
+
+    # --- the audit log's own upkeep -------------------------------------------------------------
+
+    def prune_events(self, before: datetime, up_to_id: int) -> int:
+        """Remove events older than ``before`` up to ``up_to_id`` (an archive holds them already)."""
+        return self.conn.execute(events.delete().where(events.c.at < before, events.c.id <= up_to_id)).rowcount

@@ -1,7 +1,8 @@
 """Alembic glue: create, back up and upgrade the ledger's schema.
 
-Imported only when the ledger is not at :data:`filekeeper.models.SCHEMA_HEAD` or by the
-``db`` commands, so that everyday commands do not pay for importing alembic.
+Imported only when the ledger is not at :data:`filekeeper.schema.SCHEMA_HEAD`, or by the
+``db`` commands, so that everyday commands do not pay for importing alembic. It depends on
+:mod:`filekeeper.engine` alone: opening a database needs no ledger.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from .config import Settings
+from .engine import WRITE, database_errors, prepare, read_revision
 from .errors import LedgerError
-from .ledger import database_errors, prepare, read_revision
 
 # Any constant will do; it only has to be the same for every filekeeper process.
 _PG_MIGRATION_LOCK = 0x66_6B_6D_69  # "fkmi"
@@ -127,7 +128,7 @@ def upgrade_to_head(engine: Engine, sqlite_path: Path | None) -> Path | None:
     processes meeting an empty or old ledger at once upgrade it exactly once.
     """
     with engine.connect() as conn:
-        conn.execution_options(filekeeper_write=True)
+        conn.execution_options(**{WRITE: True})
         with conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})

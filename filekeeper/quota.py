@@ -1,13 +1,13 @@
 """Quota policy: pure functions from limits, usage and requests to violations and evictions.
 
-No I/O here. :mod:`filekeeper.reservation` applies this policy inside a ledger transaction;
-``filekeeper check`` applies it to a read-only snapshot.
+No I/O here. :mod:`filekeeper.upload` applies this policy inside the ledger's reservation
+transaction; ``filekeeper check`` applies it to a read-only snapshot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Any, Literal
@@ -194,3 +194,56 @@ def choose_evictions(
         if not room_violations(limits, remaining, requests):
             return chosen
     return None
+
+
+#: the limits that more room can fix (the others no eviction can)
+ROOM_LIMITS = ("max_files", "max_total_bytes")
+
+
+def short_of_room(violations: Sequence[Violation]) -> bool:
+    return any(v.limit in ROOM_LIMITS for v in violations)
+
+
+def make_room(
+    limits: Limits, usage: Usage, requests: Sequence[Request], held: Sequence[Held], mode: EvictMode, now: datetime
+) -> tuple[list[Violation], list[Held]]:
+    """What ``--evict`` does to a refusal: the files to evict, or the violations, saying that
+    evicting every candidate would not be enough."""
+    violations = room_violations(limits, usage, requests)
+    if not violations:
+        return [], []
+    chosen = choose_evictions(limits, usage, requests, held, mode, now)
+    if chosen is not None:
+        return [], chosen
+    what = "every expired file" if mode == "expired" else "every active file"
+    return [
+        Violation(v.limit, f"{v.message} (evicting {what} would not be enough)", v.current, v.requested, v.max)
+        for v in violations
+    ], []
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What would have to go for refused files to fit: how much, and which files would do it."""
+
+    free_files: int = 0
+    free_bytes: int = 0
+    expired: list[Held] = field(default_factory=list)
+    oldest: list[Held] = field(default_factory=list)
+
+
+def advise(limits: Limits, usage: Usage, requests: Sequence[Request], held: Sequence[Held], now: datetime) -> Advice:
+    """``check``'s advice: files and bytes to free, the expired files (by expiry) and the oldest
+    (by age) whose deletion would make the requests fit."""
+    n, size = len(requests), sum(r.bytes for r in requests)
+    free_files = max(0, usage.files + n - limits.max_files) if limits.max_files is not None else 0
+    free_bytes = max(0, usage.bytes + size - limits.max_total_bytes) if limits.max_total_bytes is not None else 0
+    expired = [h for h in held if h.expired(now)]
+    by_expiry = choose_evictions(limits, usage, requests, expired, "expired", now)
+    by_age = choose_evictions(limits, usage, requests, held, "oldest", now)
+    return Advice(
+        free_files,
+        free_bytes,
+        by_expiry if by_expiry is not None else eviction_order(expired, "expired", now),
+        by_age or [],
+    )

@@ -27,16 +27,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, select, update
-
-from .config import Account
-from .errors import FileNotFoundAtProvider, ProviderError, ReconcileBusy, ReconcileRefused
-from .ledger import Ledger, iso
-from .quota import is_expired
-from .reservation import could_be_upload_of
-from .schema import accounts, files, reconcile_runs, utcnow
+from .errors import (
+    EXIT_CHANGES,
+    EXIT_OK,
+    FilekeeperError,
+    FileNotFoundAtProvider,
+    ProviderError,
+    ReconcileBusy,
+    ReconcileRefused,
+    exit_code_for,
+)
+from .records import Tracked, iso
+from .schema import RunStatus, Status, utcnow
+from .upload import could_be_upload_of
 
 if TYPE_CHECKING:
+    from .config import Account
+    from .ledger import Ledger
     from .providers import Provider, RemoteFile
 
 #: a running reconcile that has not shown a sign of life for this long is taken to have died
@@ -48,7 +55,7 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
 
 
 @dataclass(frozen=True)
-class Options:
+class ReconcileOptions:
     apply: bool = False
     adopt: bool = False
     max_delete: int | str = 100  # a count, or "N%" of the files listed
@@ -58,24 +65,8 @@ class Options:
     concurrency: int = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Tracked:
-    """A ledger row as the reconcile snapshot saw it."""
-
-    ledger_id: int
-    file_id: str | None
-    filename: str
-    bytes: int
-    status: str
-    created_at: datetime
-    expires_at: datetime | None
-
-    def expired(self, now: datetime) -> bool:
-        return is_expired(self.expires_at, now)
-
-
 @dataclass
-class Report:
+class ReconcilePlan:
     """What a reconcile found, and with ``apply``, what it did."""
 
     account: Account
@@ -227,37 +218,16 @@ def acquire(ledger: Ledger, account_id: int, *, wait: bool, on_wait: Callable[[s
     announced = False
     while True:
         now = utcnow()
-        with ledger.transaction(write=True) as conn:
-            conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
-            holders = conn.execute(
-                select(reconcile_runs).where(
-                    reconcile_runs.c.account_id == account_id, reconcile_runs.c.status == "running"
-                )
-            ).all()
+        with ledger.write() as w:
+            w.lock_account(account_id)
             running = None
-            for holder_row in holders:
+            for holder_row in w.running_runs(account_id):
                 if why := _stale(holder_row, now):
-                    conn.execute(
-                        update(reconcile_runs)
-                        .where(reconcile_runs.c.id == holder_row.id)
-                        .values(status="abandoned", finished_at=now, error=f"abandoned: {why}")
-                    )
-                    ledger.event(conn, "reconcile_abandoned", account_id=account_id, run_id=holder_row.id, reason=why)
+                    w.abandon_run(account_id, holder_row.id, why, now)
                 else:
                     running = holder_row
             if running is None:
-                return conn.execute(
-                    insert(reconcile_runs).values(
-                        account_id=account_id,
-                        status="running",
-                        applied=True,
-                        actor=ledger.actor,
-                        pid=ledger.pid,
-                        started_at=now,
-                        heartbeat_at=now,
-                        counts={},
-                    )
-                ).inserted_primary_key[0]
+                return w.start_run(account_id, now)
         holder = f"run #{running.id} by {running.actor} (pid {running.pid}), started {iso(running.started_at)}"
         if not wait:
             raise ReconcileBusy(
@@ -269,51 +239,25 @@ def acquire(ledger: Ledger, account_id: int, *, wait: bool, on_wait: Callable[[s
         time.sleep(1.0)
 
 
-def _heartbeat(ledger: Ledger, run_id: int) -> None:
-    with ledger.transaction(write=True) as conn:
-        conn.execute(update(reconcile_runs).where(reconcile_runs.c.id == run_id).values(heartbeat_at=utcnow()))
-
-
-def _finish(ledger: Ledger, run_id: int, status: str, report: Report, outcome: str, error: str | None = None) -> None:
-    with ledger.transaction(write=True) as conn:
-        conn.execute(
-            update(reconcile_runs)
-            .where(reconcile_runs.c.id == run_id)
-            .values(
-                status=status,
-                finished_at=utcnow(),
-                heartbeat_at=utcnow(),
-                listed=report.listed,
-                counts=report.counts(),
-                outcome=outcome[:255],
-                error=None if error is None else error[:2000],
-            )
-        )
+def _finish(
+    ledger: Ledger, run_id: int, status: RunStatus, plan: ReconcilePlan, outcome: str, error: str | None = None
+) -> None:
+    with ledger.write() as w:
+        w.finish_run(run_id, status, listed=plan.listed, counts=plan.counts(), outcome=outcome, error=error)
 
 
 # --- plan ---------------------------------------------------------------------------------------
 
 
 def _snapshot(ledger: Ledger, account_id: int) -> tuple[dict[str, Tracked], list[Tracked]]:
-    with ledger.transaction() as conn:
-        rows = conn.execute(
-            select(
-                files.c.id,
-                files.c.file_id,
-                files.c.filename,
-                files.c.bytes,
-                files.c.status,
-                files.c.created_at,
-                files.c.expires_at,
-            ).where(files.c.account_id == account_id, files.c.status.in_(("active", "pending")))
-        )
-        tracked = [Tracked(*r) for r in rows]
-    active = {t.file_id: t for t in tracked if t.status == "active" and t.file_id}
-    return active, [t for t in tracked if t.status == "pending"]
+    with ledger.read() as r:
+        tracked = r.tracked(account_id)
+    active = {t.file_id: t for t in tracked if t.status == Status.ACTIVE and t.file_id}
+    return active, [t for t in tracked if t.status == Status.PENDING]
 
 
 def classify(
-    report: Report,
+    plan: ReconcilePlan,
     active: dict[str, Tracked],
     pending: list[Tracked],
     listing: Iterable[RemoteFile],
@@ -331,14 +275,14 @@ def classify(
             claimable[p.filename].append(p)
     claimed: set[int] = set()
     for rf in listing:
-        report.listed += 1
+        plan.listed += 1
         t = active.pop(rf.id, None)
         if t is not None:
             if (rf.bytes is not None and rf.bytes != t.bytes) or (rf.filename and rf.filename != t.filename):
-                report.drift.append((t, rf))
+                plan.drift.append((t, rf))
             if t.expired(now):
-                report.expired.append(t)
-                report.expired_present.add(rf.id)
+                plan.expired.append(t)
+                plan.expired_present.add(rf.id)
             continue
         match = next(
             (
@@ -350,15 +294,15 @@ def classify(
         )
         if match is not None:
             claimed.add(match.ledger_id)
-            report.settled.append((match, rf))
+            plan.settled.append((match, rf))
             continue
-        report.orphans.append(rf)
+        plan.orphans.append(rf)
     for t in active.values():
-        (report.expired if t.expired(now) else report.missing).append(t)
+        (plan.expired if t.expired(now) else plan.missing).append(t)
     for p in pending:
         if p.ledger_id in claimed:
             continue
-        (report.failed_pending if p.created_at <= old_enough else report.waiting_pending).append(p)
+        (plan.failed_pending if p.created_at <= old_enough else plan.waiting_pending).append(p)
 
 
 # --- the whole run ------------------------------------------------------------------------------
@@ -369,14 +313,14 @@ def reconcile(
     account: Account,
     account_id: int,
     remote: Provider,
-    options: Options,
+    options: ReconcileOptions,
     *,
     progress: Progress | None = None,
     on_wait: Callable[[str], None] | None = None,
-) -> Report:
-    report = Report(account, applied=options.apply)
+) -> ReconcilePlan:
+    plan = ReconcilePlan(account, applied=options.apply)
     run_id = acquire(ledger, account_id, wait=options.wait, on_wait=on_wait) if options.apply else None
-    report.run_id = run_id
+    plan.run_id = run_id
     last_beat = time.monotonic()
 
     def on_page(pages: int, seen: int) -> None:
@@ -384,189 +328,104 @@ def reconcile(
         if progress:
             progress("listing", seen, 0)
         if run_id is not None and time.monotonic() - last_beat > HEARTBEAT_EVERY:
-            _heartbeat(ledger, run_id)
+            with ledger.write() as w:
+                w.heartbeat(run_id)
             last_beat = time.monotonic()
 
     try:
         now = utcnow()
         active, pending = _snapshot(ledger, account_id)
         held = len(active)
-        classify(report, active, pending, remote.list_files(on_page=on_page), now, options.min_age)
-        report.max_delete = delete_limit(options.max_delete, report.listed)
-        if report.listed == 0 and held and not options.accept_empty:
+        classify(plan, active, pending, remote.list_files(on_page=on_page), now, options.min_age)
+        plan.max_delete = delete_limit(options.max_delete, plan.listed)
+        if plan.listed == 0 and held and not options.accept_empty:
             raise ReconcileRefused(
                 f"{account.name}: the provider listed no files while the ledger holds {held} active; "
                 "a wrong API key or base URL looks exactly like this. Nothing was changed. "
                 "If the account really is empty, run again with --accept-empty"
             )
         if options.apply:
-            _apply(ledger, account_id, remote, report, options, now, progress, run_id)
+            _apply(ledger, account_id, remote, plan, options, now, progress, run_id)
     except BaseException as e:
         if run_id is not None:
-            status = "aborted" if isinstance(e, ReconcileRefused) else "failed"
-            _finish(ledger, run_id, status, report, status, str(e) or type(e).__name__)
+            status = RunStatus.ABORTED if isinstance(e, ReconcileRefused) else RunStatus.FAILED
+            _finish(ledger, run_id, status, plan, str(status), str(e) or type(e).__name__)
         raise
     if run_id is not None:
-        outcome = "done" if not report.errors else f"done with {len(report.errors)} error(s)"
+        outcome = "done" if not plan.errors else f"done with {len(plan.errors)} error(s)"
         _finish(
             ledger,
             run_id,
-            "done" if not report.errors else "failed",
-            report,
+            RunStatus.DONE if not plan.errors else RunStatus.FAILED,
+            plan,
             outcome,
-            "; ".join(f"{i}: {e}" for i, e in report.errors[:20]) or None,
+            "; ".join(f"{i}: {e}" for i, e in plan.errors[:20]) or None,
         )
-    return report
+    return plan
+
+
+def exit_code(outcomes: Iterable[ReconcilePlan | FilekeeperError], *, changes: bool = False) -> int:
+    """The exit code of a reconcile of one or more accounts: the most severe failure (a delete
+    that failed counts as 1); else, with ``changes`` (--exit-code), 4 when anything had work."""
+    outcomes = list(outcomes)
+    failures = [o for o in outcomes if isinstance(o, FilekeeperError)]
+    plans = [o for o in outcomes if isinstance(o, ReconcilePlan)]
+    if failures or any(p.errors for p in plans):
+        return max(exit_code_for(failures), 1)
+    if changes and any(p.has_work for p in plans):
+        return EXIT_CHANGES
+    return EXIT_OK
 
 
 def _apply(
     ledger: Ledger,
     account_id: int,
     remote: Provider,
-    report: Report,
-    options: Options,
+    plan: ReconcilePlan,
+    options: ReconcileOptions,
     now: datetime,
     progress: Progress | None,
     run_id: int | None,
 ) -> None:
     old_enough = now - options.min_age
     eligible: list[RemoteFile] = []
-    for rf in report.orphans:
+    for rf in plan.orphans:
         if rf.created_at is None:
-            report.skipped.append((rf.id, "the provider gave no creation time"))
+            plan.skipped.append((rf.id, "the provider gave no creation time"))
         elif rf.created_at > old_enough:
-            report.skipped.append((rf.id, f"younger than --min-age ({_age(options.min_age)}): may be mid-upload"))
+            plan.skipped.append((rf.id, f"younger than --min-age ({_age(options.min_age)}): may be mid-upload"))
         else:
             eligible.append(rf)
-    deletes = len(report.expired_present) + (0 if options.adopt else len(eligible))
-    if deletes > report.max_delete:
+    deletes = len(plan.expired_present) + (0 if options.adopt else len(eligible))
+    if deletes > plan.max_delete:
         raise ReconcileRefused(
-            f"{report.account.name}: the plan would delete {deletes} files, more than --max-delete "
+            f"{plan.account.name}: the plan would delete {deletes} files, more than --max-delete "
             f"{options.max_delete}; nothing was changed. Review it with `filekeeper reconcile --account "
-            f"{report.account.name}` and, if it is right, run again with --max-delete {deletes}"
+            f"{plan.account.name}` and, if it is right, run again with --max-delete {deletes}"
         )
-    detail = {"run_id": run_id}
-    with ledger.transaction(write=True) as conn:
-        for t, rf in report.settled:
-            _settle(ledger, conn, account_id, t, rf, report, detail)
-        for t in report.failed_pending:
-            if _set_status(conn, t.ledger_id, "pending", status="failed"):
-                ledger.event(
-                    conn,
-                    "reconcile_fail_pending",
-                    account_id=account_id,
-                    file_pk=t.ledger_id,
-                    reason="no matching file at the provider",
-                    **detail,
-                )
-        for t in report.missing:
-            if _set_status(conn, t.ledger_id, "active", status="missing"):
-                ledger.event(
-                    conn, "reconcile_missing", account_id=account_id, file_pk=t.ledger_id, file_id=t.file_id, **detail
-                )
-        for t in report.expired:
-            if t.file_id not in report.expired_present and _set_status(
-                conn, t.ledger_id, "active", status="expired", deleted_at=now
-            ):
-                ledger.event(
-                    conn,
-                    "reconcile_expired",
-                    account_id=account_id,
-                    file_pk=t.ledger_id,
-                    file_id=t.file_id,
-                    gone_at_provider=True,
-                    **detail,
-                )
-        for t, rf in report.drift:
-            ledger.event(
-                conn,
-                "reconcile_drift",
-                account_id=account_id,
-                file_pk=t.ledger_id,
-                file_id=t.file_id,
-                ledger={"filename": t.filename, "bytes": t.bytes},
-                provider={"filename": rf.filename, "bytes": rf.bytes},
-                **detail,
-            )
+    with ledger.write() as w:
+        for t, rf in plan.settled:
+            if why := w.settle(account_id, t, rf, run_id=run_id):
+                plan.skipped.append((rf.id, why))
+        for t in plan.failed_pending:
+            w.fail_pending(account_id, t, run_id=run_id)
+        for t in plan.missing:
+            w.mark_missing(account_id, t, run_id=run_id)
+        for t in plan.expired:
+            if t.file_id not in plan.expired_present:
+                w.mark_expired(account_id, t, now=now, run_id=run_id)
+        for t, rf in plan.drift:
+            w.record_drift(account_id, t, rf, run_id=run_id)
         if options.adopt:
             for rf in eligible:
-                _adopt(ledger, conn, account_id, rf, report, detail)
+                w.adopt(account_id, rf, run_id=run_id)
+                plan.adopted.append(rf.id)
     jobs: list[tuple[str, Tracked | None]] = [
-        (t.file_id, t) for t in report.expired if t.file_id in report.expired_present
-    ]  # type: ignore[misc]
+        (t.file_id, t) for t in plan.expired if t.file_id is not None and t.file_id in plan.expired_present
+    ]
     if not options.adopt:
         jobs += [(rf.id, None) for rf in eligible]
-    _delete_all(ledger, account_id, remote, jobs, report, options.concurrency, progress, detail)
-
-
-def _set_status(conn: Connection, ledger_id: int, expected: str, **values: Any) -> bool:
-    """Change a row only if it is still as the snapshot saw it (an upload may have moved it on)."""
-    result = conn.execute(update(files).where(files.c.id == ledger_id, files.c.status == expected).values(**values))
-    return result.rowcount == 1
-
-
-def _settle(
-    ledger: Ledger,
-    conn: Connection,
-    account_id: int,
-    t: Tracked,
-    rf: RemoteFile,
-    report: Report,
-    detail: dict[str, Any],
-) -> None:
-    taken = conn.execute(select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == rf.id)).first()
-    if taken is not None:
-        report.skipped.append((rf.id, f"already recorded as ledger row {taken.id}; reservation not settled"))
-        return
-    if _set_status(
-        conn,
-        t.ledger_id,
-        "pending",
-        status="active",
-        file_id=rf.id,
-        bytes=rf.bytes if rf.bytes is not None else t.bytes,
-    ):
-        ledger.event(conn, "reconcile_settle", account_id=account_id, file_pk=t.ledger_id, file_id=rf.id, **detail)
-
-
-def _adopt(
-    ledger: Ledger, conn: Connection, account_id: int, rf: RemoteFile, report: Report, detail: dict[str, Any]
-) -> None:
-    values = {
-        "filename": rf.filename or rf.id,
-        "bytes": rf.bytes or 0,
-        "status": "active",
-        "deleted_at": None,
-        "expires_at": rf.expires_at,
-    }
-    existing = conn.execute(
-        select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == rf.id)
-    ).first()
-    if existing is not None:
-        conn.execute(update(files).where(files.c.id == existing.id).values(**values))
-        ledger_id = existing.id
-    else:
-        ledger_id = conn.execute(
-            insert(files).values(
-                account_id=account_id,
-                file_id=rf.id,
-                purpose=rf.purpose or "unknown",
-                sha256=None,
-                created_at=rf.created_at or utcnow(),
-                **values,
-            )
-        ).inserted_primary_key[0]
-    ledger.event(
-        conn,
-        "reconcile_adopt",
-        account_id=account_id,
-        file_pk=ledger_id,
-        file_id=rf.id,
-        bytes=rf.bytes,
-        filename=rf.filename,
-        **detail,
-    )
-    report.adopted.append(rf.id)
+    _delete_all(ledger, account_id, remote, jobs, plan, options.concurrency, progress, run_id)
 
 
 def _delete_all(
@@ -574,10 +433,10 @@ def _delete_all(
     account_id: int,
     remote: Provider,
     jobs: list[tuple[str, Tracked | None]],
-    report: Report,
+    plan: ReconcilePlan,
     concurrency: int,
     progress: Progress | None,
-    detail: dict[str, Any],
+    run_id: int | None,
 ) -> None:
     """Delete concurrently, at most ``concurrency`` in flight.
 
@@ -600,22 +459,25 @@ def _delete_all(
     done: list[tuple[str, Tracked | None, bool]] = []
     queue = iter(jobs)
     finished = 0
+
+    def record() -> None:
+        with ledger.write() as w:
+            w.record_deletes(account_id, done, run_id=run_id)
+        done.clear()
+
     with (
-        ledger.engine.connect() as check,
+        ledger.status_probe(account_id) as status_now,
         ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool,
     ):
 
         def next_delete() -> tuple[Future[bool | str], str, Tracked | None] | None:
             nonlocal finished
             for file_id, expired in queue:
-                with check.begin():
-                    status = check.execute(
-                        select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
-                    ).scalar()
-                if expired is None and status == "active":
-                    report.skipped.append((file_id, "became active in the ledger since the listing"))
-                elif expired is not None and status != "active":
-                    report.skipped.append((file_id, f"no longer active in the ledger ({status})"))
+                status = status_now(file_id)
+                if expired is None and status == Status.ACTIVE:
+                    plan.skipped.append((file_id, "became active in the ledger since the listing"))
+                elif expired is not None and status != Status.ACTIVE:
+                    plan.skipped.append((file_id, f"no longer active in the ledger ({status})"))
                 else:
                     return pool.submit(send, file_id), file_id, expired
                 finished += 1
@@ -633,72 +495,15 @@ def _delete_all(
                 outcome = future.result()
                 finished += 1
                 if isinstance(outcome, str):
-                    report.errors.append((file_id, outcome))
+                    plan.errors.append((file_id, outcome))
                 else:
-                    report.deleted.append(file_id)
+                    plan.deleted.append(file_id)
                     done.append((file_id, expired, outcome))
             if len(done) >= RESULT_BATCH:
-                _record_deletes(ledger, account_id, done, detail)
-                done.clear()
+                record()
             if progress:
                 progress("deleting", finished, len(jobs))
-    _record_deletes(ledger, account_id, done, detail)
-
-
-def _record_deletes(
-    ledger: Ledger, account_id: int, done: list[tuple[str, Tracked | None, bool]], detail: dict[str, Any]
-) -> None:
-    """Write a batch of delete results: statuses and events, a few statements for the lot."""
-    if not done:
-        return
-    now = utcnow()
-    rows = []
-    with ledger.transaction(write=True) as conn:
-        expired_ids = [t.ledger_id for _, t, _ in done if t is not None]
-        if expired_ids:
-            conn.execute(
-                update(files)
-                .where(files.c.id.in_(expired_ids), files.c.status == "active")
-                .values(status="expired", deleted_at=now)
-            )
-        orphan_ids = [file_id for file_id, t, _ in done if t is None]
-        known: dict[str, int] = {}
-        if orphan_ids:
-            query = select(files.c.file_id, files.c.id).where(
-                files.c.account_id == account_id, files.c.file_id.in_(orphan_ids)
-            )
-            known = {file_id: ledger_id for file_id, ledger_id in conn.execute(query)}
-        if known:
-            conn.execute(
-                update(files)
-                .where(files.c.id.in_(list(known.values())), files.c.status.not_in(("deleted", "expired")))
-                .values(status="deleted", deleted_at=now)
-            )
-        for file_id, t, existed in done:
-            if t is not None:
-                rows.append(
-                    ledger.event_row(
-                        "reconcile_expire",
-                        account_id=account_id,
-                        file_pk=t.ledger_id,
-                        file_id=file_id,
-                        already_gone=not existed,
-                        **detail,
-                    )
-                )
-            else:
-                rows.append(
-                    ledger.event_row(
-                        "reconcile_delete",
-                        account_id=account_id,
-                        file_pk=known.get(file_id),
-                        file_id=file_id,
-                        orphan=True,
-                        already_gone=not existed,
-                        **detail,
-                    )
-                )
-        ledger.events(conn, rows)
+    record()
 
 
 def _age(d: timedelta) -> str:

@@ -1,6 +1,11 @@
-"""The audit report's formats: table and Markdown summaries, JSON, CSV and a self-contained HTML page.
+"""The audit report: its shape (:class:`AuditReport`, :class:`EventOut`) and its formats, table and
+Markdown summaries, JSON, CSV and a self-contained HTML page.
 
-CSV and JSON stream the events as they come from the database; nothing here holds them all.
+Light on purpose (no database here: :mod:`filekeeper.reports` gathers a report from the ledger),
+so that the CLI can read the registry at start-up. :data:`FORMATS` is the one registry: the CLI's
+``--format`` choices and ``-o`` suffixes come from it, and every format renders with the same
+signature, ``render(query, out)``, so a script can produce any of them. CSV and JSON stream the
+events as they come from the database; nothing here holds them all.
 """
 
 from __future__ import annotations
@@ -8,13 +13,159 @@ from __future__ import annotations
 import csv
 import html
 import json
-from collections.abc import Iterable
-from datetime import date
-from typing import Any, TextIO
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Protocol, TextIO
 
-from .ledger import FileRecord
-from .reports import EVENT_COLUMNS, SCHEMA, AccountNow, EventOut, Report, summarize_refusals
+from .display import percent, table, used_of, when
+from .errors import UsageError
+from .profiles import Limits
+from .records import FileRecord, iso
 from .units import format_size
+
+
+class ReportSource(Protocol):
+    """What a renderer asks of a report (:class:`filekeeper.reports.ReportSource` is one): the
+    summary, and the period's events, streamed."""
+
+    def summary(self) -> AuditReport: ...
+
+    def events(self, *, newest_first: int | None = None) -> Iterator[EventOut]: ...
+
+
+#: the JSON report's schema; bumped on any incompatible change
+SCHEMA = "filekeeper.report/1"
+#: the CSV's columns (and the JSON events' keys), in order
+EVENT_COLUMNS = ("time", "actor", "pid", "account", "provider", "file_id", "filename", "action", "detail")
+#: the daily figures, in order
+DAILY_COLUMNS = (
+    "uploads",
+    "bytes_uploaded",
+    "reused",
+    "refused",
+    "deletes",
+    "expiries",
+    "orphans_found",
+    "orphans_deleted",
+    "adopted",
+    "missing",
+    "failures",
+)
+
+
+@dataclass
+class AccountNow:
+    """One account as it stands: usage against limits and the files worth a look."""
+
+    account: str
+    provider: str
+    files: int
+    bytes: int
+    limits: Limits
+    expiring: list[FileRecord] = field(default_factory=list)
+    largest: list[FileRecord] = field(default_factory=list)
+    pending: list[FileRecord] = field(default_factory=list)
+    failed: list[FileRecord] = field(default_factory=list)
+    missing: list[FileRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # files per status
+
+    def to_json(self) -> dict[str, Any]:
+        lim = self.limits
+        return {
+            "account": self.account,
+            "provider": self.provider,
+            "files": self.files,
+            "bytes": self.bytes,
+            "limits": lim.as_dict(),
+            "percent": {
+                "files": percent(self.files, lim.max_files),
+                "bytes": percent(self.bytes, lim.max_total_bytes),
+            },
+            "headroom": {
+                "files": None if lim.max_files is None else lim.max_files - self.files,
+                "bytes": None if lim.max_total_bytes is None else lim.max_total_bytes - self.bytes,
+            },
+            "statuses": self.counts,
+            "expiring_7d": [r.to_json() for r in self.expiring],
+            "largest": [r.to_json() for r in self.largest],
+            "pending": [r.to_json() for r in self.pending],
+            "failed": [r.to_json() for r in self.failed],
+            "missing": [r.to_json() for r in self.missing],
+        }
+
+
+@dataclass
+class AuditReport:
+    """The audit summary of a period: accounts now, activity by day and by actor, reconcile runs."""
+
+    generated_at: datetime
+    since: datetime
+    until: datetime
+    accounts: list[AccountNow]
+    #: (day, account) -> figures; refusals by limit under "refused_by"
+    daily: dict[tuple[date, str], dict[str, Any]]
+    runs: list[dict[str, Any]]
+    #: account -> [(day, files held, bytes held)] at the end of each day of the period
+    usage: dict[str, list[tuple[date, int, int]]]
+    #: who did what in the period: {actor, account, uploads, bytes_uploaded, reused, refused, deletes}
+    actors: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "generated_at": iso(self.generated_at),
+            "period": {"since": iso(self.since), "until": iso(self.until)},
+            "accounts": [a.to_json() for a in self.accounts],
+            "daily": [
+                {"date": d.isoformat(), "account": acct, **figures} for (d, acct), figures in sorted(self.daily.items())
+            ],
+            "reconcile_runs": self.runs,
+            "usage": {
+                acct: [{"date": d.isoformat(), "files": n, "bytes": b} for d, n, b in series]
+                for acct, series in self.usage.items()
+            },
+            "actors": self.actors,
+        }
+
+
+@dataclass(frozen=True)
+class EventOut:
+    time: str
+    actor: str
+    pid: int
+    account: str | None
+    provider: str | None
+    file_id: str | None
+    filename: str | None
+    action: str
+    detail: str  # JSON text, as stored
+
+    def row(self) -> list[Any]:
+        return [
+            self.time,
+            self.actor,
+            self.pid,
+            self.account,
+            self.provider,
+            self.file_id,
+            self.filename,
+            self.action,
+            self.detail,
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dict(zip(EVENT_COLUMNS[:-1], self.row()[:-1], strict=True)), "detail": json.loads(self.detail)}
+
+
+def summarize_refusals(daily: dict[tuple[date, str], dict[str, Any]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for figures in daily.values():
+        total.update(figures["refused_by"])
+    return total
 
 
 def write_csv(events: Iterable[EventOut], out: TextIO) -> int:
@@ -28,7 +179,7 @@ def write_csv(events: Iterable[EventOut], out: TextIO) -> int:
     return count
 
 
-def write_json(report: Report, events: Iterable[EventOut], out: TextIO) -> None:
+def write_json(report: AuditReport, events: Iterable[EventOut], out: TextIO) -> None:
     """The summary and every event as one document (schema :data:`SCHEMA`), events streamed."""
     head = json.dumps(report.summary_json(), ensure_ascii=False, indent=2)
     out.write(head[:-2] + ',\n  "events": [')
@@ -40,12 +191,6 @@ def write_json(report: Report, events: Iterable[EventOut], out: TextIO) -> None:
 # --- text summaries -------------------------------------------------------------------------------
 
 
-def _pct(used: int, limit: int | None, fmt: Any = str) -> str:
-    if limit is None:
-        return f"{fmt(used)} (no limit)"
-    return f"{fmt(used)} / {fmt(limit)} ({100 * used / limit:.1f}%)" if limit else f"{fmt(used)} / 0"
-
-
 def _headroom(a: AccountNow) -> str:
     lim = a.limits
     files = "∞" if lim.max_files is None else str(lim.max_files - a.files)
@@ -53,19 +198,14 @@ def _headroom(a: AccountNow) -> str:
     return f"{files} files, {size}"
 
 
-def _when(record: FileRecord, attr: str) -> str:
-    value = getattr(record, attr)
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M")
-
-
-def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+def _sections(report: AuditReport) -> list[tuple[str, list[str], list[list[str]]]]:
     """Every summary table as (title, headers, rows): the one layout table, md and html share."""
     now_rows = [
         [
             a.account,
             a.provider,
-            _pct(a.files, a.limits.max_files),
-            _pct(a.bytes, a.limits.max_total_bytes, format_size),
+            used_of(a.files, a.limits.max_files),
+            used_of(a.bytes, a.limits.max_total_bytes, format_size),
             _headroom(a),
             str(len(a.expiring)),
             str(len(a.pending)),
@@ -90,8 +230,8 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                 r.filename,
                 format_size(r.bytes),
                 r.status,
-                _when(r, "created_at"),
-                _when(r, "expires_at"),
+                when(r.created_at),
+                when(r.expires_at),
             ]
             for r in records
         ]
@@ -189,23 +329,21 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
-def _title(report: Report) -> str:
+def _title(report: AuditReport) -> str:
     return (
         f"filekeeper report: {report.since:%Y-%m-%d} to {report.until:%Y-%m-%d} "
         f"(generated {report.generated_at:%Y-%m-%d %H:%M} UTC)"
     )
 
 
-def render_table(report: Report) -> str:
+def render_table(report: AuditReport) -> str:
     lines = [_title(report)]
     for title, headers, rows in _sections(report):
         lines += ["", title]
         if not rows:
             lines.append("  (none)")
             continue
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        lines.append("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines.append(table([h.upper() for h in headers], rows))
     refusals = summarize_refusals(report.daily)
     if refusals:
         lines += ["", "Refusals by limit: " + ", ".join(f"{k} {v}" for k, v in refusals.most_common())]
@@ -216,7 +354,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_md(report: Report) -> str:
+def render_md(report: AuditReport) -> str:
     lines = [f"# {_title(report)}"]
     for title, headers, rows in _sections(report):
         lines += ["", f"## {title}", ""]
@@ -290,7 +428,7 @@ def _chart(account: str, kind: str, series: list[tuple[date, int]], limit: int |
     return "".join(parts)
 
 
-def render_html(report: Report, recent: list[EventOut]) -> str:
+def render_html(report: AuditReport, recent: list[EventOut]) -> str:
     e = html.escape
     body = [f"<h1>{e(_title(report))}</h1>"]
     body.append("<h2>Usage over time</h2>")
@@ -332,3 +470,81 @@ def render_html(report: Report, recent: list[EventOut]) -> str:
         + "\n".join(body)
         + "\n</body></html>\n"
     )
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+def _render_table(query: ReportSource, out: TextIO) -> None:
+    out.write(render_table(query.summary()))
+
+
+def _render_md(query: ReportSource, out: TextIO) -> None:
+    out.write(render_md(query.summary()))
+
+
+def _render_json(query: ReportSource, out: TextIO) -> None:
+    write_json(query.summary(), query.events(), out)
+
+
+def _render_csv(query: ReportSource, out: TextIO) -> None:
+    write_csv(query.events(), out)
+
+
+def _render_html(query: ReportSource, out: TextIO) -> None:
+    out.write(render_html(query.summary(), list(query.events(newest_first=100))))
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    #: file name endings that choose this format for ``-o FILE``
+    suffixes: tuple[str, ...]
+    render: Callable[[ReportSource, TextIO], None]
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("table", (".txt",), _render_table),
+        Format("md", (".md",), _render_md),
+        Format("json", (".json",), _render_json),
+        Format("csv", (".csv",), _render_csv),
+        Format("html", (".html", ".htm"), _render_html),
+    )
+}
+
+
+def infer_format(fmt: str | None, output: Path | None, *, terminal: bool) -> str:
+    """The format asked for; else the one ``output``'s suffix names; else table on a terminal, json otherwise."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
+        return fmt
+    if output is not None:
+        suffix = output.suffix.lower()
+        for f in FORMATS.values():
+            if suffix in f.suffixes:
+                return f.name
+        return "json"
+    return "table" if terminal else "json"
+
+
+def write_report(query: ReportSource, fmt: str, output: Path | None = None, stdout: TextIO | None = None) -> None:
+    """Render ``query`` as ``fmt`` to ``stdout``, or to ``output`` written aside and renamed, so that
+    a report that fails half-way leaves no half a file."""
+    render = FORMATS[fmt].render
+    if output is None:
+        render(query, stdout or sys.stdout)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            render(query, out)
+        partial.replace(output)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

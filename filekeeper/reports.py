@@ -7,9 +7,8 @@ that a CSV of a million events never holds more than a batch of rows in memory.
 
 from __future__ import annotations
 
-import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -19,122 +18,50 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select
 
 from .config import Settings
-from .ledger import RECORDS, FileRecord, Ledger, iso
-from .profiles import PROFILES, Limits
-from .schema import HELD, accounts, events, files, reconcile_runs, utcnow
+from .ledger import RECORDS, Ledger
+from .records import FileRecord, iso
+from .report_formats import DAILY_COLUMNS, AccountNow, AuditReport, EventOut, write_csv
+from .schema import HELD, Action, Status, accounts, events, files, reconcile_runs, utcnow
 
-#: the JSON report's schema; bumped on any incompatible change
-SCHEMA = "filekeeper.report/1"
-#: the CSV's columns (and the JSON events' keys), in order
-EVENT_COLUMNS = ("time", "actor", "pid", "account", "provider", "file_id", "filename", "action", "detail")
-#: the daily figures, in order
-DAILY_COLUMNS = (
-    "uploads",
-    "bytes_uploaded",
-    "reused",
-    "refused",
-    "deletes",
-    "expiries",
-    "orphans_found",
-    "orphans_deleted",
-    "adopted",
-    "missing",
-    "failures",
-)
 _DAILY_ACTIONS = {
-    "upload": "uploads",
-    "reconcile_settle": "uploads",
-    "reuse": "reused",
-    "refuse": "refused",
-    "delete": "deletes",
-    "evict": "deletes",
-    "reconcile_expire": "expiries",
-    "reconcile_expired": "expiries",
-    "reconcile_delete": "orphans_deleted",
-    "reconcile_adopt": "adopted",
-    "reconcile_missing": "missing",
-    "upload_failed": "failures",
-    "reconcile_fail_pending": "failures",
-    "evict_failed": "failures",
+    Action.UPLOAD: "uploads",
+    Action.RECONCILE_SETTLE: "uploads",
+    Action.REUSE: "reused",
+    Action.REFUSE: "refused",
+    Action.DELETE: "deletes",
+    Action.EVICT: "deletes",
+    Action.RECONCILE_EXPIRE: "expiries",
+    Action.RECONCILE_EXPIRED: "expiries",
+    Action.RECONCILE_DELETE: "orphans_deleted",
+    Action.RECONCILE_ADOPT: "adopted",
+    Action.RECONCILE_MISSING: "missing",
+    Action.UPLOAD_FAILED: "failures",
+    Action.RECONCILE_FAIL_PENDING: "failures",
+    Action.EVICT_FAILED: "failures",
 }
 EXPIRING_WITHIN = timedelta(days=7)
 LIST_LIMIT = 20
 
 
 @dataclass
-class AccountNow:
-    """One account as it stands: usage against limits and the files worth a look."""
+class ReportQuery:
+    """One report's question: which accounts, which period. Renderers ask it for the summary
+    (built once) and for the period's events (streamed, each time they are asked)."""
 
-    account: str
-    provider: str
-    files: int
-    bytes: int
-    limits: Limits
-    expiring: list[FileRecord] = field(default_factory=list)
-    largest: list[FileRecord] = field(default_factory=list)
-    pending: list[FileRecord] = field(default_factory=list)
-    failed: list[FileRecord] = field(default_factory=list)
-    missing: list[FileRecord] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)  # files per status
-
-    def percent(self, used: int, limit: int | None) -> float | None:
-        return None if not limit else round(100 * used / limit, 1)
-
-    def to_json(self) -> dict[str, Any]:
-        lim = self.limits
-        return {
-            "account": self.account,
-            "provider": self.provider,
-            "files": self.files,
-            "bytes": self.bytes,
-            "limits": lim.as_dict(),
-            "percent": {
-                "files": self.percent(self.files, lim.max_files),
-                "bytes": self.percent(self.bytes, lim.max_total_bytes),
-            },
-            "headroom": {
-                "files": None if lim.max_files is None else lim.max_files - self.files,
-                "bytes": None if lim.max_total_bytes is None else lim.max_total_bytes - self.bytes,
-            },
-            "statuses": self.counts,
-            "expiring_7d": [r.to_json() for r in self.expiring],
-            "largest": [r.to_json() for r in self.largest],
-            "pending": [r.to_json() for r in self.pending],
-            "failed": [r.to_json() for r in self.failed],
-            "missing": [r.to_json() for r in self.missing],
-        }
-
-
-@dataclass
-class Report:
-    generated_at: datetime
+    ledger: Ledger
+    settings: Settings
+    account_ids: Sequence[int] | None
     since: datetime
     until: datetime
-    accounts: list[AccountNow]
-    #: (day, account) -> figures; refusals by limit under "refused_by"
-    daily: dict[tuple[date, str], dict[str, Any]]
-    runs: list[dict[str, Any]]
-    #: account -> [(day, files held, bytes held)] at the end of each day of the period
-    usage: dict[str, list[tuple[date, int, int]]]
-    #: who did what in the period: {actor, account, uploads, bytes_uploaded, reused, refused, deletes}
-    actors: list[dict[str, Any]] = field(default_factory=list)
+    _summary: AuditReport | None = field(default=None, repr=False)
 
-    def summary_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "generated_at": iso(self.generated_at),
-            "period": {"since": iso(self.since), "until": iso(self.until)},
-            "accounts": [a.to_json() for a in self.accounts],
-            "daily": [
-                {"date": d.isoformat(), "account": acct, **figures} for (d, acct), figures in sorted(self.daily.items())
-            ],
-            "reconcile_runs": self.runs,
-            "usage": {
-                acct: [{"date": d.isoformat(), "files": n, "bytes": b} for d, n, b in series]
-                for acct, series in self.usage.items()
-            },
-            "actors": self.actors,
-        }
+    def summary(self) -> AuditReport:
+        if self._summary is None:
+            self._summary = build(self.ledger, self.settings, self.account_ids, self.since, self.until)
+        return self._summary
+
+    def events(self, *, newest_first: int | None = None) -> Iterator[EventOut]:
+        return iter_events(self.ledger, self.account_ids, self.since, self.until, newest_first=newest_first)
 
 
 def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
@@ -151,9 +78,10 @@ def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
 
 def build(
     ledger: Ledger, settings: Settings, account_ids: Sequence[int] | None, since: datetime, until: datetime
-) -> Report:
+) -> AuditReport:
     now = utcnow()
-    with ledger.transaction() as conn:
+    with ledger.read() as reader:
+        conn = reader.conn
         query = select(accounts.c.id, accounts.c.name, accounts.c.provider).order_by(accounts.c.name)
         if account_ids is not None:
             query = query.where(accounts.c.id.in_(account_ids))
@@ -182,15 +110,15 @@ def build(
             return out
 
         expiring = records(
-            files.c.status == "active",
+            files.c.status == Status.ACTIVE,
             files.c.expires_at > now,
             files.c.expires_at <= now + EXPIRING_WITHIN,
             order=files.c.expires_at,
         )
-        largest = records(files.c.status == "active", order=files.c.bytes.desc(), limit=10)
-        pending = records(files.c.status == "pending", order=files.c.created_at)
-        failed = records(files.c.status == "failed", order=files.c.created_at.desc())
-        missing = records(files.c.status == "missing", order=files.c.created_at.desc())
+        largest = records(files.c.status == Status.ACTIVE, order=files.c.bytes.desc(), limit=10)
+        pending = records(files.c.status == Status.PENDING, order=files.c.created_at)
+        failed = records(files.c.status == Status.FAILED, order=files.c.created_at.desc())
+        missing = records(files.c.status == Status.MISSING, order=files.c.created_at.desc())
 
         daily: dict[tuple[date, str], dict[str, Any]] = {}
 
@@ -210,12 +138,12 @@ def build(
         for day, account_id, size in conn.execute(
             select(day_of, events.c.account_id, func.coalesce(func.sum(files.c.bytes), 0))
             .join(files, files.c.id == events.c.file_pk)
-            .where(*period, events.c.action.in_(("upload", "reconcile_settle")))
+            .where(*period, events.c.action.in_((Action.UPLOAD, Action.RECONCILE_SETTLE)))
             .group_by(day_of, events.c.account_id)
         ):
             day_figures(_as_date(day), names[account_id])["bytes_uploaded"] += int(size)
         for at, account_id, detail in conn.execute(
-            select(events.c.at, events.c.account_id, events.c.detail).where(*period, events.c.action == "refuse")
+            select(events.c.at, events.c.account_id, events.c.detail).where(*period, events.c.action == Action.REFUSE)
         ):
             by = day_figures(at.date(), names[account_id])["refused_by"]
             for violation in (detail or {}).get("violations", []):
@@ -257,7 +185,7 @@ def build(
 
     out = []
     for a in known:
-        limits = _limits(settings, a.name, a.provider)
+        limits = settings.account_or_default(a.name, a.provider).limits
         n, size = held.get(a.id, (0, 0))
         out.append(
             AccountNow(
@@ -274,18 +202,18 @@ def build(
                 dict(status_counts[a.id]),
             )
         )
-    return Report(now, since, until, out, daily, runs, usage, actors)
+    return AuditReport(now, since, until, out, daily, runs, usage, actors)
 
 
 _ACTOR_ACTIONS = {
-    "upload": "uploads",
-    "reconcile_settle": "uploads",
-    "reuse": "reused",
-    "refuse": "refused",
-    "delete": "deletes",
-    "evict": "deletes",
-    "reconcile_delete": "deletes",
-    "reconcile_expire": "deletes",
+    Action.UPLOAD: "uploads",
+    Action.RECONCILE_SETTLE: "uploads",
+    Action.REUSE: "reused",
+    Action.REFUSE: "refused",
+    Action.DELETE: "deletes",
+    Action.EVICT: "deletes",
+    Action.RECONCILE_DELETE: "deletes",
+    Action.RECONCILE_EXPIRE: "deletes",
 }
 
 
@@ -326,13 +254,6 @@ def _as_date(value: Any) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
-def _limits(settings: Settings, name: str, provider: str) -> Limits:
-    try:
-        return settings.account(name).limits
-    except Exception:
-        return PROFILES[provider].limits
-
-
 def _usage_series(
     conn: Any, ids: list[int], names: dict[int, str], since: datetime, until: datetime
 ) -> dict[str, list[tuple[date, int, int]]]:
@@ -340,7 +261,7 @@ def _usage_series(
     upload until it was deleted, expired or found missing."""
     gone = (
         select(events.c.file_pk, func.min(events.c.at).label("at"))
-        .where(events.c.action == "reconcile_missing")
+        .where(events.c.action == Action.RECONCILE_MISSING)
         .group_by(events.c.file_pk)
         .subquery()
     )
@@ -353,7 +274,7 @@ def _usage_series(
         .outerjoin(gone, gone.c.file_pk == files.c.id)
         .where(
             files.c.account_id.in_(ids),
-            files.c.status != "failed",
+            files.c.status != Status.FAILED,
             files.c.file_id.is_not(None),
             files.c.created_at <= until,
         )
@@ -379,35 +300,6 @@ def _usage_series(
             series.append((first + timedelta(days=i), n, size))
         out[names[account_id]] = series
     return out
-
-
-@dataclass(frozen=True)
-class EventOut:
-    time: str
-    actor: str
-    pid: int
-    account: str | None
-    provider: str | None
-    file_id: str | None
-    filename: str | None
-    action: str
-    detail: str  # JSON text, as stored
-
-    def row(self) -> list[Any]:
-        return [
-            self.time,
-            self.actor,
-            self.pid,
-            self.account,
-            self.provider,
-            self.file_id,
-            self.filename,
-            self.action,
-            self.detail,
-        ]
-
-    def to_json(self) -> dict[str, Any]:
-        return {**dict(zip(EVENT_COLUMNS[:-1], self.row()[:-1], strict=True)), "detail": json.loads(self.detail)}
 
 
 def iter_events(
@@ -460,16 +352,14 @@ def iter_events(
             )
 
 
-def prune_events(ledger: Ledger, before: datetime, archive: Path) -> int:
+def archive_events(ledger: Ledger, before: datetime, archive: Path) -> int:
     """Archive every event before ``before`` to a CSV file, then delete them from the ledger.
 
     The archive is complete and on disk (written aside, fsynced, renamed) before anything is
     deleted, and only what it holds is deleted: events written meanwhile stay.
     """
-    from .report_formats import write_csv
-
-    with ledger.transaction() as conn:
-        last_id = conn.execute(select(func.max(events.c.id)).where(events.c.at < before)).scalar()
+    with ledger.read() as r:
+        last_id = r.last_event_before(before)
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".partial")
     with partial.open("w", encoding="utf-8", newline="") as out:
@@ -478,13 +368,6 @@ def prune_events(ledger: Ledger, before: datetime, archive: Path) -> int:
         os.fsync(out.fileno())
     partial.replace(archive)
     if last_id is not None:
-        with ledger.transaction(write=True) as conn:
-            conn.execute(events.delete().where(events.c.at < before, events.c.id <= last_id))
+        with ledger.write() as w:
+            w.prune_events(before, last_id)
     return count
-
-
-def summarize_refusals(daily: dict[tuple[date, str], dict[str, Any]]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for figures in daily.values():
-        total.update(figures["refused_by"])
-    return total

@@ -8,6 +8,7 @@ The Alembic revisions in ``migrations/`` must produce exactly this schema; a tes
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -30,9 +31,55 @@ from sqlalchemy import (
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
 SCHEMA_HEAD = "0002"
 
-FILE_STATUSES = ("pending", "active", "deleted", "expired", "missing", "failed")
+
+class Status(StrEnum):
+    """Where a file stands. Only the ledger's transitions (:class:`filekeeper.ledger.Writer`) move it."""
+
+    PENDING = "pending"  # reserved; the upload may be in flight, or its outcome unknown
+    ACTIVE = "active"  # at the provider, ours
+    DELETED = "deleted"  # deleted by us (or found already gone when we deleted it)
+    EXPIRED = "expired"  # past expires_at, and deleted or gone at the provider
+    MISSING = "missing"  # gone at the provider without our doing
+    FAILED = "failed"  # the upload did not land; holds no quota
+
+
+class Action(StrEnum):
+    """The audit log's vocabulary: every event's ``action`` is one of these."""
+
+    ACCOUNT_ADDED = "account_added"
+    ACCOUNT_CHANGED = "account_changed"
+    RESERVE = "reserve"
+    UPLOAD = "upload"
+    UPLOAD_FAILED = "upload_failed"
+    REUSE = "reuse"
+    REFUSE = "refuse"
+    EVICT = "evict"
+    EVICT_FAILED = "evict_failed"
+    DELETE = "delete"
+    RECONCILE_DELETE = "reconcile_delete"
+    RECONCILE_EXPIRE = "reconcile_expire"
+    RECONCILE_EXPIRED = "reconcile_expired"
+    RECONCILE_MISSING = "reconcile_missing"
+    RECONCILE_SETTLE = "reconcile_settle"
+    RECONCILE_FAIL_PENDING = "reconcile_fail_pending"
+    RECONCILE_ADOPT = "reconcile_adopt"
+    RECONCILE_DRIFT = "reconcile_drift"
+    RECONCILE_ABANDONED = "reconcile_abandoned"
+
+
+class RunStatus(StrEnum):
+    """A ``reconcile_runs`` row's status; ``running`` is also the account's reconcile lock."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    ABORTED = "aborted"  # a safety rail refused the plan before anything changed
+    ABANDONED = "abandoned"  # its process died; taken over by a later run
+
+
+FILE_STATUSES = tuple(Status)
 #: statuses that hold quota at the provider (or may, for a reservation in flight)
-HELD = ("active", "pending")
+HELD = (Status.ACTIVE, Status.PENDING)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -31,7 +31,7 @@ def main() -> None:
         run(connection)
         return
     from filekeeper.config import load_settings
-    from filekeeper.ledger import make_engine
+    from filekeeper.engine import make_engine
 
     settings = load_settings()
     if context.is_offline_mode():

@@ -16,11 +16,13 @@ import pytest
 from click.testing import CliRunner
 
 from filekeeper.cli import cli
+from filekeeper.providers import PROFILES
 from tests.emulator import Emulator
 
-PROVIDERS = ("moonshot", "zai", "xai", "openai")
-KEY_VARS = {"moonshot": "MOONSHOT_API_KEY", "zai": "ZAI_API_KEY", "xai": "XAI_API_KEY", "openai": "OPENAI_API_KEY"}
-URL_VARS = {"moonshot": "MOONSHOT_BASE_URL", "zai": "ZAI_BASE_URL", "xai": "XAI_BASE_URL", "openai": "OPENAI_BASE_URL"}
+# Every provider with a key variable of its own (all but "compatible", which config names), from the registry.
+PROVIDERS = tuple(name for name, profile in PROFILES.items() if profile.key_env)
+KEY_VARS = {name: str(PROFILES[name].key_env) for name in PROVIDERS}
+URL_VARS = {name: str(PROFILES[name].base_url_env) for name in PROVIDERS}
 # Long and distinctive, so that a grep for it cannot match by accident.
 SECRET = "sk-fk-test-5b1f0c9e3d7a4e2b8c6d"
 

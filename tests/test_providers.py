@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from filekeeper.errors import FileNotFoundAtProvider, IncompleteListing, ProviderError, ResponseLost
-from filekeeper.providers import ADAPTERS, HTTP, RetryPolicy, parse_error
+from filekeeper.providers import ADAPTERS
+from filekeeper.providers._http import HTTP, RetryPolicy, parse_error
 from filekeeper.providers.base import Provider
 
 KEY = "sk-unit-0123456789abcdef"

@@ -21,7 +21,7 @@ def config(home: Path, text: str) -> None:
 
 def test_check_ok_and_its_json(provider_env, run, tmp_path: Path) -> None:
     emu = provider_env("moonshot")
-    docs = [str(write(tmp_path / f"{i}.txt", "x" * 10)) for i in range(3)]
+    docs = [str(write(tmp_path / f"{i}.txt", f"{i}" * 10)) for i in range(3)]
     result = run("check", *docs, "-p", "moonshot", "--json")
     assert result.exit_code == 0, result.stderr
     body = result.json()
@@ -62,7 +62,7 @@ def test_each_violation_kind_refuses_check_and_upload(
     config(home, setup)
     name = args[args.index("--name") + 1] if "--name" in args else "doc.txt"
     args = [a for a in args if a not in ("--name", name)]
-    docs = [str(write(tmp_path / f"{i}-{name}", "y" * 10)) for i in range(3)]
+    docs = [str(write(tmp_path / f"{i}-{name}", f"{i}" * 10)) for i in range(3)]  # three different contents
     result = run("check", *docs, "-p", "moonshot", "--json", *args)
     assert result.exit_code == 3, result.stderr
     body = result.json()
@@ -280,3 +280,51 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
+
+
+def test_when_the_kth_eviction_fails_only_the_files_not_yet_deleted_are_restored(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    config(home, "[providers.openai]\nmax_total_bytes = 30\n[http]\nbackoff_seconds = 0.01\n")
+    olds = run(
+        "upload",
+        *[str(write(tmp_path / f"old{i}.txt", f"{i}" * 10)) for i in range(3)],
+        "-p",
+        "openai",
+        "--json",
+        "--concurrency",
+        "1",
+    ).json()
+    first, second, third = sorted(olds, key=lambda r: r["ledger_id"])
+    # The new file needs two of the three gone; the provider deletes the first and refuses the second.
+    emu.inject("DELETE", f"/files/{second['id']}", status=403, body=emu.error_body(403, "not yours"))
+    result = run("upload", str(write(tmp_path / "big.txt", "b" * 20)), "-p", "openai", "--evict", "oldest")
+    assert result.exit_code == 1 and "could not evict" in result.stderr
+    assert f"evicted {first['id']}" in result.stderr  # it is gone at the provider: say so
+    with emu.lock:
+        assert set(emu.files) == {second["id"], third["id"]}
+    statuses = dict(ledger_rows(home, "SELECT filename, status FROM files"))
+    assert statuses == {"old0.txt": "deleted", "old1.txt": "active", "old2.txt": "active", "big.txt": "failed"}
+    restored = ledger_rows(home, "SELECT file_id FROM events WHERE action = 'evict_failed'")
+    assert restored == [(second["id"],)]
+
+
+def test_identical_files_in_one_upload_are_sent_once_and_reused_in_order(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("moonshot")
+    same = [str(write(tmp_path / f"copy{i}.txt", "the same bytes")) for i in range(3)]
+    other = str(write(tmp_path / "other.txt", "other bytes!!!"))  # same size, other content
+    result = run("upload", *same, other, "-p", "moonshot", "--json", "--concurrency", "4")
+    assert result.exit_code == 0, result.stderr
+    records = result.json()
+    assert [r["reused"] for r in records] == [False, True, True, False]
+    assert records[0]["id"] == records[1]["id"] == records[2]["id"] != records[3]["id"]
+    assert emu.count("POST", "/files") == 2
+    assert actions(home).count("reuse") == 2
+    check = run("check", *same, other, "-p", "moonshot", "--force", "--json").json()
+    assert check["requested"]["files"] == 4  # --force: every path is sent
+    fresh = [str(write(tmp_path / f"new{i}.txt", "new and twice")) for i in range(2)]
+    check = run("check", *fresh, "-p", "moonshot", "--json").json()
+    assert check["requested"]["files"] == 1 and check["twins"] == ["new1.txt"]

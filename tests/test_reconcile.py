@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from filekeeper import Keeper
-from filekeeper.reconcile import Options, reconcile
+from filekeeper.reconcile import ReconcileOptions, reconcile
 from tests.conftest import (
     KEY_VARS,
     SECRET,
@@ -443,7 +443,7 @@ def test_each_delete_is_rechecked_and_404_is_success(provider_env, home: Path) -
                 del emu.files[vanished.id]
 
         remote = RacingProvider(keeper.connect(acct), meanwhile)
-        report = reconcile(keeper.ledger, acct, account_id, remote, Options(apply=True))  # type: ignore[arg-type]
+        report = reconcile(keeper.ledger, acct, account_id, remote, ReconcileOptions(apply=True))  # type: ignore[arg-type]
         remote.real.close()
     assert sorted(report.deleted) == sorted([vanished.id, plain.id])
     assert report.skipped == [(became_active.id, "became active in the ledger since the listing")]

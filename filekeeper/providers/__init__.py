@@ -1,42 +1,71 @@
-"""Provider adapters: one per provider, behind the interface in :mod:`.base`.
+"""Provider adapters: one module per provider, each carrying its :class:`~filekeeper.profiles.Profile`.
 
-Importing this package imports httpx; the CLI does so only in commands that talk to a provider.
+:data:`REGISTRY` is the one list of providers: the CLI's choices, the built-in accounts, the test
+suite and CI all derive from it. Adding a provider is a new adapter module and one line there.
+
+Importing this package does not import httpx; :func:`connect` does, when a command talks to a provider.
 """
 
 from __future__ import annotations
 
-from ..config import Account
-from ._http import HTTP, RetryPolicy, Timeouts, parse_error
+from typing import Any, Protocol
+
+from ..profiles import Profile
 from .base import Page, Provider, RemoteFile, Uploaded
 from .moonshot import Moonshot
 from .openai import Compatible, OpenAI
 from .xai import XAI
 from .zai import ZAI
 
-ADAPTERS: dict[str, type[Provider]] = {
-    "moonshot": Moonshot,
-    "zai": ZAI,
-    "xai": XAI,
-    "openai": OpenAI,
-    "compatible": Compatible,
-}
+REGISTRY: tuple[type[Provider], ...] = (Moonshot, ZAI, XAI, OpenAI, Compatible)
+
+ADAPTERS: dict[str, type[Provider]] = {cls.profile.name: cls for cls in REGISTRY}
+PROFILES: dict[str, Profile] = {name: cls.profile for name, cls in ADAPTERS.items()}
+PROVIDERS: tuple[str, ...] = tuple(ADAPTERS)
 
 
-def connect(account: Account, **http_options: object) -> Provider:
-    """An adapter for one account, its key read from the environment now."""
-    http = HTTP(account.provider, account.base_url, account.api_key(), key_hint=account.api_key_env, **http_options)  # type: ignore[arg-type]
-    return ADAPTERS[account.provider](http)
+class Credentials(Protocol):
+    """Where an account is and how to sign in (:class:`filekeeper.config.Account` is one)."""
+
+    provider: str
+    base_url: str
+    api_key_env: str
+
+    def api_key(self) -> str: ...
 
 
-__all__ = [
-    "ADAPTERS",
-    "HTTP",
-    "Page",
-    "Provider",
-    "RemoteFile",
-    "RetryPolicy",
-    "Timeouts",
-    "Uploaded",
-    "connect",
-    "parse_error",
-]
+class HttpOptions(Protocol):
+    """How patiently to talk (:class:`filekeeper.config.HttpSettings` is one)."""
+
+    attempts: int
+    total_seconds: float
+    backoff_seconds: float
+    timeout_seconds: float
+
+
+def connect(account: Credentials, http: HttpOptions | None = None, **overrides: Any) -> Provider:
+    """An adapter for one account, its key read from the environment now.
+
+    ``http`` is the ``[http]`` config section; ``overrides`` go to :class:`~._http.HTTP` as they are
+    (a test's ``transport``, a ``sleep``).
+    """
+    from ._http import HTTP, RetryPolicy, Timeouts
+
+    options: dict[str, Any] = {}
+    if http is not None:
+        options = {
+            "retry": RetryPolicy(
+                attempts=http.attempts,
+                total_seconds=http.total_seconds,
+                backoff_initial=http.backoff_seconds,
+                backoff_max=max(http.backoff_seconds, 8.0),
+            ),
+            "timeouts": Timeouts(read=http.timeout_seconds, write=http.timeout_seconds),
+        }
+    client = HTTP(
+        account.provider, account.base_url, account.api_key(), key_hint=account.api_key_env, **{**options, **overrides}
+    )
+    return ADAPTERS[account.provider](client)
+
+
+__all__ = ["ADAPTERS", "PROFILES", "PROVIDERS", "REGISTRY", "Page", "Provider", "RemoteFile", "Uploaded", "connect"]

@@ -149,7 +149,7 @@ class HTTP:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        from .. import __version__
+        from .._version import __version__
 
         self.provider = provider
         self.retry = retry or RetryPolicy()

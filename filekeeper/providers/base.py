@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from urllib.parse import quote
 
 from ..errors import FileNotFoundAtProvider, IncompleteListing, ProviderError
-from ._http import HTTP
+from ..profiles import Profile
+
+if TYPE_CHECKING:
+    from ._http import HTTP
 
 ProgressCallback = Callable[[int], None]
 
@@ -120,12 +123,19 @@ class _HashingReader:
 class Provider:
     """Base adapter: an OpenAI-shaped Files API. Subclasses override what their provider changes."""
 
-    name = "openai"
+    #: what filekeeper knows of this provider before any config: its name, key, URL, limits
+    profile: ClassVar[Profile]
     #: items per list request we ask for (providers cap it themselves too)
-    page_limit = 100
+    page_limit: ClassVar[int] = 100
+    #: the lifetimes (seconds) the provider accepts as an expiry of its own; None: it takes none
+    expires_after_range: ClassVar[tuple[int, int] | None] = None
 
     def __init__(self, http: HTTP) -> None:
         self.http = http
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
 
     def close(self) -> None:
         self.http.close()
@@ -160,8 +170,15 @@ class Provider:
         return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=size)
 
     def expiry_fields(self, seconds: int | None) -> dict[str, str]:
-        """Multipart fields that ask the provider to expire the file itself; none by default."""
-        return {}
+        """Multipart fields that ask the provider to expire the file itself, when it takes that lifetime."""
+        bounds = self.expires_after_range
+        if seconds is None or bounds is None or not bounds[0] <= seconds <= bounds[1]:
+            return {}
+        return self.expiry_form(seconds)
+
+    def expiry_form(self, seconds: int) -> dict[str, str]:
+        """How this provider spells an expiry in an upload's form (with ``expires_after_range``)."""
+        raise NotImplementedError
 
     # --- list -----------------------------------------------------------------------------
 

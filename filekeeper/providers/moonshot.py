@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..profiles import CODE_FORMATS, DEFAULT_LIMITS, Profile, words
 from .base import Page, Provider
 
 
 class Moonshot(Provider):
-    name = "moonshot"
+    profile = Profile(
+        name="moonshot",
+        key_env="MOONSHOT_API_KEY",
+        base_url_env="MOONSHOT_BASE_URL",
+        default_base_url="https://api.moonshot.ai/v1",
+        default_purpose="file-extract",
+        limits=DEFAULT_LIMITS,
+        purposes=words("file-extract image video batch"),
+        formats=CODE_FORMATS
+        | words(
+            "pdf txt csv doc docx xls xlsx ppt pptx md jpeg jpg png bmp gif svg svgz webp ico xbm dib pjp tif pjpeg "
+            "avif dot apng epub tiff jfif html htm json jsonl mobi log yaml yml ini conf mp4 mov avi webm"
+        ),
+    )
 
     def list_params(self, cursor: str | None) -> dict[str, str | int]:
         return {}

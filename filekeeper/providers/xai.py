@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..profiles import CODE_FORMATS, GB, MB, Limits, Profile, words
 from .base import Page, Provider
-from .openai import EXPIRES_AFTER_RANGE
 
 
 class XAI(Provider):
-    name = "xai"
+    profile = Profile(
+        name="xai",
+        key_env="XAI_API_KEY",
+        base_url_env="XAI_BASE_URL",
+        default_base_url="https://api.x.ai/v1",
+        default_purpose="assistants",
+        limits=Limits(max_files=100_000, max_total_bytes=100 * GB, max_file_bytes=100 * MB, retention_days=180),
+        formats=CODE_FORMATS | words("pdf txt md docx csv json jsonl html htm xml yaml yml log"),
+        # purposes are echoed, not enforced
+    )
     page_limit = 100
+    expires_after_range = (3600, 2_592_000)
 
     def list_params(self, cursor: str | None) -> dict[str, str | int]:
         params: dict[str, str | int] = {"limit": self.page_limit}
@@ -34,8 +44,6 @@ class XAI(Provider):
         page = super().parse_page(body)
         return Page(page.files, f"after:{page.next_cursor}" if page.next_cursor else None, page.claims_more)
 
-    def expiry_fields(self, seconds: int | None) -> dict[str, str]:
+    def expiry_form(self, seconds: int) -> dict[str, str]:
         # xAI's raw API takes a flat field, sent before the file (httpx sends fields first).
-        if seconds is None or not EXPIRES_AFTER_RANGE[0] <= seconds <= EXPIRES_AFTER_RANGE[1]:
-            return {}
         return {"expires_after": str(seconds)}

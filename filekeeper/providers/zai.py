@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from ..errors import FileNotFoundAtProvider, ProviderError
+from ..profiles import MB, Limits, Profile, words
 from .base import Provider, RemoteFile
 
 
 class ZAI(Provider):
-    name = "zai"
+    profile = Profile(
+        name="zai",
+        key_env="ZAI_API_KEY",
+        base_url_env="ZAI_BASE_URL",
+        default_base_url="https://api.z.ai/api/paas/v4",
+        default_purpose="agent",
+        limits=Limits(max_files=100, max_total_bytes=None, max_file_bytes=100 * MB, retention_days=180),
+        purposes=words("agent file-extract batch code-interpreter voice-clone-input retrieval fine-tune"),
+        formats=words("pdf doc docx xls xlsx ppt pptx txt md jpg jpeg png gif webp mp3 wav flac mp4 avi mov jsonl"),
+    )
     page_limit = 100  # the API refuses more
 
     def retrieve(self, file_id: str) -> RemoteFile:

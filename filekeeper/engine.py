@@ -1,0 +1,134 @@
+"""The ledger's database engine: how it is created, checked and locked, before any table is read.
+
+Both :mod:`filekeeper.ledger` (everyday use) and :mod:`filekeeper.migrate` (schema upgrades) start
+here, so neither needs the other to open a database. Writes that must not race take the database's
+write lock at once: ``BEGIN IMMEDIATE`` on SQLite (the execution option :data:`WRITE`), and a row
+lock (``SELECT ... FOR UPDATE``) on databases that have them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import LedgerError, UsageError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+#: execution option: this connection's transactions take the write lock when they begin
+WRITE = "filekeeper_write"
+
+
+def make_engine(url: str) -> Engine:
+    is_sqlite = url.startswith("sqlite")
+    try:
+        # pre_ping: a server restart or a dropped idle connection is replaced, not handed out.
+        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite)
+    except ModuleNotFoundError as e:
+        raise LedgerError(
+            f"the database driver for {url.split(':', 1)[0]} is not installed ({e.name}); "
+            'for PostgreSQL: pip install "filekeeper[postgres]"'
+        ) from None
+    except Exception as e:
+        raise UsageError(f"FILEKEEPER_DATABASE_URL is not a usable database URL: {e}") from None
+    if is_sqlite:
+        sa_event.listen(engine, "connect", _sqlite_connect)
+        sa_event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module so that _sqlite_begin decides
+    # between BEGIN and BEGIN IMMEDIATE (the documented SQLAlchemy recipe).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a SQLite database before SQLite can touch it."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise LedgerError(f"cannot read the ledger {path}: {e.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise LedgerError(
+            f"the ledger {path} is not a SQLite database (corrupt or not a ledger); it was left untouched"
+        )
+
+
+def read_revision(conn: Connection) -> str | None:
+    """The ledger's schema revision; None for an empty database. Refuses a foreign database."""
+    if conn.dialect.name == "sqlite":
+        # The everyday case, answered without the inspector: one query on a current ledger.
+        found = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'alembic_version'").first()
+        if found is not None:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if not inspect(conn).has_table("alembic_version"):
+        tables = inspect(conn).get_table_names()
+        if tables:
+            raise LedgerError(f"the database holds tables ({', '.join(tables[:5])}) but is not a filekeeper ledger")
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@contextmanager
+def database_errors(settings: Settings, doing: str) -> Iterator[None]:
+    """Turn the database's own exceptions into one clear LedgerError naming the ledger."""
+    try:
+        yield
+    except SQLAlchemyError as e:
+        raise LedgerError(f"cannot {doing} the ledger {where(settings)}: {db_message(e)}") from None
+
+
+def prepare(settings: Settings) -> Engine:
+    """An engine for the ledger, after checking that a SQLite file is one and its folder exists."""
+    path = settings.ledger_path
+    if path is not None:
+        check_sqlite_file(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LedgerError(f"cannot create {path.parent}: {e.strerror}") from None
+    return make_engine(settings.database_url)
+
+
+def use_wal(conn: Connection, settings: Settings) -> None:
+    """WAL lets readers work while an upload holds the write lock. The mode is stored in the
+    file, so it is set once, and only on a database known to be ours (it rewrites the header)."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    try:
+        if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            raw.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error as e:
+        raise LedgerError(f"cannot open the ledger {where(settings)}: {e}") from None
+
+
+def where(settings: Settings) -> str:
+    return str(settings.ledger_path) if settings.ledger_path else "(FILEKEEPER_DATABASE_URL)"
+
+
+def db_message(e: SQLAlchemyError) -> str:
+    """The database's own one-line reason, without SQLAlchemy's SQL text and links."""
+    orig = getattr(e, "orig", None)
+    return str(orig or e).strip().splitlines()[0]

@@ -1,0 +1,197 @@
+"""The values the library hands back: ledger records and the results of each command.
+
+Each has ``to_json()``, the one shape ``--json`` prints and scripts read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .quota import is_expired
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from .config import Account
+    from .errors import FilekeeperError
+    from .profiles import Limits
+    from .quota import Advice, Held, Request, Usage, Violation
+
+
+def iso(d: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, as every JSON output shows times."""
+    return None if d is None else d.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One ledger row, as the library and ``--json`` show it."""
+
+    ledger_id: int
+    id: str | None
+    provider: str
+    account: str
+    filename: str
+    bytes: int
+    sha256: str | None
+    purpose: str
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+    deleted_at: datetime | None
+    reused: bool = False
+
+    @classmethod
+    def from_row(cls, row: Row[Any], *, reused: bool = False) -> FileRecord:
+        """From a row of :data:`filekeeper.ledger.RECORDS` (a files row joined to its account)."""
+        m = row._mapping
+        return cls(
+            ledger_id=m["id"],
+            id=m["file_id"],
+            provider=m["provider"],
+            account=m["account"],
+            filename=m["filename"],
+            bytes=m["bytes"],
+            sha256=m["sha256"],
+            purpose=m["purpose"],
+            status=m["status"],
+            created_at=m["created_at"],
+            expires_at=m["expires_at"],
+            deleted_at=m["deleted_at"],
+            reused=reused,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "account": self.account,
+            "filename": self.filename,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "purpose": self.purpose,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "deleted_at": iso(self.deleted_at),
+            "ledger_id": self.ledger_id,
+            "reused": self.reused,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """A ledger row as a reconcile's snapshot saw it."""
+
+    ledger_id: int
+    file_id: str | None
+    filename: str
+    bytes: int
+    status: str
+    created_at: datetime
+    expires_at: datetime | None
+
+    def expired(self, now: datetime) -> bool:
+        return is_expired(self.expires_at, now)
+
+
+def held_json(h: Held) -> dict[str, Any]:
+    return {
+        "id": h.file_id,
+        "filename": h.filename,
+        "bytes": h.bytes,
+        "created_at": iso(h.created_at),
+        "expires_at": iso(h.expires_at),
+    }
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """One path of an ``upload``: its record (uploaded or reused), or the error that stopped it."""
+
+    path: Path
+    record: FileRecord | None = None
+    error: FilekeeperError | None = None
+    #: files deleted at the provider to make room for this one (``evict=``)
+    evicted: list[Held] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Whether files would fit, together, and if not what could make room."""
+
+    account: Account
+    usage: Usage
+    requests: list[Request]
+    violations: list[Violation]
+    reused: list[FileRecord]
+    advice: Advice | None = None
+    #: files given more than once (same content): sent once, the others reuse it
+    twins: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> dict[str, Any]:
+        advice = self.advice
+        return {
+            "ok": self.ok,
+            "account": self.account.name,
+            "provider": self.account.provider,
+            "usage": {"files": self.usage.files, "bytes": self.usage.bytes},
+            "requested": {"files": len(self.requests), "bytes": sum(r.bytes for r in self.requests)},
+            "limits": self.account.limits.as_dict(),
+            "violations": [v.to_json() for v in self.violations],
+            "reused": [r.to_json() for r in self.reused],
+            "twins": self.twins,
+            "advice": {
+                "free_files": advice.free_files if advice else 0,
+                "free_bytes": advice.free_bytes if advice else 0,
+                "expired": [held_json(h) for h in advice.expired] if advice else [],
+                "oldest": [held_json(h) for h in advice.oldest] if advice else [],
+            },
+        }
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    file_id: str
+    account: str
+    provider: str
+    already_gone: bool = False
+    record: FileRecord | None = None
+    error: FilekeeperError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        base = (
+            self.record.to_json()
+            if self.record
+            else {"id": self.file_id, "provider": self.provider, "account": self.account, "status": "deleted"}
+        )
+        return {**base, "already_gone": self.already_gone, "known": self.record is not None}
+
+
+@dataclass(frozen=True)
+class AccountUsage:
+    account: str
+    provider: str
+    files: int
+    bytes: int
+    limits: Limits = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "provider": self.provider,
+            "files": self.files,
+            "bytes": self.bytes,
+            "limits": self.limits.as_dict(),
+        }
