@@ -35,7 +35,8 @@ def rss_now_kb() -> int:
 def child(client: str, url: str, path: str) -> None:
     if client == "filekeeper":
         import filekeeper
-        import filekeeper.providers
+        import filekeeper.keeper
+        import filekeeper.providers._http  # what an upload loads: httpx, tenacity (as the SDK loads httpx2)
 
         after_imports = rss_now_kb()
         os.environ.update({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": url})

@@ -1,33 +1,52 @@
 """filekeeper: a local file-lifecycle tracker with quota enforcement for LLM providers' Files APIs.
 
 The public API is what this module exports (``__all__``); every other name is internal.
+Names are imported on first use (PEP 562), so that ``import filekeeper`` and ``filekeeper --help``
+stay light: the ledger's SQLAlchemy is loaded only by what touches the ledger.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .config import Account, Settings, load_settings
-from .errors import (
-    ConfigError,
-    FilekeeperError,
-    FileNotFoundAtProvider,
-    IncompleteListing,
-    LedgerError,
-    MissingKeyError,
-    ProviderError,
-    QuotaExceeded,
-    ReconcileBusy,
-    ReconcileRefused,
-    ResponseLost,
-    UsageError,
-)
-from .keeper import Keeper
-from .profiles import Limits
-from .providers import PROFILES, PROVIDERS
-from .quota import Advice, Held, Violation
-from .reconcile import ReconcileOptions, ReconcilePlan
-from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
-from .report_formats import FORMATS, AuditReport, write_report
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "Account": "config",
+    "Settings": "config",
+    "load_settings": "config",
+    "ConfigError": "errors",
+    "FilekeeperError": "errors",
+    "FileNotFoundAtProvider": "errors",
+    "IncompleteListing": "errors",
+    "LedgerError": "errors",
+    "MissingKeyError": "errors",
+    "ProviderError": "errors",
+    "QuotaExceeded": "errors",
+    "ReconcileBusy": "errors",
+    "ReconcileRefused": "errors",
+    "ResponseLost": "errors",
+    "UsageError": "errors",
+    "Keeper": "keeper",
+    "Limits": "profiles",
+    "PROFILES": "providers",
+    "PROVIDERS": "providers",
+    "Advice": "quota",
+    "Held": "quota",
+    "Violation": "quota",
+    "ReconcileOptions": "reconcile",
+    "ReconcilePlan": "reconcile",
+    "AccountUsage": "records",
+    "CheckResult": "records",
+    "DeleteResult": "records",
+    "FileRecord": "records",
+    "UploadResult": "records",
+    "FORMATS": "report_formats",
+    "AuditReport": "report_formats",
+    "write_report": "report_formats",
+}
 
 __all__ = [
     "FORMATS",
@@ -64,3 +83,41 @@ __all__ = [
     "load_settings",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'filekeeper' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .config import Account, Settings, load_settings
+    from .errors import (
+        ConfigError,
+        FilekeeperError,
+        FileNotFoundAtProvider,
+        IncompleteListing,
+        LedgerError,
+        MissingKeyError,
+        ProviderError,
+        QuotaExceeded,
+        ReconcileBusy,
+        ReconcileRefused,
+        ResponseLost,
+        UsageError,
+    )
+    from .keeper import Keeper
+    from .profiles import Limits
+    from .providers import PROFILES, PROVIDERS
+    from .quota import Advice, Held, Violation
+    from .reconcile import ReconcileOptions, ReconcilePlan
+    from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
+    from .report_formats import FORMATS, AuditReport, write_report

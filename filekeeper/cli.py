@@ -23,12 +23,12 @@ from ._version import __version__
 from .config import load_settings
 from .display import table, used_of, when
 from .errors import EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded, UsageError, exit_code_for, redact
-from .keeper import Keeper, check_upload_path
 from .providers import PROVIDERS
 from .report_formats import FORMATS
 from .units import format_size
 
 if TYPE_CHECKING:
+    from .keeper import Keeper
     from .quota import Held
     from .reconcile import ReconcilePlan
     from .records import CheckResult, UploadResult
@@ -43,6 +43,8 @@ class State:
 
     def keeper(self) -> Keeper:
         if self._keeper is None:
+            from .keeper import Keeper  # the ledger's SQLAlchemy comes with it: only for commands that use it
+
             self._keeper = Keeper(load_settings())
         return self._keeper
 
@@ -173,6 +175,7 @@ def upload(
     keeper = state.keeper()
     bar = None
     if not as_json and sys.stderr.isatty():
+        from .keeper import check_upload_path
         from .progress import ByteProgress
 
         bar = ByteProgress(sum(check_upload_path(p).stat().st_size for p in paths), sys.stderr)

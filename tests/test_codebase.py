@@ -228,3 +228,12 @@ def test_the_architecture_page_lists_every_module_and_only_those() -> None:
     listed = set(re.findall(r"^\| `(filekeeper/[\w/]+\.py)` \|", page, flags=re.MULTILINE))
     actual = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
     assert listed == actual, f"missing: {sorted(actual - listed)}; gone: {sorted(listed - actual)}"
+
+
+def test_the_lazy_exports_match_all() -> None:
+    import filekeeper
+
+    assert set(filekeeper.__all__) == {*filekeeper._EXPORTS, "__version__"}
+    code = "import sys, filekeeper; print(sorted(m for m in ('sqlalchemy', 'httpx', 'alembic') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"  # importing the package loads no heavy dependency
