@@ -36,8 +36,8 @@ _EXPORTS = {
     "Advice": "quota",
     "Held": "quota",
     "Violation": "quota",
-    "ReconcileOptions": "reconcile",
-    "ReconcilePlan": "reconcile",
+    "ReconcileOptions": "reconcile_plan",
+    "ReconcilePlan": "reconcile_plan",
     "AccountUsage": "records",
     "CheckResult": "records",
     "DeleteResult": "records",
@@ -118,6 +118,6 @@ if TYPE_CHECKING:
     from .profiles import Limits
     from .providers import PROFILES, PROVIDERS
     from .quota import Advice, Held, Violation
-    from .reconcile import ReconcileOptions, ReconcilePlan
+    from .reconcile_plan import ReconcileOptions, ReconcilePlan
     from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
     from .report_formats import FORMATS, AuditReport, write_report

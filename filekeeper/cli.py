@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from .units import format_size
 if TYPE_CHECKING:
     from .keeper import Keeper
     from .quota import Held
-    from .reconcile import ReconcilePlan
+    from .reconcile_plan import ReconcilePlan
     from .records import CheckResult, UploadResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,6 +106,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     state = State(verbose)
     ctx.obj = state
+    # systemd stops a service with SIGTERM: handled like Ctrl-C, so in-flight work is finished and recorded.
+    signal.signal(signal.SIGTERM, _interrupt)
     ctx.call_on_close(state.close)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
@@ -114,6 +117,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def account_options(f: F) -> F:
@@ -310,13 +317,16 @@ def render_advice(r: CheckResult) -> list[str]:
     "statuses",
     multiple=True,
     metavar="STATUS",
-    help="pending, active, deleted, expired, missing, failed, or all (repeatable; default: active and pending).",
+    help=(
+        "pending, active, unclaimed, generated, deleted, expired, missing, failed, or all "
+        "(repeatable; default: those that hold quota: active, pending, unclaimed, generated)."
+    ),
 )
 @json_option
 @click.pass_obj
 def ls(state: State, provider: str | None, account: str | None, statuses: tuple[str, ...], as_json: bool) -> None:
     """List files the ledger knows."""
-    wanted = None if "all" in statuses else (list(statuses) or ["active", "pending"])
+    wanted = None if "all" in statuses else (list(statuses) or ["active", "pending", "unclaimed", "generated"])
     records = state.keeper().files(provider=provider, account=account, statuses=wanted)
     if as_json:
         emit_json([r.to_json() for r in records])
@@ -344,7 +354,7 @@ def ls(state: State, provider: str | None, account: str | None, statuses: tuple[
 @json_option
 @click.pass_obj
 def usage(state: State, provider: str | None, account: str | None, as_json: bool) -> None:
-    """Files and bytes in use per account (active and pending), against its limits."""
+    """Files and bytes in use per account (the files that hold quota), against its limits."""
     rows = state.keeper().usage(provider=provider, account=account)
     if as_json:
         emit_json([u.to_json() for u in rows])
@@ -400,7 +410,7 @@ def parse_min_age(_ctx: click.Context, _param: click.Parameter, value: str) -> t
 
 
 def parse_max_delete_option(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
-    from .reconcile import parse_max_delete
+    from .reconcile_plan import parse_max_delete
 
     try:
         return parse_max_delete(value)
@@ -436,6 +446,21 @@ def parse_max_delete_option(_ctx: click.Context, _param: click.Parameter, value:
     is_flag=True,
     help="Accept an empty listing while the ledger holds active files (else refused: a wrong key looks the same).",
 )
+@click.option(
+    "--accept-missing",
+    is_flag=True,
+    help="Act although most files the ledger expects are not listed (else refused: a wrong key looks the same).",
+)
+@click.option(
+    "--trust-key",
+    is_flag=True,
+    help="Act on a listing made with a key this account was never used with (after checking it is the right one).",
+)
+@click.option(
+    "--delete-unclaimed",
+    is_flag=True,
+    help="Also delete unclaimed files (found by a ledger that never tracked the account), like orphans.",
+)
 @click.option("--wait", is_flag=True, help="Wait for another reconcile of the account instead of failing.")
 @click.option(
     "--concurrency", default=32, show_default=True, type=click.IntRange(1, 64), help="Deletes in flight at once."
@@ -460,6 +485,7 @@ def reconcile(
     Exit 0 done, 1 failed, and with --exit-code 4 when there was anything to do.
     """
     from . import reconcile as rec
+    from .reconcile_plan import ReconcileOptions
 
     if all_accounts and (provider or account):
         raise UsageError("give --all, or --provider/--account, not both")
@@ -470,7 +496,7 @@ def reconcile(
 
         line = StatusLine(sys.stderr, "reconcile")
     kwargs: dict[str, Any] = {
-        "options": rec.ReconcileOptions(**options),
+        "options": ReconcileOptions(**options),
         "progress": line.update if line else None,
         "on_wait": lambda message: click.echo(f"filekeeper: {message}", err=True),
     }
@@ -511,9 +537,20 @@ def render_plan(r: ReconcilePlan) -> str:
     a = r.account
     lines = [f"reconcile {a.name} ({a.provider}): {r.listed:,} files listed at the provider"]
     young = sum(1 for _, why in r.skipped if why.startswith("younger"))
+    unclaimed = len(r.unclaimed_new) + len(r.unclaimed)
     rows = [
-        ("orphans", len(r.orphans), "at the provider, not active in the ledger"),
-        ("missing", len(r.missing), "active in the ledger, gone at the provider"),
+        ("orphans", len(r.orphans), "at the provider, not in the ledger"),
+        (
+            "unclaimed",
+            unclaimed,
+            f"someone else's ({len(r.unclaimed_new)} new): this ledger never tracked the account; kept, "
+            "counted, until --adopt or --delete-unclaimed",
+        ),
+        ("generated", len(r.generated_new), "made by the provider (batch results): kept for their own retention"),
+        ("missing", len(r.missing), "active in the ledger, proven gone at the provider"),
+        ("unconfirmed", len(r.unconfirmed), "not in the listing, not proven gone: kept and still counted"),
+        ("reappeared", len(r.reappeared), "missing in the ledger, listed again: active again"),
+        ("gone", len(r.gone), "unclaimed files that left the provider"),
         ("expired", len(r.expired), f"past their expiry ({len(r.expired_present)} still at the provider)"),
         (
             "pending",
@@ -521,8 +558,14 @@ def render_plan(r: ReconcilePlan) -> str:
             f"{len(r.settled)} settled, {len(r.failed_pending)} failed, {len(r.waiting_pending)} still young",
         ),
         ("drift", len(r.drift), "same id, different size or name"),
+        ("journal", len(r.intents_done), "deletes an interrupted run sent but never recorded: recorded now"),
     ]
-    lines += [f"  {name:<8} {count:>6}  {what}" for name, count, what in rows if count]
+    if r.key in ("rotated", "trusted"):
+        how = "the listing shows the files the ledger expects" if r.key == "rotated" else "--trust-key"
+        lines.append(f"  a new API key for this account, accepted: {how}")
+    lines += [f"  {name:<11} {count:>6}  {what}" for name, count, what in rows if count]
+    for t, why in r.unconfirmed[:10]:
+        lines.append(f"    unconfirmed {t.file_id} ({t.filename}): {why}")
     for t, rf in r.drift[:10]:
         lines.append(f"    drift {t.file_id}: ledger {t.filename} ({t.bytes} B), provider {rf.filename} ({rf.bytes} B)")
     if not r.applied:

@@ -20,7 +20,9 @@ from .quota import Rules
 from .units import parse_size
 
 LIMIT_KEYS = ("max_files", "max_total_bytes", "max_file_bytes", "retention_days")
-_PROVIDER_KEYS = {"base_url", "api_key_env", "purposes", "formats", *LIMIT_KEYS}
+_PROVIDER_KEYS = {"base_url", "api_key_env", "purposes", "formats", "generated_retention_days", *LIMIT_KEYS}
+#: how long files the provider made (batch results) are kept before reconcile deletes them
+GENERATED_RETENTION_DAYS = 30
 _ACCOUNT_KEYS = {"provider", *_PROVIDER_KEYS}
 _HTTP_KEYS = {"attempts", "total_seconds", "backoff_seconds", "timeout_seconds"}
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,6 +46,7 @@ class Account:
     limits: Limits
     default_purpose: str
     rules: Rules = field(default_factory=Rules)
+    generated_retention_days: int = GENERATED_RETENTION_DAYS
 
     def api_key(self) -> str:
         key = os.environ.get(self.api_key_env, "").strip()
@@ -167,6 +170,9 @@ def _build_account(
         limits=limits,
         default_purpose=profile.default_purpose,
         rules=rules,
+        generated_retention_days=own.get(
+            "generated_retention_days", provider_section.get("generated_retention_days", GENERATED_RETENTION_DAYS)
+        ),
     )
 
 
@@ -291,7 +297,7 @@ def _parse_value(key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise ValueError(f'expected a list of strings or "any", got {value!r}')
         return frozenset(v.strip().lower().lstrip(".") if key == "formats" else v.strip() for v in value)
-    if key == "retention_days":
+    if key in ("retention_days", "generated_retention_days"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"expected a whole number of days (0 = keep for ever), got {value!r}")
         return value

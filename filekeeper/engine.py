@@ -8,6 +8,7 @@ lock (``SELECT ... FOR UPDATE``) on databases that have them.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,17 +63,30 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a file that is not a SQLite database before SQLite can touch it."""
+    """Refuse a file that is not a whole SQLite database before SQLite can touch it: SQLite would
+    take an empty file for a new database, and a cut-off one for a smaller one."""
     try:
         with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         return
     except OSError as e:
         raise LedgerError(f"cannot read the ledger {path}: {e.strerror}") from None
-    if head and head != SQLITE_MAGIC:
+    left = "it was left as it is; move it away to start a new ledger, or restore it from a backup"
+    if size == 0:
+        raise LedgerError(f"the ledger {path} is empty (0 bytes), not a ledger; {left}")
+    if not header.startswith(SQLITE_MAGIC):
+        raise LedgerError(f"the ledger {path} is not a SQLite database (corrupt or not a ledger); {left}")
+    if len(header) < 100:
+        raise LedgerError(f"the ledger {path} is truncated ({size} bytes); {left}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The page count in the header is valid only when the two change counters agree.
+    if header[24:28] == header[92:96] and pages and size < pages * page_size:
         raise LedgerError(
-            f"the ledger {path} is not a SQLite database (corrupt or not a ledger); it was left untouched"
+            f"the ledger {path} is truncated ({size:,} bytes of the {pages * page_size:,} its header records); {left}"
         )
 
 

@@ -31,8 +31,9 @@ from .upload import FilePayload, UploadJob, upload_all
 if TYPE_CHECKING:
     from .providers import Provider
     from .reconcile import Progress as ReconcileProgress
-    from .reconcile import ReconcileOptions, ReconcilePlan
-    from .reports import AuditReport, EventOut, ReportQuery
+    from .reconcile_plan import ReconcileOptions, ReconcilePlan
+    from .report_formats import AuditReport, EventOut
+    from .reports import ReportQuery
 
 ProgressCallback = Callable[[int], None]
 
@@ -205,32 +206,54 @@ class Keeper:
         """Compare one account's ledger with its provider's listing; with ``options.apply``, act.
 
         Raises IncompleteListing (nothing was changed), ReconcileRefused (a safety rail held;
-        nothing was changed) or ReconcileBusy (another applying run holds the account's lock).
+        nothing was changed), ReconcileBusy (another applying run holds the account's lock), or
+        UsageError when another account is the same provider account. A plan changes nothing.
         """
-        from .reconcile import ReconcileOptions, reconcile
+        from .reconcile import reconcile, refuse_shared_identity
+        from .reconcile_plan import ReconcileOptions
 
+        options = options or ReconcileOptions()
         acct = self.account(provider, account)
+        refuse_shared_identity(acct, acct.key_fingerprint(), self._identities())
         remote = self.connect(acct)
         try:
-            account_id = self.ledger.ensure_account(acct)
-            return reconcile(
-                self.ledger, acct, account_id, remote, options or ReconcileOptions(), progress=progress, on_wait=on_wait
-            )
+            if options.apply:
+                account_id: int | None = self.ledger.ensure_account(acct, record_changes=False)
+            else:
+                with self.ledger.read() as r:
+                    row = r.account_row(acct.name)
+                account_id = row.id if row is not None else None
+            return reconcile(self.ledger, acct, account_id, remote, options, progress=progress, on_wait=on_wait)
         finally:
             remote.close()
+
+    def _identities(self) -> list[tuple[str, str, set[str]]]:
+        """(name, base URL, key fingerprints) of every account configured here with its key set,
+        and of every account the ledger knows."""
+        out = [
+            (a.name, a.base_url, {a.key_fingerprint()})
+            for a in self.settings.known_accounts()
+            if os.environ.get(a.api_key_env, "").strip()
+        ]
+        with self.ledger.read() as r:
+            return out + r.identities()
 
     def reconcile_all(self, **kwargs: Any) -> list[tuple[Account, ReconcilePlan | FilekeeperError]]:
         """:meth:`reconcile` for every configured account and each provider whose key is set here.
 
         Accounts that only the ledger knows (another host's, on a shared ledger) are not this
-        host's to reconcile. One account's failure does not stop the others.
+        host's to reconcile. One account's failure does not stop the others; an interrupt does.
         """
         out: list[tuple[Account, ReconcilePlan | FilekeeperError]] = []
         for acct in self.settings.known_accounts():
             try:
-                out.append((acct, self.reconcile(account=acct.name, **kwargs)))
+                plan = self.reconcile(account=acct.name, **kwargs)
             except FilekeeperError as e:
                 out.append((acct, e))
+                continue
+            out.append((acct, plan))
+            if plan.interrupted:
+                break
         return out
 
     # --- reports ----------------------------------------------------------------------------
@@ -286,13 +309,24 @@ class Keeper:
             account_id = self.ledger.ensure_account(acct)
             results = []
             for file_id in file_ids:
+                # Written down before it is sent: if this process dies before recording the
+                # outcome, the next reconcile finds the intent and records what happened.
+                with self.ledger.write() as w:
+                    [intent] = w.add_intents(
+                        account_id, [(file_id, w.ledger_id_of(account_id, file_id), "delete")], run_id=None
+                    )
                 try:
                     existed = remote.delete(file_id)
                 except ProviderError as e:
+                    if not e.retryable:  # a definite refusal: nothing was deleted
+                        with self.ledger.write() as w:
+                            w.void_intents([intent])
+                    # else the request may have gone through: the intent stays for reconcile to settle
                     results.append(DeleteResult(file_id, acct.name, acct.provider, error=e))
                     continue
                 with self.ledger.write() as w:
                     record = w.mark_deleted(account_id, file_id, already_gone=not existed)
+                    w.void_intents([intent])
                 results.append(DeleteResult(file_id, acct.name, acct.provider, not existed, record))
             return results
         finally:

@@ -21,8 +21,22 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from .engine import WRITE, database_errors, db_message, prepare, read_revision, use_wal
 from .errors import LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
-from .records import FileRecord, Tracked
-from .schema import HELD, SCHEMA_HEAD, Action, RunStatus, Status, accounts, events, files, reconcile_runs, utcnow
+from .records import DeleteOutcome, FileRecord, Intent, Tracked
+from .schema import (
+    HELD,
+    LISTED,
+    SCHEMA_HEAD,
+    Action,
+    RunStatus,
+    Status,
+    account_keys,
+    accounts,
+    delete_intents,
+    events,
+    files,
+    reconcile_runs,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from .config import Account, Settings
@@ -146,8 +160,11 @@ class Ledger:
 
     # --- accounts ---------------------------------------------------------------------------
 
-    def ensure_account(self, account: Account) -> int:
-        """The ledger id of an account, recording it (or a change of key or URL) as it is first used."""
+    def ensure_account(self, account: Account, *, record_changes: bool = True) -> int:
+        """The ledger id of an account, recording it (or a change of key or URL) as it is first used.
+
+        ``record_changes=False`` records a new account but leaves a known one as it is: a reconcile
+        records a new key only once its listing has shown it reaches the same account."""
         fp = account.key_fingerprint()
         for attempt in range(2):
             try:
@@ -160,7 +177,7 @@ class Ledger:
                             f"account {account.name!r} is recorded in the ledger as provider {row.provider!r}, "
                             f"but the config says {account.provider!r}; use a new account name"
                         )
-                    if (row.base_url, row.key_fingerprint) != (account.base_url, fp):
+                    if record_changes and (row.base_url, row.key_fingerprint) != (account.base_url, fp):
                         w.change_account(row, account, fp)
                     return row.id
             except IntegrityError:
@@ -211,7 +228,7 @@ class Reader:
         ).scalar()
 
     def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
-        """Files and bytes held per account (``active`` and ``pending`` rows): the one usage query."""
+        """Files and bytes held per account (the rows in :data:`HELD`): the one usage query."""
         ids = list(account_ids)
         found = {
             a: Usage(int(n), int(b))
@@ -261,7 +278,8 @@ class Reader:
         return self.conn.execute(query).first() is not None
 
     def tracked(self, account_id: int) -> list[Tracked]:
-        """The account's ``active`` and ``pending`` rows: what a reconcile compares a listing with."""
+        """What a reconcile compares a listing with: the account's rows that hold quota, and the
+        ``missing`` ones (a missing file listed again is restored, not taken for an orphan)."""
         rows = self.conn.execute(
             select(
                 files.c.id,
@@ -271,9 +289,59 @@ class Reader:
                 files.c.status,
                 files.c.created_at,
                 files.c.expires_at,
-            ).where(files.c.account_id == account_id, files.c.status.in_(HELD))
+            ).where(
+                files.c.account_id == account_id,
+                files.c.status.in_([*HELD, Status.MISSING]),
+                (files.c.status != Status.MISSING) | files.c.file_id.is_not(None),
+            )
         )
         return [Tracked(*r) for r in rows]
+
+    def account_keys(self, account_id: int) -> set[str]:
+        """Fingerprints of the keys this account has been used with (or proven to reach it)."""
+        rows = self.conn.execute(select(account_keys.c.key_fingerprint).where(account_keys.c.account_id == account_id))
+        return {fp for (fp,) in rows}
+
+    def has_history(self, account_id: int) -> bool:
+        """Whether this ledger ever tracked a file of the account itself (uploaded, reserved, adopted):
+        until it has, every file a listing shows is someone else's."""
+        query = select(files.c.id).where(files.c.account_id == account_id, files.c.status != Status.UNCLAIMED).limit(1)
+        return self.conn.execute(query).first() is not None
+
+    def identities(self) -> list[tuple[str, str, set[str]]]:
+        """The accounts the ledger tracks files of (files at the provider: a renamed account that holds
+        none is history, not an identity), as (name, base URL, fingerprints of its keys)."""
+        keys: dict[int, set[str]] = {}
+        for account_id, fp in self.conn.execute(select(account_keys.c.account_id, account_keys.c.key_fingerprint)):
+            keys.setdefault(account_id, set()).add(fp)
+        holding = select(files.c.id).where(files.c.account_id == accounts.c.id, files.c.status.in_(LISTED)).exists()
+        rows = self.conn.execute(
+            select(accounts.c.id, accounts.c.name, accounts.c.base_url, accounts.c.key_fingerprint).where(holding)
+        )
+        return [(name, base_url, keys.get(id_, set()) | {fp}) for id_, name, base_url, fp in rows]
+
+    def open_intents(self, account_id: int, *, loose_before: datetime) -> list[Intent]:
+        """Deletes written down and never recorded as done whose process is gone: those of a reconcile
+        run that is no longer running (it finished, failed or was abandoned), and those of a plain
+        ``filekeeper delete`` (no run) written before ``loose_before``, by which time it has ended."""
+        query = (
+            select(
+                delete_intents.c.id,
+                delete_intents.c.file_id,
+                delete_intents.c.file_pk,
+                delete_intents.c.kind,
+                delete_intents.c.run_id,
+                delete_intents.c.at,
+            )
+            .outerjoin(reconcile_runs, reconcile_runs.c.id == delete_intents.c.run_id)
+            .where(
+                delete_intents.c.account_id == account_id,
+                (reconcile_runs.c.status.is_not(None) & (reconcile_runs.c.status != RunStatus.RUNNING))
+                | (delete_intents.c.run_id.is_(None) & (delete_intents.c.at <= loose_before)),
+            )
+            .order_by(delete_intents.c.id)
+        )
+        return [Intent(*row) for row in self.conn.execute(query)]
 
     def last_event_before(self, before: datetime) -> int | None:
         return self.conn.execute(select(func.max(events.c.id)).where(events.c.at < before)).scalar()
@@ -352,7 +420,31 @@ class Writer(Reader):
             base_url=account.base_url,
             key_fingerprint=fingerprint,
         )
+        self.conn.execute(
+            insert(account_keys).values(
+                account_id=account_id, key_fingerprint=fingerprint, first_seen=utcnow(), proven_by="first_use"
+            )
+        )
         return account_id
+
+    def add_key(self, account_id: int, fingerprint: str, *, proven_by: str, detail: dict[str, Any]) -> None:
+        """A key the account had not been used with, now known to reach it: ``listing`` (the files the
+        ledger expects were listed with it) or ``trusted`` (``--trust-key``)."""
+        self.conn.execute(
+            insert(account_keys).values(
+                account_id=account_id, key_fingerprint=fingerprint, first_seen=utcnow(), proven_by=proven_by
+            )
+        )
+        self._event(
+            Action.KEY_ROTATED, account_id=account_id, key_fingerprint=fingerprint, proven_by=proven_by, **detail
+        )
+
+    def note_account(self, account: Account) -> None:
+        """Record the account's base URL and key as they are now, if they changed."""
+        row = self.account_row(account.name, lock=True)
+        fp = account.key_fingerprint()
+        if row is not None and (row.base_url, row.key_fingerprint) != (account.base_url, fp):
+            self.change_account(row, account, fp)
 
     def change_account(self, row: Row[Any], account: Account, fingerprint: str) -> None:
         self._event(
@@ -523,27 +615,32 @@ class Writer(Reader):
                 run_id=run_id,
             )
 
+    def _found(
+        self,
+        action: Action,
+        account_id: int,
+        tracked: Tracked,
+        expected: str | Sequence[str],
+        values: dict[str, Any],
+        *,
+        run_id: int | None,
+        **detail: Any,
+    ) -> None:
+        """What a listing showed about a tracked file: move it on (if no one else has) and say so."""
+        if self._move(tracked.ledger_id, expected, **values):
+            pk, file_id = tracked.ledger_id, tracked.file_id
+            self._event(action, account_id=account_id, file_pk=pk, file_id=file_id, run_id=run_id, **detail)
+
     def mark_missing(self, account_id: int, tracked: Tracked, *, run_id: int | None) -> None:
-        if self._move(tracked.ledger_id, Status.ACTIVE, status=Status.MISSING):
-            self._event(
-                Action.RECONCILE_MISSING,
-                account_id=account_id,
-                file_pk=tracked.ledger_id,
-                file_id=tracked.file_id,
-                run_id=run_id,
-            )
+        """Gone at the provider without our doing, and proven gone (a 404, or a second listing)."""
+        ours = (Status.ACTIVE, Status.GENERATED)
+        self._found(Action.RECONCILE_MISSING, account_id, tracked, ours, {"status": Status.MISSING}, run_id=run_id)
 
     def mark_expired(self, account_id: int, tracked: Tracked, *, now: datetime, run_id: int | None) -> None:
         """Past its expiry and already gone at the provider: nothing to delete, only to record."""
-        if self._move(tracked.ledger_id, Status.ACTIVE, status=Status.EXPIRED, deleted_at=now):
-            self._event(
-                Action.RECONCILE_EXPIRED,
-                account_id=account_id,
-                file_pk=tracked.ledger_id,
-                file_id=tracked.file_id,
-                gone_at_provider=True,
-                run_id=run_id,
-            )
+        ours = (Status.ACTIVE, Status.GENERATED)
+        values = {"status": Status.EXPIRED, "deleted_at": now}
+        self._found(Action.RECONCILE_EXPIRED, account_id, tracked, ours, values, run_id=run_id, gone_at_provider=True)
 
     def record_drift(self, account_id: int, tracked: Tracked, remote: RemoteFile, *, run_id: int | None) -> None:
         self._event(
@@ -556,29 +653,21 @@ class Writer(Reader):
             run_id=run_id,
         )
 
-    def adopt(self, account_id: int, remote: RemoteFile, *, run_id: int | None) -> int:
-        """An orphan recorded as ours (``reconcile --adopt``), with the provider's metadata."""
+    def adopt(self, account_id: int, remote: RemoteFile, *, expires_at: datetime | None, run_id: int | None) -> int:
+        """A file at the provider recorded as ours (``reconcile --adopt``), with the provider's
+        metadata and the retention policy's expiry."""
         values = {
             "filename": remote.filename or remote.id,
             "bytes": remote.bytes or 0,
             "status": Status.ACTIVE,
             "deleted_at": None,
-            "expires_at": remote.expires_at,
+            "expires_at": expires_at,
         }
         ledger_id = self.ledger_id_of(account_id, remote.id)
         if ledger_id is not None:
             self._move(ledger_id, **values)
         else:
-            ledger_id = self.conn.execute(
-                insert(files).values(
-                    account_id=account_id,
-                    file_id=remote.id,
-                    purpose=remote.purpose or "unknown",
-                    sha256=None,
-                    created_at=remote.created_at or utcnow(),
-                    **values,
-                )
-            ).inserted_primary_key[0]
+            ledger_id = self._insert_remote(account_id, remote, **values)
         self._event(
             Action.RECONCILE_ADOPT,
             account_id=account_id,
@@ -590,56 +679,136 @@ class Writer(Reader):
         )
         return ledger_id
 
-    def record_deletes(
-        self, account_id: int, done: Sequence[tuple[str, Tracked | None, bool]], *, run_id: int | None
-    ) -> None:
-        """A batch of a reconcile's deletes, ``(file_id, the expired row or None for an orphan,
-        whether the provider still had it)``: statuses and events in a few statements for the lot."""
+    def _insert_remote(self, account_id: int, remote: RemoteFile, **values: Any) -> int:
+        return self.conn.execute(
+            insert(files).values(
+                account_id=account_id,
+                file_id=remote.id,
+                purpose=remote.purpose or "unknown",
+                sha256=None,
+                created_at=remote.created_at or utcnow(),
+                **{"filename": remote.filename or remote.id, "bytes": remote.bytes or 0, **values},
+            )
+        ).inserted_primary_key[0]
+
+    def record_unclaimed(self, account_id: int, remote: RemoteFile, *, run_id: int | None) -> int | None:
+        """A file found by a ledger that never tracked this account: someone else's until adopted.
+        It counts against the account's storage, and no reconcile deletes it as an orphan.
+        (None: another process recorded the file since the listing; its record stands.)"""
+        if self.ledger_id_of(account_id, remote.id) is not None:
+            return None
+        ledger_id = self._insert_remote(account_id, remote, status=Status.UNCLAIMED, expires_at=None)
+        self._event(
+            Action.RECONCILE_UNCLAIMED, account_id=account_id, file_pk=ledger_id, file_id=remote.id, run_id=run_id
+        )
+        return ledger_id
+
+    def record_generated(
+        self, account_id: int, remote: RemoteFile, *, expires_at: datetime | None, run_id: int | None
+    ) -> int | None:
+        """A file the provider made (a batch's results): kept until ``expires_at``, never an orphan.
+        (None: another process recorded the file since the listing; its record stands.)"""
+        if self.ledger_id_of(account_id, remote.id) is not None:
+            return None
+        ledger_id = self._insert_remote(account_id, remote, status=Status.GENERATED, expires_at=expires_at)
+        self._event(
+            Action.RECONCILE_GENERATED,
+            account_id=account_id,
+            file_pk=ledger_id,
+            file_id=remote.id,
+            purpose=remote.purpose,
+            run_id=run_id,
+        )
+        return ledger_id
+
+    def reappear(self, account_id: int, tracked: Tracked, *, run_id: int | None) -> None:
+        """A ``missing`` file listed again: it was there all along (a listing hid it), ``active`` again."""
+        values = {"status": Status.ACTIVE}
+        self._found(Action.RECONCILE_REAPPEARED, account_id, tracked, Status.MISSING, values, run_id=run_id)
+
+    def mark_gone(self, account_id: int, tracked: Tracked, *, run_id: int | None) -> None:
+        """An unclaimed file that left the provider (its owner deleted it): it holds no quota now."""
+        values = {"status": Status.MISSING}
+        self._found(Action.RECONCILE_GONE, account_id, tracked, Status.UNCLAIMED, values, run_id=run_id)
+
+    # --- the delete journal --------------------------------------------------------------------
+
+    def add_intents(
+        self, account_id: int, items: Sequence[tuple[str, int | None, str]], *, run_id: int | None
+    ) -> list[int]:
+        """Write down deletes about to be sent, ``(file_id, ledger id, kind)``; their ids, in order."""
+        now = utcnow()
+        ids = []
+        for file_id, file_pk, kind in items:
+            ids.append(
+                self.conn.execute(
+                    insert(delete_intents).values(
+                        account_id=account_id,
+                        file_id=file_id,
+                        file_pk=file_pk,
+                        run_id=run_id,
+                        kind=kind,
+                        at=now,
+                        actor=self._ledger.actor,
+                        pid=self._ledger.pid,
+                    )
+                ).inserted_primary_key[0]
+            )
+        return ids
+
+    def void_intents(self, ids: Sequence[int]) -> None:
+        """Deletes written down but not sent (skipped, interrupted) or found not done: forget them."""
+        if ids:
+            self.conn.execute(delete_intents.delete().where(delete_intents.c.id.in_(list(ids))))
+
+    def record_deletes(self, account_id: int, done: Sequence[DeleteOutcome], *, run_id: int | None) -> None:
+        """A batch of deletes the provider answered (or that a later run found done): statuses,
+        events and the journal, in a few statements for the lot."""
         if not done:
             return
         now = utcnow()
-        expired_ids = [t.ledger_id for _, t, _ in done if t is not None]
-        if expired_ids:
+        query = select(files.c.file_id, files.c.id).where(
+            files.c.account_id == account_id, files.c.file_id.in_([d.job.file_id for d in done])
+        )
+        known = {file_id: ledger_id for file_id, ledger_id in self.conn.execute(query)}
+        expired = [known[d.job.file_id] for d in done if d.job.kind == "expired" and d.job.file_id in known]
+        deleted = [known[d.job.file_id] for d in done if d.job.kind != "expired" and d.job.file_id in known]
+        if expired:
             self.conn.execute(
                 update(files)
-                .where(files.c.id.in_(expired_ids), files.c.status == Status.ACTIVE)
+                .where(files.c.id.in_(expired), files.c.status.in_((Status.ACTIVE, Status.GENERATED)))
                 .values(status=Status.EXPIRED, deleted_at=now)
             )
-        orphan_ids = [file_id for file_id, t, _ in done if t is None]
-        known: dict[str, int] = {}
-        if orphan_ids:
-            query = select(files.c.file_id, files.c.id).where(
-                files.c.account_id == account_id, files.c.file_id.in_(orphan_ids)
-            )
-            known = {file_id: ledger_id for file_id, ledger_id in self.conn.execute(query)}
-        if known:
+        if deleted:
             self.conn.execute(
                 update(files)
-                .where(files.c.id.in_(list(known.values())), files.c.status.not_in((Status.DELETED, Status.EXPIRED)))
+                .where(files.c.id.in_(deleted), files.c.status.not_in((Status.DELETED, Status.EXPIRED)))
                 .values(status=Status.DELETED, deleted_at=now)
             )
-        rows = [
-            self._event_row(
-                Action.RECONCILE_EXPIRE,
-                account_id=account_id,
-                file_pk=t.ledger_id,
-                file_id=file_id,
-                already_gone=not existed,
-                run_id=run_id,
+        rows = []
+        for d in done:
+            job = d.job
+            detail: dict[str, Any] = {"settled_after_interrupt": True} if d.settled else {}
+            if job.kind == "expired":
+                action = Action.RECONCILE_EXPIRE
+            elif job.kind == "delete":
+                action, detail["known"] = Action.DELETE, job.file_id in known
+            else:
+                action = Action.RECONCILE_DELETE
+                detail.update(orphan=job.kind == "orphan", unclaimed=job.kind == "unclaimed")
+            rows.append(
+                self._event_row(
+                    action,
+                    account_id=account_id,
+                    file_pk=known.get(job.file_id),
+                    file_id=job.file_id,
+                    already_gone=not d.existed,
+                    run_id=run_id,
+                    **detail,
+                )
             )
-            if t is not None
-            else self._event_row(
-                Action.RECONCILE_DELETE,
-                account_id=account_id,
-                file_pk=known.get(file_id),
-                file_id=file_id,
-                orphan=True,
-                already_gone=not existed,
-                run_id=run_id,
-            )
-            for file_id, t, existed in done
-        ]
         self.conn.execute(insert(events), rows)
+        self.void_intents([d.job.intent_id for d in done if d.job.intent_id is not None])
 
     # --- reconcile runs (a running row is also the account's lock) -------------------------------
 

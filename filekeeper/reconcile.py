@@ -1,30 +1,32 @@
 """Reconcile: make the ledger and a provider agree, safely enough to run unattended from cron.
 
-One pass over the provider's listing, streamed page by page, classified against a snapshot of
-the account's ``active`` and ``pending`` rows (the only copy held in memory):
+An applying reconcile acts only on information that proves what it is about to do; when in doubt
+it stops, changes nothing, and says why and how to proceed. In order:
 
-- orphans: at the provider, not active in the ledger — deleted with ``apply`` (or adopted);
-- missing: active in the ledger, gone at the provider — marked ``missing``;
-- expired: active and past ``expires_at`` — deleted at the provider, marked ``expired``;
-- pending: reservations older than ``min_age`` — settled against the listing, or ``failed``;
-- drift: same id, different size or name — reported.
-
-Safety rails: nothing is done on an incomplete listing (it raises before any change); an empty
-listing while the ledger holds active files is refused; orphans younger than ``min_age`` are
-never touched; a plan deleting more than ``max_delete`` is refused whole; one applying run per
-account at a time (a lock in the ledger); every delete is re-checked in the ledger right before
-it is sent; every action is an event, every applying run a ``reconcile_runs`` row.
+1. with ``--apply``, take the account's lock (a ``running`` row in ``reconcile_runs``);
+2. read the ledger's side (:class:`~.reconcile_plan.Snapshot`) and stream the provider's listing
+   through :func:`~.reconcile_plan.classify`; a listing that fails, cycles, repeats a file or
+   runs past its page budget raises before anything changes;
+3. hold the plan against the rails: a key the account never used must prove it reaches the same
+   account; an empty listing, or one missing most of the files the ledger expects, is refused;
+   each absence is confirmed (a retrieve's 404, or a second listing) before a file is called
+   missing; ``--max-delete`` bounds the deletes;
+4. apply: the ledger-only changes in one transaction, then the deletes, each written down before
+   it is sent (a journal the next run settles if this one dies), re-checked in the ledger right
+   before it goes, and recorded with its outcome. SIGINT and SIGTERM stop new deletes, let those
+   in flight finish, record them, and mark the run interrupted.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import signal
+import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -32,157 +34,45 @@ from .errors import (
     EXIT_OK,
     FilekeeperError,
     FileNotFoundAtProvider,
+    IncompleteListing,
     ProviderError,
     ReconcileBusy,
     ReconcileRefused,
+    UsageError,
     exit_code_for,
 )
-from .records import Tracked, iso
-from .schema import RunStatus, Status, utcnow
-from .upload import could_be_upload_of
+from .reconcile_plan import (
+    ReconcileOptions,
+    ReconcilePlan,
+    Snapshot,
+    age,
+    classify,
+    delete_limit,
+    expected_live,
+    parse_max_delete,
+)
+from .records import DeleteJob, DeleteOutcome, iso
+from .schema import HELD, RunStatus, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
     from .ledger import Ledger
-    from .providers import Provider, RemoteFile
+    from .providers import Provider
+
+__all__ = ["ReconcileOptions", "ReconcilePlan", "exit_code", "parse_max_delete", "reconcile"]
 
 #: a running reconcile that has not shown a sign of life for this long is taken to have died
+#: (unless its process is seen alive on this host)
 STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = 15.0  # seconds
+#: a `filekeeper delete` whose intent is older than this has ended, one way or another (its
+#: requests give up long before: see the [http] total_seconds)
+LOOSE_DELETE_AFTER = timedelta(minutes=15)
 RESULT_BATCH = 50  # delete results written to the ledger per transaction
+JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
+EXIT_INTERRUPTED = 130
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
-
-
-@dataclass(frozen=True)
-class ReconcileOptions:
-    apply: bool = False
-    adopt: bool = False
-    max_delete: int | str = 100  # a count, or "N%" of the files listed
-    min_age: timedelta = timedelta(hours=1)
-    accept_empty: bool = False
-    wait: bool = False
-    concurrency: int = 32
-
-
-@dataclass
-class ReconcilePlan:
-    """What a reconcile found, and with ``apply``, what it did."""
-
-    account: Account
-    applied: bool = False
-    listed: int = 0
-    orphans: list[RemoteFile] = field(default_factory=list)
-    missing: list[Tracked] = field(default_factory=list)
-    expired: list[Tracked] = field(default_factory=list)  # active and past expires_at
-    expired_present: set[str] = field(default_factory=set)  # ... of which the provider still holds these
-    settled: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)
-    failed_pending: list[Tracked] = field(default_factory=list)
-    waiting_pending: list[Tracked] = field(default_factory=list)
-    drift: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    run_id: int | None = None
-    max_delete: int = 0
-
-    @property
-    def to_delete(self) -> int:
-        return len(self.expired_present) + len(self.orphans)
-
-    @property
-    def has_work(self) -> bool:
-        """Anything to do or to report: for --exit-code monitoring and for staying quiet in cron."""
-        return bool(self.orphans or self.missing or self.expired or self.settled or self.failed_pending or self.drift)
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "listed": self.listed,
-            "orphans": len(self.orphans),
-            "missing": len(self.missing),
-            "expired": len(self.expired),
-            "settled": len(self.settled),
-            "failed_pending": len(self.failed_pending),
-            "waiting_pending": len(self.waiting_pending),
-            "drift": len(self.drift),
-            "deleted": len(self.deleted),
-            "adopted": len(self.adopted),
-            "skipped": len(self.skipped),
-            "errors": len(self.errors),
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        a = self.account
-
-        def remote(r: RemoteFile) -> dict[str, Any]:
-            return {
-                "id": r.id,
-                "provider": a.provider,
-                "account": a.name,
-                "filename": r.filename,
-                "bytes": r.bytes,
-                "purpose": r.purpose,
-                "status": r.status,
-                "created_at": iso(r.created_at),
-                "expires_at": iso(r.expires_at),
-            }
-
-        def tracked(t: Tracked, **extra: Any) -> dict[str, Any]:
-            return {
-                "id": t.file_id,
-                "ledger_id": t.ledger_id,
-                "provider": a.provider,
-                "account": a.name,
-                "filename": t.filename,
-                "bytes": t.bytes,
-                "status": t.status,
-                "created_at": iso(t.created_at),
-                "expires_at": iso(t.expires_at),
-                **extra,
-            }
-
-        return {
-            "account": a.name,
-            "provider": a.provider,
-            "applied": self.applied,
-            "listed": self.listed,
-            "orphans": [remote(r) for r in self.orphans],
-            "missing": [tracked(t) for t in self.missing],
-            "expired": [tracked(t, at_provider=t.file_id in self.expired_present) for t in self.expired],
-            "pending": [tracked(t, outcome="settled", settled_as=r.id) for t, r in self.settled]
-            + [tracked(t, outcome="failed") for t in self.failed_pending]
-            + [tracked(t, outcome="waiting") for t in self.waiting_pending],
-            "drift": [
-                {
-                    "id": t.file_id,
-                    "ledger": {"filename": t.filename, "bytes": t.bytes},
-                    "provider": {"filename": r.filename, "bytes": r.bytes},
-                }
-                for t, r in self.drift
-            ],
-            "deleted": self.deleted,
-            "adopted": self.adopted,
-            "skipped": [{"id": i, "reason": why} for i, why in self.skipped],
-            "errors": [{"id": i, "error": e} for i, e in self.errors],
-            "run_id": self.run_id,
-        }
-
-
-def delete_limit(max_delete: int | str, listed: int) -> int:
-    """``--max-delete``: a count, or a percentage of the files listed (rounded up)."""
-    if isinstance(max_delete, str) and max_delete.endswith("%"):
-        return math.ceil(listed * float(max_delete[:-1]) / 100)
-    return int(max_delete)
-
-
-def parse_max_delete(value: str) -> int | str:
-    """Validate ``--max-delete`` as N or N%; raises ValueError."""
-    text = value.strip()
-    number = text[:-1] if text.endswith("%") else text
-    if not number.replace(".", "", 1).isdigit() or (not text.endswith("%") and not number.isdigit()):
-        raise ValueError(f"--max-delete takes a whole number or a percentage like 10%, not {value!r}")
-    return text if text.endswith("%") else int(number)
 
 
 # --- the lock -----------------------------------------------------------------------------------
@@ -192,24 +82,35 @@ def _host_of(actor: str) -> str:
     return actor.rpartition("@")[2]
 
 
-def _alive(pid: int) -> bool:
+def _alive_since(pid: int, started: datetime) -> bool:
+    """Whether ``pid`` is a live process that was already running at ``started`` (a pid reused
+    by a younger process is not the run's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, ValueError, StopIteration, IndexError):
+        return True  # no /proc: a live pid is taken to be the run's
+    began = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), UTC)
+    return began <= started + timedelta(seconds=5)
 
 
 def _stale(run: Any, now: datetime) -> str | None:
-    """Why a running row's process is gone, or None if it may still be working."""
-    if run.heartbeat_at < now - STALE_AFTER:
-        return f"no heartbeat since {iso(run.heartbeat_at)}"
+    """Why a running row's process is gone, or None if it may still be working. A process seen
+    alive on this host is never taken over, however long its deletes take."""
     import socket
 
-    if _host_of(run.actor) == socket.gethostname() and not _alive(run.pid):
-        return f"process {run.pid} is gone"
+    if _host_of(run.actor) == socket.gethostname():
+        return None if _alive_since(run.pid, run.started_at) else f"process {run.pid} is gone"
+    if run.heartbeat_at < now - STALE_AFTER:
+        return f"no heartbeat since {iso(run.heartbeat_at)}"
     return None
 
 
@@ -239,142 +140,249 @@ def acquire(ledger: Ledger, account_id: int, *, wait: bool, on_wait: Callable[[s
         time.sleep(1.0)
 
 
-def _finish(
-    ledger: Ledger, run_id: int, status: RunStatus, plan: ReconcilePlan, outcome: str, error: str | None = None
+class _Run:
+    """The lock's row while a run works: heartbeats, and the outcome at the end."""
+
+    def __init__(self, ledger: Ledger, run_id: int | None) -> None:
+        self.ledger = ledger
+        self.id = run_id
+        self._beat = time.monotonic()
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        if self.id is not None and (force or time.monotonic() - self._beat > HEARTBEAT_EVERY):
+            with self.ledger.write() as w:
+                w.heartbeat(self.id)
+            self._beat = time.monotonic()
+
+    def finish(self, status: RunStatus, plan: ReconcilePlan, outcome: str, error: str | None = None) -> None:
+        if self.id is not None:
+            with self.ledger.write() as w:
+                w.finish_run(self.id, status, listed=plan.listed, counts=plan.counts(), outcome=outcome, error=error)
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def refuse_shared_identity(account: Account, fingerprint: str, others: Iterable[tuple[str, str, set[str]]]) -> None:
+    """Two accounts that are one provider account (same base URL, same key) would each see the
+    other's files as orphans: refuse to reconcile either (exit 2), naming both."""
+    for name, base_url, fingerprints in others:
+        if name != account.name and base_url == account.base_url and fingerprint in fingerprints:
+            raise UsageError(
+                f"accounts {account.name!r} and {name!r} are one provider account (same base URL {base_url}, "
+                f"same API key {fingerprint}): reconciling one would delete the other's files as orphans. "
+                "Give each its own key, or use one account name for both"
+            )
+
+
+def _check_key(
+    plan: ReconcilePlan, snapshot: Snapshot, fingerprint: str, options: ReconcileOptions, now: datetime
 ) -> None:
-    with ledger.write() as w:
-        w.finish_run(run_id, status, listed=plan.listed, counts=plan.counts(), outcome=outcome, error=error)
+    """A listing made with a key the account was never used with is acted on only if it proves it
+    reaches the same account: most of the files the ledger expects there are in it."""
+    if not snapshot.keys:
+        plan.key = "first"
+        return
+    if fingerprint in snapshot.keys:
+        return
+    if options.trust_key:
+        plan.key = "trusted"
+        return
+    expected = expected_live(plan, snapshot, now, options.min_age, ours_only=False)
+    present = sum(1 for t in expected if t.ledger_id in plan.seen)
+    if expected and present * 2 >= len(expected):
+        plan.key = "rotated"
+        return
+    a = plan.account
+    seen = f"shows {present} of the {len(expected)} files" if expected else "cannot show any of the files"
+    raise ReconcileRefused(
+        f"{a.name}: the API key in {a.api_key_env} ({fingerprint}) was never used with this account, and the "
+        f"provider's listing made with it {seen} the ledger expects there: this looks like another account's key. "
+        f"Nothing was changed. Check {a.api_key_env}; if it is this account's new key, run again with --trust-key"
+    )
 
 
-# --- plan ---------------------------------------------------------------------------------------
+# --- the rails on the listing -------------------------------------------------------------------
 
 
-def _snapshot(ledger: Ledger, account_id: int) -> tuple[dict[str, Tracked], list[Tracked]]:
-    with ledger.read() as r:
-        tracked = r.tracked(account_id)
-    active = {t.file_id: t for t in tracked if t.status == Status.ACTIVE and t.file_id}
-    return active, [t for t in tracked if t.status == Status.PENDING]
-
-
-def classify(
-    plan: ReconcilePlan,
-    active: dict[str, Tracked],
-    pending: list[Tracked],
-    listing: Iterable[RemoteFile],
-    now: datetime,
-    min_age: timedelta,
-) -> None:
-    """The one pass over the listing. Raises whatever the listing raises, before any change.
-
-    Consumes ``active``: each listed file is popped from it, so what is left was not listed.
-    """
-    old_enough = now - min_age
-    claimable: dict[str, list[Tracked]] = defaultdict(list)
-    for p in pending:
-        if p.created_at <= old_enough:  # a younger reservation may still be uploading
-            claimable[p.filename].append(p)
-    claimed: set[int] = set()
-    for rf in listing:
-        plan.listed += 1
-        t = active.pop(rf.id, None)
-        if t is not None:
-            if (rf.bytes is not None and rf.bytes != t.bytes) or (rf.filename and rf.filename != t.filename):
-                plan.drift.append((t, rf))
-            if t.expired(now):
-                plan.expired.append(t)
-                plan.expired_present.add(rf.id)
-            continue
-        match = next(
-            (
-                p
-                for p in claimable.get(rf.filename, ())
-                if p.ledger_id not in claimed and could_be_upload_of(rf, p.filename, p.bytes, p.created_at)
-            ),
-            None,
+def _hold_listing(plan: ReconcilePlan, snapshot: Snapshot, options: ReconcileOptions, now: datetime) -> None:
+    """An empty listing, or one without most of the files the ledger expects, is what a wrong key,
+    a wrong URL or a broken list endpoint looks like: refuse it unless told it is right."""
+    a = plan.account
+    held = expected_live(plan, snapshot, now, timedelta(0), ours_only=True)  # however young
+    if plan.listed == 0 and held and not options.accept_empty:
+        raise ReconcileRefused(
+            f"{a.name}: the provider listed no files while the ledger holds {len(held)} active; "
+            "a wrong API key or base URL looks exactly like this. Nothing was changed. "
+            "If the account really is empty, run again with --accept-empty"
         )
-        if match is not None:
-            claimed.add(match.ledger_id)
-            plan.settled.append((match, rf))
-            continue
-        plan.orphans.append(rf)
-    for t in active.values():
-        (plan.expired if t.expired(now) else plan.missing).append(t)
-    for p in pending:
-        if p.ledger_id in claimed:
-            continue
-        (plan.failed_pending if p.created_at <= old_enough else plan.waiting_pending).append(p)
+    expected = expected_live(plan, snapshot, now, options.min_age, ours_only=True)
+    absent = [t for t in expected if t.ledger_id not in plan.seen]
+    if plan.listed and len(absent) * 2 > len(expected) and not options.accept_missing:
+        raise ReconcileRefused(
+            f"{a.name}: {len(absent)} of the {len(expected)} files the ledger expects at the provider are not in "
+            "its listing; a wrong key, a wrong base URL or a listing that hides files looks like this. Nothing was "
+            f"changed. Check with `filekeeper reconcile --account {a.name}`; if they really are gone, run again "
+            "with --accept-missing"
+        )
+
+
+def _confirm_absences(plan: ReconcilePlan, remote: Provider, concurrency: int, beat: Callable[[], None]) -> None:
+    """A file absent from one listing is not yet gone: a retrieve's 404 proves it (or, where the
+    provider has no retrieve, a second complete listing). Until then it is kept as it is."""
+    if not plan.absent:
+        return
+    if remote.has_retrieve:
+        outcomes = _retrieve_all(remote, [t.file_id for t in plan.absent if t.file_id], concurrency, beat)
+    else:
+        outcomes = _relist(remote, {t.file_id for t in plan.absent if t.file_id})
+    for t in plan.absent:
+        outcome = outcomes.get(t.file_id or "", "not checked")
+        if outcome == "gone":
+            (plan.gone if t.status == Status.UNCLAIMED else plan.missing).append(t)
+        elif outcome == "present":
+            plan.unconfirmed.append((t, "the listing left it out, but the provider still has it"))
+        else:
+            plan.unconfirmed.append((t, f"could not confirm it is gone: {outcome}"))
+    plan.absent = []
+
+
+def _retrieve_all(remote: Provider, file_ids: list[str], concurrency: int, beat: Callable[[], None]) -> dict[str, str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(file_id: str) -> tuple[str, str]:
+        try:
+            remote.retrieve(file_id)
+        except FileNotFoundAtProvider:
+            return file_id, "gone"
+        except ProviderError as e:
+            return file_id, str(e)
+        return file_id, "present"
+
+    out = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(file_ids)))) as pool:
+        for file_id, outcome in pool.map(ask, file_ids):
+            out[file_id] = outcome
+            beat()
+    return out
+
+
+def _relist(remote: Provider, file_ids: set[str]) -> dict[str, str]:
+    try:
+        listed = {rf.id for rf in remote.list_files() if rf.id in file_ids}
+    except IncompleteListing as e:
+        return dict.fromkeys(file_ids, f"the second listing failed: {e.message}")
+    return {i: "present" if i in listed else "gone" for i in file_ids}
 
 
 # --- the whole run ------------------------------------------------------------------------------
 
 
+def snapshot(ledger: Ledger, account_id: int | None, now: datetime) -> Snapshot:
+    if account_id is None:  # a ledger that has never seen the account (a plan changes nothing)
+        return Snapshot()
+    with ledger.read() as r:
+        return Snapshot(
+            tracked=r.tracked(account_id),
+            keys=r.account_keys(account_id),
+            history=r.has_history(account_id),
+            intents=r.open_intents(account_id, loose_before=now - LOOSE_DELETE_AFTER),
+        )
+
+
 def reconcile(
     ledger: Ledger,
     account: Account,
-    account_id: int,
+    account_id: int | None,
     remote: Provider,
     options: ReconcileOptions,
     *,
     progress: Progress | None = None,
     on_wait: Callable[[str], None] | None = None,
 ) -> ReconcilePlan:
+    """Compare one account's ledger with its provider's listing; with ``options.apply``, act.
+
+    ``account_id`` is None only for a plan of an account the ledger has never recorded. Returns the
+    plan (``interrupted`` if SIGINT or SIGTERM stopped its deletes); raises before changing
+    anything when a rail holds.
+    """
+    if options.adopt and options.delete_unclaimed:
+        raise UsageError("give --adopt or --delete-unclaimed, not both")
     plan = ReconcilePlan(account, applied=options.apply)
-    run_id = acquire(ledger, account_id, wait=options.wait, on_wait=on_wait) if options.apply else None
-    plan.run_id = run_id
-    last_beat = time.monotonic()
+    if options.apply and account_id is None:
+        raise ValueError("an applying reconcile needs the account recorded in the ledger")
+    run = _Run(ledger, acquire(ledger, account_id, wait=options.wait, on_wait=on_wait) if options.apply else None)
+    plan.run_id = run.id
 
     def on_page(pages: int, seen: int) -> None:
-        nonlocal last_beat
         if progress:
             progress("listing", seen, 0)
-        if run_id is not None and time.monotonic() - last_beat > HEARTBEAT_EVERY:
-            with ledger.write() as w:
-                w.heartbeat(run_id)
-            last_beat = time.monotonic()
+        run.heartbeat()
 
     try:
         now = utcnow()
-        active, pending = _snapshot(ledger, account_id)
-        held = len(active)
-        classify(plan, active, pending, remote.list_files(on_page=on_page), now, options.min_age)
+        snap = snapshot(ledger, account_id, now)
+        classify(plan, snap, remote.list_files(on_page=on_page), now, options.min_age)
+        _check_key(plan, snap, account.key_fingerprint(), options, now)
+        _hold_listing(plan, snap, options, now)
+        _confirm_absences(plan, remote, options.concurrency, run.heartbeat)
         plan.max_delete = delete_limit(options.max_delete, plan.listed)
-        if plan.listed == 0 and held and not options.accept_empty:
-            raise ReconcileRefused(
-                f"{account.name}: the provider listed no files while the ledger holds {held} active; "
-                "a wrong API key or base URL looks exactly like this. Nothing was changed. "
-                "If the account really is empty, run again with --accept-empty"
-            )
         if options.apply:
-            _apply(ledger, account_id, remote, plan, options, now, progress, run_id)
-    except BaseException as e:
-        if run_id is not None:
-            status = RunStatus.ABORTED if isinstance(e, ReconcileRefused) else RunStatus.FAILED
-            _finish(ledger, run_id, status, plan, str(status), str(e) or type(e).__name__)
+            assert account_id is not None
+            _apply(ledger, account_id, remote, plan, options, now, progress, run)
+    except KeyboardInterrupt:
+        run.finish(RunStatus.INTERRUPTED, plan, "interrupted", "interrupted before its deletes")
         raise
-    if run_id is not None:
-        outcome = "done" if not plan.errors else f"done with {len(plan.errors)} error(s)"
-        _finish(
-            ledger,
-            run_id,
-            RunStatus.DONE if not plan.errors else RunStatus.FAILED,
+    except BaseException as e:
+        status = RunStatus.ABORTED if isinstance(e, ReconcileRefused) else RunStatus.FAILED
+        run.finish(status, plan, str(status), str(e) or type(e).__name__)
+        raise
+    if plan.interrupted:
+        run.finish(RunStatus.INTERRUPTED, plan, f"interrupted after {len(plan.deleted)} delete(s)")
+    elif plan.errors:
+        run.finish(
+            RunStatus.FAILED,
             plan,
-            outcome,
-            "; ".join(f"{i}: {e}" for i, e in plan.errors[:20]) or None,
+            f"done with {len(plan.errors)} error(s)",
+            "; ".join(f"{i}: {e}" for i, e in plan.errors[:20]),
         )
+    else:
+        run.finish(RunStatus.DONE, plan, "done")
     return plan
 
 
 def exit_code(outcomes: Iterable[ReconcilePlan | FilekeeperError], *, changes: bool = False) -> int:
-    """The exit code of a reconcile of one or more accounts: the most severe failure (a delete
-    that failed counts as 1); else, with ``changes`` (--exit-code), 4 when anything had work."""
+    """The exit code of a reconcile of one or more accounts: 130 if interrupted; else the most
+    severe failure (a delete that failed counts as 1); else, with ``changes`` (--exit-code), 4
+    when anything had work."""
     outcomes = list(outcomes)
     failures = [o for o in outcomes if isinstance(o, FilekeeperError)]
     plans = [o for o in outcomes if isinstance(o, ReconcilePlan)]
+    if any(p.interrupted for p in plans):
+        return EXIT_INTERRUPTED
     if failures or any(p.errors for p in plans):
         return max(exit_code_for(failures), 1)
     if changes and any(p.has_work for p in plans):
         return EXIT_CHANGES
     return EXIT_OK
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+
+def _eligible(
+    plan: ReconcilePlan, files: Iterable[tuple[str, datetime | None]], min_age: timedelta, now: datetime
+) -> list[str]:
+    """The ids old enough to act on; the rest are skipped, with the reason."""
+    out = []
+    for file_id, created_at in files:
+        if created_at is None:
+            plan.skipped.append((file_id, "the provider gave no creation time"))
+        elif created_at > now - min_age:
+            plan.skipped.append((file_id, f"younger than --min-age ({age(min_age)}): may be mid-upload"))
+        else:
+            out.append(file_id)
+    return out
 
 
 def _apply(
@@ -385,25 +393,50 @@ def _apply(
     options: ReconcileOptions,
     now: datetime,
     progress: Progress | None,
-    run_id: int | None,
+    run: _Run,
 ) -> None:
-    old_enough = now - options.min_age
-    eligible: list[RemoteFile] = []
-    for rf in plan.orphans:
-        if rf.created_at is None:
-            plan.skipped.append((rf.id, "the provider gave no creation time"))
-        elif rf.created_at > old_enough:
-            plan.skipped.append((rf.id, f"younger than --min-age ({_age(options.min_age)}): may be mid-upload"))
-        else:
-            eligible.append(rf)
-    deletes = len(plan.expired_present) + (0 if options.adopt else len(eligible))
-    if deletes > plan.max_delete:
+    orphans = _eligible(plan, ((rf.id, rf.created_at) for rf in plan.orphans), options.min_age, now)
+    unclaimed: list[tuple[str, datetime | None]] = [(rf.id, rf.created_at) for rf in plan.unclaimed_new]
+    unclaimed += [(rf.id, rf.created_at) for _, rf in plan.unclaimed]
+    claimable = _eligible(plan, unclaimed, options.min_age, now) if options.adopt or options.delete_unclaimed else []
+    jobs = [
+        DeleteJob(t.file_id, "expired", t.ledger_id)
+        for t in plan.expired
+        if t.file_id and t.file_id in plan.expired_present
+    ]
+    if not options.adopt:
+        jobs += [DeleteJob(file_id, "orphan") for file_id in orphans]
+    if options.delete_unclaimed:
+        jobs += [DeleteJob(file_id, "unclaimed") for file_id in claimable]
+    if len(jobs) > plan.max_delete:
         raise ReconcileRefused(
-            f"{plan.account.name}: the plan would delete {deletes} files, more than --max-delete "
+            f"{plan.account.name}: the plan would delete {len(jobs)} files, more than --max-delete "
             f"{options.max_delete}; nothing was changed. Review it with `filekeeper reconcile --account "
-            f"{plan.account.name}` and, if it is right, run again with --max-delete {deletes}"
+            f"{plan.account.name}` and, if it is right, run again with --max-delete {len(jobs)}"
         )
+    _apply_ledger(ledger, account_id, plan, options, now, run.id, set(orphans) if options.adopt else set(), claimable)
+    _delete_all(ledger, account_id, remote, jobs, plan, options.concurrency, progress, run)
+
+
+def _apply_ledger(
+    ledger: Ledger,
+    account_id: int,
+    plan: ReconcilePlan,
+    options: ReconcileOptions,
+    now: datetime,
+    run_id: int | None,
+    adopt_orphans: set[str],
+    claimable: list[str],
+) -> None:
+    """Every change that needs no request, in one transaction."""
+    account = plan.account
+    retention = account.limits.retention_days
+    generated_for = timedelta(days=account.generated_retention_days)
     with ledger.write() as w:
+        if plan.key in ("rotated", "trusted"):
+            proven_by = "listing" if plan.key == "rotated" else "trusted"
+            w.add_key(account_id, account.key_fingerprint(), proven_by=proven_by, detail={"run_id": run_id})
+        w.note_account(account)  # the key (now proven) and URL this run acted with
         for t, rf in plan.settled:
             if why := w.settle(account_id, t, rf, run_id=run_id):
                 plan.skipped.append((rf.id, why))
@@ -411,104 +444,194 @@ def _apply(
             w.fail_pending(account_id, t, run_id=run_id)
         for t in plan.missing:
             w.mark_missing(account_id, t, run_id=run_id)
+        for t in plan.gone:
+            w.mark_gone(account_id, t, run_id=run_id)
+        for t in plan.reappeared:
+            w.reappear(account_id, t, run_id=run_id)
         for t in plan.expired:
             if t.file_id not in plan.expired_present:
                 w.mark_expired(account_id, t, now=now, run_id=run_id)
         for t, rf in plan.drift:
             w.record_drift(account_id, t, rf, run_id=run_id)
+        for rf in plan.unclaimed_new:
+            w.record_unclaimed(account_id, rf, run_id=run_id)
+        for rf in plan.generated_new:
+            created = rf.created_at or now
+            w.record_generated(account_id, rf, expires_at=rf.expires_at or created + generated_for, run_id=run_id)
         if options.adopt:
-            for rf in eligible:
-                w.adopt(account_id, rf, run_id=run_id)
-                plan.adopted.append(rf.id)
-    jobs: list[tuple[str, Tracked | None]] = [
-        (t.file_id, t) for t in plan.expired if t.file_id is not None and t.file_id in plan.expired_present
-    ]
-    if not options.adopt:
-        jobs += [(rf.id, None) for rf in eligible]
-    _delete_all(ledger, account_id, remote, jobs, plan, options.concurrency, progress, run_id)
+            remotes = {rf.id: rf for rf in [*plan.orphans, *plan.unclaimed_new, *(rf for _, rf in plan.unclaimed)]}
+            for file_id in [*adopt_orphans, *claimable]:
+                rf = remotes[file_id]
+                created = rf.created_at or now
+                expires = rf.expires_at or (created + timedelta(days=retention) if retention else None)
+                w.adopt(account_id, rf, expires_at=expires, run_id=run_id)
+                plan.adopted.append(file_id)
+        w.record_deletes(
+            account_id,
+            [
+                DeleteOutcome(DeleteJob(i.file_id, i.kind, i.file_pk, i.id), existed=True, settled=True)
+                for i in plan.intents_done
+            ],
+            run_id=run_id,
+        )
+        w.void_intents([i.id for i in plan.intents_void])
+
+
+def _still_wanted(job: DeleteJob, status: str | None) -> str | None:
+    """Why a delete must not be sent after all (the ledger moved on since the listing), or None."""
+    if job.kind == "orphan" and status in HELD:
+        return f"became {status} in the ledger since the listing"
+    if job.kind == "expired" and status not in (Status.ACTIVE, Status.GENERATED):
+        return f"no longer active in the ledger ({status})"
+    if job.kind == "unclaimed" and status != Status.UNCLAIMED:
+        return f"no longer unclaimed in the ledger ({status})"
+    return None
+
+
+@contextmanager
+def _interrupts_as_requests() -> Iterator[threading.Event]:
+    """While deletes are in flight, SIGINT and SIGTERM ask the delete loop to stop (it looks between
+    steps) instead of raising wherever the main thread happens to be, which could fall between a
+    delete's answer and its record. A second signal raises KeyboardInterrupt as usual."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach only the main thread; a library caller in a thread handles its own
+        return
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _delete_all(
     ledger: Ledger,
     account_id: int,
     remote: Provider,
-    jobs: list[tuple[str, Tracked | None]],
+    jobs: list[DeleteJob],
     plan: ReconcilePlan,
     concurrency: int,
     progress: Progress | None,
-    run_id: int | None,
+    run: _Run,
 ) -> None:
     """Delete concurrently, at most ``concurrency`` in flight.
 
-    This thread schedules: right before handing a delete to a free worker, it re-checks the file
-    in the ledger (on one connection of its own), and the worker sends it at once. Results are
-    written to the ledger in batches.
+    This thread schedules. Deletes are written down (the journal) a batch at a time before any of
+    them is sent; right before handing one to a free worker, it re-checks the file in the ledger
+    (on a connection of its own), and the worker sends it at once. Outcomes are recorded in
+    batches, each removing its journal rows. On SIGINT/SIGTERM nothing new is sent; what is in
+    flight finishes and is recorded, and the plan says it was interrupted.
     """
     if not jobs:
         return
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-    def send(file_id: str) -> bool | str:
+    def send(job: DeleteJob) -> bool | ProviderError:
         try:
-            return remote.delete(file_id)
+            return remote.delete(job.file_id)
         except FileNotFoundAtProvider:
             return False
         except ProviderError as e:
-            return str(e)
+            return e
 
-    done: list[tuple[str, Tracked | None, bool]] = []
-    queue = iter(jobs)
+    queue = deque(jobs)
+    journaled: deque[DeleteJob] = deque()
+    done: list[DeleteOutcome] = []
+    void: list[int] = []
     finished = 0
 
     def record() -> None:
         with ledger.write() as w:
-            w.record_deletes(account_id, done, run_id=run_id)
+            w.record_deletes(account_id, done, run_id=run.id)
+            w.void_intents(void)
+            if run.id is not None:
+                w.heartbeat(run.id)
         done.clear()
+        void.clear()
 
-    with (
-        ledger.status_probe(account_id) as status_now,
-        ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile") as pool,
-    ):
+    def journal_more() -> None:
+        batch = [queue.popleft() for _ in range(min(JOURNAL_AHEAD, len(queue)))]
+        with ledger.write() as w:
+            ids = w.add_intents(
+                account_id,
+                [(j.file_id, j.file_pk, j.kind) for j in batch],
+                run_id=run.id,
+            )
+        for job, intent_id in zip(batch, ids, strict=True):
+            job.intent_id = intent_id
+        journaled.extend(batch)
 
-        def next_delete() -> tuple[Future[bool | str], str, Tracked | None] | None:
-            nonlocal finished
-            for file_id, expired in queue:
-                status = status_now(file_id)
-                if expired is None and status == Status.ACTIVE:
-                    plan.skipped.append((file_id, "became active in the ledger since the listing"))
-                elif expired is not None and status != Status.ACTIVE:
-                    plan.skipped.append((file_id, f"no longer active in the ledger ({status})"))
-                else:
-                    return pool.submit(send, file_id), file_id, expired
-                finished += 1
-            return None
+    def collect(
+        completed: Iterable[Future[bool | ProviderError]], in_flight: dict[Future[bool | ProviderError], DeleteJob]
+    ) -> None:
+        nonlocal finished
+        for future in completed:
+            job = in_flight.pop(future)
+            outcome = future.result()
+            finished += 1
+            if isinstance(outcome, ProviderError):
+                plan.errors.append((job.file_id, str(outcome)))
+                if job.intent_id is not None and not outcome.retryable:
+                    void.append(job.intent_id)  # refused: nothing was deleted
+                # else it may have gone through: the intent stays, for the next run to settle
+            else:
+                plan.deleted.append(job.file_id)
+                done.append(DeleteOutcome(job, existed=outcome))
 
-        in_flight: dict[Future[bool | str], tuple[str, Tracked | None]] = {}
-        while True:
-            while len(in_flight) < concurrency and (job := next_delete()) is not None:
-                in_flight[job[0]] = (job[1], job[2])
-            if not in_flight:
-                break
-            completed, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in completed:
-                file_id, expired = in_flight.pop(future)
-                outcome = future.result()
-                finished += 1
-                if isinstance(outcome, str):
-                    plan.errors.append((file_id, outcome))
-                else:
-                    plan.deleted.append(file_id)
-                    done.append((file_id, expired, outcome))
-            if len(done) >= RESULT_BATCH:
-                record()
-            if progress:
-                progress("deleting", finished, len(jobs))
-    record()
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile")
+    in_flight: dict[Future[bool | ProviderError], DeleteJob] = {}
+    try:
+        with ledger.status_probe(account_id) as status_now:
 
+            def next_job() -> DeleteJob | None:
+                nonlocal finished
+                while True:
+                    if not journaled:
+                        if not queue:
+                            return None
+                        journal_more()
+                    job = journaled.popleft()
+                    why = _still_wanted(job, status_now(job.file_id))
+                    if why is None:
+                        return job
+                    plan.skipped.append((job.file_id, why))
+                    assert job.intent_id is not None
+                    void.append(job.intent_id)
+                    finished += 1
 
-def _age(d: timedelta) -> str:
-    seconds = int(d.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+            with _interrupts_as_requests() as stop:
+                try:
+                    while True:
+                        while not stop.is_set() and len(in_flight) < concurrency and (job := next_job()) is not None:
+                            in_flight[pool.submit(send, job)] = job
+                        if not in_flight:
+                            break
+                        completed, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                        collect(completed, in_flight)
+                        if len(done) + len(void) >= RESULT_BATCH:
+                            record()
+                        run.heartbeat()
+                        if progress:
+                            progress("deleting", finished, len(jobs))
+                except KeyboardInterrupt:
+                    # A second interrupt: what is in flight is still waited for and recorded if
+                    # it can be; otherwise the journal is left for the next run to settle.
+                    stop.set()
+                    collect(wait(in_flight).done, in_flight)
+                if stop.is_set():
+                    # Stopped by SIGINT/SIGTERM: nothing new was sent; the rest is not deleted.
+                    plan.interrupted = True
+                    void.extend(j.intent_id for j in journaled if j.intent_id is not None)
+                    journaled.clear()
+        record()
+    finally:
+        # In-flight deletes finish either way (their outcome is recorded above, or their intent
+        # stays in the journal); nothing queued is started.
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -98,6 +98,38 @@ class Tracked:
         return is_expired(self.expires_at, now)
 
 
+@dataclass
+class DeleteJob:
+    """One delete a reconcile is to send: of an orphan, an expired file, or an unclaimed one
+    (``--delete-unclaimed``). ``intent_id`` is its journal row once written, before it is sent."""
+
+    file_id: str
+    kind: str  # orphan, expired, unclaimed, or delete (`filekeeper delete`, settled by a later reconcile)
+    file_pk: int | None = None
+    intent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    job: DeleteJob
+    #: whether the provider still had the file (False: it was already gone)
+    existed: bool
+    #: found done by a later run, after the process that sent it died before recording it
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A delete written down before it was sent and never recorded as done."""
+
+    id: int
+    file_id: str
+    file_pk: int | None
+    kind: str
+    run_id: int | None
+    at: datetime
+
+
 def held_json(h: Held) -> dict[str, Any]:
     return {
         "id": h.file_id,

@@ -54,6 +54,8 @@ DAILY_COLUMNS = (
     "adopted",
     "missing",
     "failures",
+    "generated",
+    "unclaimed",
 )
 
 
@@ -72,6 +74,10 @@ class AccountNow:
     failed: list[FileRecord] = field(default_factory=list)
     missing: list[FileRecord] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # files per status
+    #: files the provider made (batch results), kept for their own retention
+    generated: list[FileRecord] = field(default_factory=list)
+    #: files found by a ledger that never tracked the account: someone else's until adopted
+    unclaimed: list[FileRecord] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         lim = self.limits
@@ -95,6 +101,8 @@ class AccountNow:
             "pending": [r.to_json() for r in self.pending],
             "failed": [r.to_json() for r in self.failed],
             "missing": [r.to_json() for r in self.missing],
+            "generated": [r.to_json() for r in self.generated],
+            "unclaimed": [r.to_json() for r in self.unclaimed],
         }
 
 
@@ -243,6 +251,8 @@ def _sections(report: AuditReport) -> list[tuple[str, list[str], list[list[str]]
             ("pending reservations", a.pending),
             ("failed", a.failed),
             ("missing", a.missing),
+            ("made by the provider", a.generated),
+            ("unclaimed (someone else's until adopted)", a.unclaimed),
         ):
             if records:
                 out.append((f"{a.account}: {title}", file_headers, file_rows(records)))
@@ -265,6 +275,8 @@ def _sections(report: AuditReport) -> list[tuple[str, list[str], list[list[str]]
                 str(f["adopted"]),
                 str(f["missing"]),
                 str(f["failures"]),
+                str(f["generated"]),
+                str(f["unclaimed"]),
             ]
         )
     out.append(
@@ -283,6 +295,8 @@ def _sections(report: AuditReport) -> list[tuple[str, list[str], list[list[str]]
                 "adopted",
                 "missing",
                 "failures",
+                "generated",
+                "unclaimed",
             ],
             daily_rows,
         )

@@ -38,6 +38,8 @@ _DAILY_ACTIONS = {
     Action.UPLOAD_FAILED: "failures",
     Action.RECONCILE_FAIL_PENDING: "failures",
     Action.EVICT_FAILED: "failures",
+    Action.RECONCILE_GENERATED: "generated",
+    Action.RECONCILE_UNCLAIMED: "unclaimed",
 }
 EXPIRING_WITHIN = timedelta(days=7)
 LIST_LIMIT = 20
@@ -119,6 +121,8 @@ def build(
         pending = records(files.c.status == Status.PENDING, order=files.c.created_at)
         failed = records(files.c.status == Status.FAILED, order=files.c.created_at.desc())
         missing = records(files.c.status == Status.MISSING, order=files.c.created_at.desc())
+        generated = records(files.c.status == Status.GENERATED, order=files.c.created_at.desc())
+        unclaimed = records(files.c.status == Status.UNCLAIMED, order=files.c.created_at.desc())
 
         daily: dict[tuple[date, str], dict[str, Any]] = {}
 
@@ -200,6 +204,8 @@ def build(
                 failed[a.id],
                 missing[a.id],
                 dict(status_counts[a.id]),
+                generated[a.id],
+                unclaimed[a.id],
             )
         )
     return AuditReport(now, since, until, out, daily, runs, usage, actors)

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 # The newest revision in migrations/versions. Opening a ledger compares against this constant
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 class Status(StrEnum):
@@ -37,6 +37,8 @@ class Status(StrEnum):
 
     PENDING = "pending"  # reserved; the upload may be in flight, or its outcome unknown
     ACTIVE = "active"  # at the provider, ours
+    UNCLAIMED = "unclaimed"  # at the provider, found by a ledger that never tracked the account: not ours to delete
+    GENERATED = "generated"  # made by the provider (batch output, a tool's file); kept its own retention
     DELETED = "deleted"  # deleted by us (or found already gone when we deleted it)
     EXPIRED = "expired"  # past expires_at, and deleted or gone at the provider
     MISSING = "missing"  # gone at the provider without our doing
@@ -65,6 +67,11 @@ class Action(StrEnum):
     RECONCILE_ADOPT = "reconcile_adopt"
     RECONCILE_DRIFT = "reconcile_drift"
     RECONCILE_ABANDONED = "reconcile_abandoned"
+    RECONCILE_REAPPEARED = "reconcile_reappeared"  # a missing file listed again: active once more
+    RECONCILE_UNCLAIMED = "reconcile_unclaimed"  # recorded as someone else's until adopted
+    RECONCILE_GENERATED = "reconcile_generated"  # a provider-made file, recorded with its own retention
+    RECONCILE_GONE = "reconcile_gone"  # an unclaimed file that left the provider
+    KEY_ROTATED = "key_rotated"  # a new key, proven to reach the same account
 
 
 class RunStatus(StrEnum):
@@ -75,11 +82,14 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     ABORTED = "aborted"  # a safety rail refused the plan before anything changed
     ABANDONED = "abandoned"  # its process died; taken over by a later run
+    INTERRUPTED = "interrupted"  # stopped by SIGINT or SIGTERM after finishing what was in flight
 
 
 FILE_STATUSES = tuple(Status)
 #: statuses that hold quota at the provider (or may, for a reservation in flight)
-HELD = (Status.ACTIVE, Status.PENDING)
+HELD = (Status.ACTIVE, Status.PENDING, Status.UNCLAIMED, Status.GENERATED)
+#: statuses of files the ledger expects the provider to list
+LISTED = (Status.ACTIVE, Status.UNCLAIMED, Status.GENERATED)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -161,6 +171,19 @@ events = Table(
     Index(None, "file_pk"),
 )
 
+# The keys each account has been used with, by fingerprint (never the key): a listing made with a
+# key not here must prove it reaches the same account before a reconcile acts on it.
+account_keys = Table(
+    "account_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("key_fingerprint", String(32), nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("proven_by", String(32), nullable=False),  # first_use, listing or trusted
+    UniqueConstraint("account_id", "key_fingerprint"),
+)
+
 # One row per `reconcile --apply`. A row in status "running" is also the account's reconcile
 # lock: taken inside the ledger's write lock, so it holds across processes and hosts.
 reconcile_runs = Table(
@@ -180,4 +203,22 @@ reconcile_runs = Table(
     Column("outcome", String(255)),
     Column("error", String(2000)),
     Index(None, "account_id", "status"),
+)
+
+# Deletes sent or about to be sent: written before the request, removed with its outcome (in the
+# same transaction as the outcome's event). A row left behind (kill -9, a dropped connection) is a
+# delete whose outcome is unknown; the next reconcile settles it against the provider's listing.
+delete_intents = Table(
+    "delete_intents",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("file_id", String(128), nullable=False),
+    Column("file_pk", ForeignKey("files.id")),
+    Column("run_id", ForeignKey("reconcile_runs.id")),  # None for `filekeeper delete`
+    Column("kind", String(16), nullable=False),  # orphan, expired, unclaimed, delete
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Index(None, "account_id"),
 )

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,65 @@ def ledger_connection(home: Path) -> Iterator[Any]:
             yield conn
     finally:
         engine.dispose()
+
+
+def age_everything(home: Path, hours: float = 2) -> None:
+    """Make every ledger row look ``hours`` older, as if uploaded long before what the test does next."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from filekeeper.schema import files
+
+    with ledger_connection(home) as conn:
+        for ledger_id, created in conn.execute(select(files.c.id, files.c.created_at)).all():
+            conn.execute(
+                update(files).where(files.c.id == ledger_id).values(created_at=created - timedelta(hours=hours))
+            )
+
+
+def hold_lock(
+    home: Path,
+    pid: int,
+    host: str,
+    heartbeat: datetime | None = None,
+    account_id: int = 1,
+    started: datetime | None = None,
+) -> None:
+    """A ``running`` reconcile row: the account's lock, held by ``pid`` on ``host``."""
+    from datetime import UTC
+
+    from sqlalchemy import insert
+
+    from filekeeper.schema import reconcile_runs
+
+    stamp = heartbeat or datetime.now(UTC)
+    with ledger_connection(home) as conn:
+        conn.execute(
+            insert(reconcile_runs).values(
+                account_id=account_id,
+                status="running",
+                applied=True,
+                actor=f"someone@{host}",
+                pid=pid,
+                started_at=started or stamp,
+                heartbeat_at=stamp,
+                counts={},
+            )
+        )
+
+
+def upload(run: Callable[..., Result], tmp_path: Path, flavor: str, *names: str) -> list[dict[str, Any]]:
+    """Upload files named ``names`` (each holding its own name) through the CLI; their records."""
+    paths = [str(write(tmp_path / n, f"content of {n}")) for n in names]
+    result = run("upload", *paths, "-p", flavor, "--json", "--concurrency", "1")
+    assert result.exit_code == 0, result.stderr
+    return result.json()
+
+
+def emulator_ids(emu: Emulator) -> set[str]:
+    with emu.lock:
+        return set(emu.files)
 
 
 def files_count(home: Path) -> int:

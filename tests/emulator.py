@@ -39,6 +39,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 FLAVORS = ("moonshot", "zai", "xai", "openai", "compatible")
+#: the account the emulator's own ``api_key`` opens; :meth:`Emulator.add_key` adds others
+MAIN = "main"
 
 # None = the flavor takes any purpose.
 _PURPOSES: dict[str, tuple[str, ...] | None] = {
@@ -85,6 +87,8 @@ class StoredFile:
     expires_at: int | None = None
     status: str = "processed"
     content: bytes | None = None
+    #: the provider account holding it (whose key sees it): "main" is the emulator's own key's
+    owner: str = MAIN
 
 
 @dataclass
@@ -502,6 +506,8 @@ class Emulator:
         ms_timestamps: bool = False,
         xai_style: str = "token",
         zai_envelope: str = "live",
+        cycling_tokens: bool = False,
+        inclusive_cursor: bool = False,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
@@ -523,6 +529,18 @@ class Emulator:
         self.xai_style = xai_style
         self.zai_envelope = zai_envelope
         self.files: dict[str, StoredFile] = {}
+        #: API key -> the account it opens: a teammate's key reaches another account at the same URL
+        self.keys: dict[str, str] = {api_key: MAIN}
+        #: ids the list endpoint leaves out though the files are there (a lagging index, a proxy
+        #: that truncates): retrieve and delete still find them
+        self.hidden: set[str] = set()
+        # xAI token style: every page hands out a fresh token, but the pages only alternate
+        # between the first two (a server that cycles; a client must notice the repeated files).
+        self.cycling_tokens = cycling_tokens
+        # OpenAI style: ``after`` includes the cursor's own file (an off-by-one server), so each
+        # page repeats the previous page's last file.
+        self.inclusive_cursor = inclusive_cursor
+        self._cycle_page = 0
         self.requests: list[LoggedRequest] = []
         self.lock = threading.Lock()
         self.url = ""
@@ -585,10 +603,21 @@ class Emulator:
         purpose: str = "assistants",
         created_at: int | None = None,
         expires_at: int | None = None,
+        owner: str = MAIN,
     ) -> StoredFile:
         digest = hashlib.sha256(f"{filename}:{size}".encode()).hexdigest()
         with self.lock:
-            return self._insert(filename, size, digest, purpose, created_at, expires_at, None)
+            return self._insert(filename, size, digest, purpose, created_at, expires_at, None, owner)
+
+    def add_key(self, key: str, owner: str) -> None:
+        """Accept another API key, opening account ``owner`` (a new one, or ``MAIN`` for a rotated key)."""
+        with self.lock:
+            self.keys[key] = owner
+
+    def ids(self, owner: str = MAIN) -> set[str]:
+        """The ids one account holds now."""
+        with self.lock:
+            return {fid for fid, f in self.files.items() if f.owner == owner}
 
     def inject(
         self,
@@ -682,6 +711,7 @@ class Emulator:
         created_at: int | None,
         expires_at: int | None,
         content: bytes | None,
+        owner: str = MAIN,
     ) -> StoredFile:
         """Store a file; the caller holds self.lock."""
         fid = self._new_id()
@@ -695,6 +725,7 @@ class Emulator:
             expires_at=expires_at,
             status="ok" if self._family == "moonshot" else "processed",
             content=content,
+            owner=owner,
         )
         self.files[fid] = stored
         self._cursor_keys[fid] = (stored.created_at, fid)
@@ -723,15 +754,15 @@ class Emulator:
         """The reply to send, or None to drop the connection without answering."""
         if rel is None:
             return self._err(404, f"Invalid URL ({method} {path})")
-        denied = self._check_auth(auth)
-        if denied is not None:
-            return denied
+        owner = self._check_auth(auth)
+        if isinstance(owner, _Reply):
+            return owner
         fault = self._take_fault(method, rel)
         if fault is None:
-            return self._route(method, rel, path, query, form)
+            return self._route(method, rel, path, query, form, owner)
         if fault.after_store:
             # The operation really happens; only its answer is replaced or lost.
-            self._route(method, rel, path, query, form)
+            self._route(method, rel, path, query, form, owner)
         return None if fault.drop_response else self._fault_reply(fault)
 
     def _fault_reply(self, fault: _Fault) -> _Reply:
@@ -745,7 +776,8 @@ class Emulator:
             return _Reply(fault.status, fault.body.encode(), ctype or "text/plain; charset=utf-8", headers)
         return _Reply(fault.status, _json(fault.body), ctype or "application/json", headers)
 
-    def _check_auth(self, auth: str | None) -> _Reply | None:
+    def _check_auth(self, auth: str | None) -> _Reply | str:
+        """The account the request's key opens, or the 401 to answer."""
         value = (auth or "").strip()
         if not value:
             return self._err(
@@ -755,8 +787,8 @@ class Emulator:
             )
         scheme, _, key = value.partition(" ")
         key = key.strip()
-        if scheme.lower() == "bearer" and key == self.api_key:
-            return None
+        if scheme.lower() == "bearer" and key in self.keys:
+            return self.keys[key]
         # Real providers echo what they were given; the client must keep it out of its logs.
         presented = key if scheme.lower() == "bearer" else value
         return self._err(401, f"Incorrect API key provided: {presented}", zai_code="1002")
@@ -849,21 +881,22 @@ class Emulator:
         path: str,
         query: dict[str, str],
         form: MultipartParser | None,
+        owner: str = MAIN,
     ) -> _Reply:
         parts = rel.split("/")
         if rel == "/files":
             if method == "GET":
-                return self._list(query)
+                return self._list(query, owner)
             if method == "POST":
-                return self._upload(form)
+                return self._upload(form, owner)
         elif len(parts) == 3 and parts[1] == "files" and parts[2]:
             file_id = unquote(parts[2])
             if method == "GET":
-                return self._retrieve(file_id)
+                return self._retrieve(file_id, owner)
             if method == "DELETE":
-                return self._delete(file_id)
+                return self._delete(file_id, owner)
         elif len(parts) == 4 and parts[1] == "files" and parts[3] == "content" and method == "GET":
-            return self._content(unquote(parts[2]))
+            return self._content(unquote(parts[2]), owner)
         return self._err(404, f"Invalid URL ({method} {path})")
 
     def _not_found(self, file_id: str) -> _Reply:
@@ -873,18 +906,24 @@ class Emulator:
             return self._err(404, f"No file found with id '{file_id}'", xai_code="file_not_found")
         return self._err(404, f"File not found: {file_id}")
 
-    def _retrieve(self, file_id: str) -> _Reply:
+    def _owned(self, file_id: str, owner: str) -> StoredFile | None:
+        """The file, if this account holds it (another account's file is not found); caller holds the lock."""
+        stored = self.files.get(file_id)
+        return stored if stored is not None and stored.owner == owner else None
+
+    def _retrieve(self, file_id: str, owner: str = MAIN) -> _Reply:
         if self._family == "zai":
             # Z.AI's SDK has no retrieve; clients must not depend on it.
             return self._err(404, "Not Found")
         with self.lock:
-            stored = self.files.get(file_id)
+            stored = self._owned(file_id, owner)
         return self._not_found(file_id) if stored is None else self._ok(self._serve(stored))
 
-    def _delete(self, file_id: str) -> _Reply:
+    def _delete(self, file_id: str, owner: str = MAIN) -> _Reply:
         with self.lock:
-            stored = self.files.pop(file_id, None)
+            stored = self._owned(file_id, owner)
             if stored is not None:
+                del self.files[file_id]
                 self._cursor_keys[file_id] = (stored.created_at, stored.id)
         if stored is None:
             return self._not_found(file_id)
@@ -892,9 +931,9 @@ class Emulator:
             return self._ok({"id": file_id, "deleted": True})
         return self._ok({"id": file_id, "object": "file", "deleted": True})
 
-    def _content(self, file_id: str) -> _Reply:
+    def _content(self, file_id: str, owner: str = MAIN) -> _Reply:
         with self.lock:
-            stored = self.files.get(file_id)
+            stored = self._owned(file_id, owner)
         if stored is None:
             return self._not_found(file_id)
         if stored.content is not None:
@@ -924,8 +963,10 @@ class Emulator:
         desc: bool,
         after: str | None,
         limit: int,
+        owner: str = MAIN,
     ) -> tuple[list[dict[str, Any]], bool]:
-        """One page in (created_at, id) order after the cursor id, and whether more follow."""
+        """One page of the account's listed files in (created_at, id) order after the cursor id,
+        and whether more follow."""
         with self.lock:
             cursor_key: tuple[int, str] | None = None
             if after:
@@ -934,18 +975,21 @@ class Emulator:
                 if cursor_key is None:
                     return [], False
             order = self._order
+            inclusive = self.inclusive_cursor and cursor_key is not None
             if desc:
                 start = len(order) if cursor_key is None else bisect.bisect_left(order, cursor_key)
-                positions: Iterable[int] = range(start - 1, -1, -1)
+                positions: Iterable[int] = range(start - (0 if inclusive else 1), -1, -1)
             else:
                 start = 0 if cursor_key is None else bisect.bisect_right(order, cursor_key)
-                positions = range(start, len(order))
+                positions = range(start - (1 if inclusive else 0), len(order))
             page: list[StoredFile] = []
             more = False
             for i in positions:
                 created_at, fid = order[i]
                 f = self.files.get(fid)
                 if f is None or f.created_at != created_at or (purpose and f.purpose != purpose):
+                    continue
+                if f.owner != owner or fid in self.hidden:
                     continue
                 if len(page) == limit:
                     more = True
@@ -957,11 +1001,11 @@ class Emulator:
         # Like a compatible service that silently caps page size below what was asked.
         return limit if self.page_size is None else min(limit, self.page_size)
 
-    def _list(self, query: dict[str, str]) -> _Reply:
+    def _list(self, query: dict[str, str], owner: str = MAIN) -> _Reply:
         family = self._family
         if family == "moonshot":
             # Everything at once; cursors, limits and page_size are all ignored.
-            data, _ = self._page(purpose=None, desc=False, after=None, limit=sys.maxsize)
+            data, _ = self._page(purpose=None, desc=False, after=None, limit=sys.maxsize, owner=owner)
             return self._ok({"object": "list", "data": data})
         if family == "openai":
             order = query.get("order") or "desc"
@@ -975,6 +1019,7 @@ class Emulator:
                 desc=order == "desc",
                 after=query.get("after") or None,
                 limit=self._cap(limit),
+                owner=owner,
             )
             return self._ok(
                 {
@@ -994,11 +1039,12 @@ class Emulator:
                 desc=query.get("order") == "desc",
                 after=query.get("after") or None,
                 limit=self._cap(limit),
+                owner=owner,
             )
             return self._ok({"object": "list", "data": data, "has_more": more})
-        return self._list_xai_token(query)
+        return self._list_xai_token(query, owner)
 
-    def _list_xai_token(self, query: dict[str, str]) -> _Reply:
+    def _list_xai_token(self, query: dict[str, str], owner: str = MAIN) -> _Reply:
         limit = self._limit(query, 100, 1, 100)
         if isinstance(limit, _Reply):
             return limit
@@ -1009,7 +1055,15 @@ class Emulator:
             if after is None:
                 return self._err(400, f"Invalid pagination_token: {token!r}")
         effective = self._cap(limit)
-        data, _ = self._page(purpose=None, desc=query.get("order") == "desc", after=after, limit=effective)
+        if self.cycling_tokens:
+            with self.lock:
+                which, self._cycle_page = self._cycle_page, (self._cycle_page + 1) % 2
+            first, _ = self._page(purpose=None, desc=False, after=None, limit=effective, owner=owner)
+            data = first
+            if which and first:
+                data, _ = self._page(purpose=None, desc=False, after=first[-1]["id"], limit=effective, owner=owner)
+            return self._ok({"data": data, "pagination_token": _encode_token(secrets.token_hex(8))})
+        data, _ = self._page(purpose=None, desc=query.get("order") == "desc", after=after, limit=effective, owner=owner)
         # The live API hands out a token for every full page, even when nothing follows, so a
         # client must also stop on an empty page.
         next_token = _encode_token(data[-1]["id"]) if data and len(data) == effective else None
@@ -1017,7 +1071,7 @@ class Emulator:
 
     # ------------------------------------------------------------------ upload
 
-    def _upload(self, form: MultipartParser | None) -> _Reply:
+    def _upload(self, form: MultipartParser | None, owner: str = MAIN) -> _Reply:
         family = self._family
         if form is not None and form.error is not None:
             return self._err(400, f"Invalid multipart/form-data body: {form.error}")
@@ -1049,11 +1103,10 @@ class Emulator:
         failure: _Reply | None = None
         stored: StoredFile | None = None
         with self.lock:
-            if self.max_files is not None and len(self.files) >= self.max_files:
+            held = [f for f in self.files.values() if f.owner == owner]
+            if self.max_files is not None and len(held) >= self.max_files:
                 failure = self._quota_error(f"exceeded the max file count {self.max_files}")
-            elif self.max_total_bytes is not None and (
-                sum(f.bytes for f in self.files.values()) + part.size > self.max_total_bytes
-            ):
+            elif self.max_total_bytes is not None and (sum(f.bytes for f in held) + part.size > self.max_total_bytes):
                 failure = self._quota_error(f"exceeded the max total file size {self.max_total_bytes} bytes")
             else:
                 now = int(time.time())
@@ -1065,6 +1118,7 @@ class Emulator:
                     now,
                     now + expiry if expiry is not None else None,
                     part.content,
+                    owner,
                 )
         if stored is None:
             return failure or self._err(500, "upload not stored")

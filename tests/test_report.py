@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ledger_rows, write
+from tests.conftest import age_everything, ledger_rows, write
 
 AWKWARD = ["plain.txt", 'comma, "quoted".txt', "new\nline.txt", "ünïcødé 文件.md"]
 
@@ -32,6 +32,7 @@ def history(provider_env, run, home: Path, tmp_path: Path) -> dict[str, Any]:
     refused = run("upload", *[str(write(tmp_path / f"x{i}.txt", f"extra {i}")) for i in range(3)], "-p", "openai")
     assert refused.exit_code == 3
     run("delete", uploaded[0]["id"], "-p", "openai")
+    age_everything(home)  # uploaded a while ago: a file gone from the listing now is missing, not just young
     emu.add_file("orphan.txt", 7, created_at=int(time.time()) - 7200)
     with emu.lock:
         del emu.files[uploaded[1]["id"]]

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]
 
+#: the most pages one listing may take: far beyond any real account, it only stops a listing that
+#: never ends (a server handing out fresh cursors for ever)
+MAX_PAGES = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteFile:
@@ -37,6 +41,8 @@ class RemoteFile:
     purpose: str | None
     status: str | None
     expires_at: datetime | None
+    #: made by the provider (a batch's output, a tool's file), not uploaded by anyone
+    generated: bool = False
 
     @property
     def failed(self) -> bool:
@@ -70,18 +76,20 @@ def to_datetime(value: Any) -> datetime | None:
     return datetime.fromtimestamp(number, UTC)
 
 
-def parse_file(obj: Any, provider: str) -> RemoteFile:
+def parse_file(obj: Any, provider: str, generated_purposes: frozenset[str] = frozenset()) -> RemoteFile:
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
         raise ProviderError(f"the provider sent a file object without an id: {str(obj)[:120]}", provider=provider)
     size = obj.get("bytes")
+    purpose = obj.get("purpose")
     return RemoteFile(
         id=obj["id"],
         filename=str(obj.get("filename") or ""),
         bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
         created_at=to_datetime(obj.get("created_at")),
-        purpose=obj.get("purpose"),
+        purpose=purpose,
         status=obj.get("status"),
         expires_at=to_datetime(obj.get("expires_at")),
+        generated=purpose in generated_purposes,
     )
 
 
@@ -129,6 +137,10 @@ class Provider:
     page_limit: ClassVar[int] = 100
     #: the lifetimes (seconds) the provider accepts as an expiry of its own; None: it takes none
     expires_after_range: ClassVar[tuple[int, int] | None] = None
+    #: purposes of the files the provider writes itself (batch results): never orphans
+    generated_purposes: ClassVar[frozenset[str]] = frozenset()
+    #: whether GET files/{id} exists; without it an absence is confirmed by a second listing
+    has_retrieve: ClassVar[bool] = True
 
     def __init__(self, http: HTTP) -> None:
         self.http = http
@@ -166,7 +178,7 @@ class Provider:
             )
         if reader.count != size:
             raise ProviderError(f"{path} changed while it was being uploaded", provider=self.name)
-        remote = parse_file(body, self.name)
+        remote = self.parse_file(body)
         return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=size)
 
     def expiry_fields(self, seconds: int | None) -> dict[str, str]:
@@ -182,18 +194,27 @@ class Provider:
 
     # --- list -----------------------------------------------------------------------------
 
-    def list_files(self, *, on_page: Callable[[int, int], None] | None = None) -> Iterator[RemoteFile]:
+    def list_files(
+        self, *, on_page: Callable[[int, int], None] | None = None, track_ids: bool = True
+    ) -> Iterator[RemoteFile]:
         """Everything the account holds, page by page, or IncompleteListing.
 
-        Stops on an empty page or a page that names no next cursor (no ``has_more``, no token);
-        raises on a cursor seen before or a page repeated: a listing that cannot be read to its
-        end must never pass for complete.
+        Stops on an empty page or a page that names no next cursor (no ``has_more``, no token).
+        Raises on a cursor seen before, a page repeated, a file id listed twice (``track_ids``;
+        a caller that detects repeats itself may turn it off) or more than :data:`MAX_PAGES`
+        pages: a listing that cannot be read to its end must never pass for complete, and one
+        that cycles must end rather than run for ever.
         """
         seen: set[str] = set()
+        listed: set[str] = set()
         cursor: str | None = None
         previous_ids: set[str] = set()
         pages = count = 0
         while True:
+            if pages >= MAX_PAGES:
+                raise IncompleteListing(
+                    f"the listing went on past {MAX_PAGES:,} pages ({count:,} files); stopped", provider=self.name
+                )
             try:
                 body = self.http.json("GET", "files", params=self.list_params(cursor))
             except ProviderError as e:
@@ -208,6 +229,14 @@ class Provider:
             if ids and ids <= previous_ids:
                 # A server that ignores the cursor but hands out fresh ones would loop for ever.
                 raise IncompleteListing("the provider sent the same page twice; listing stopped", provider=self.name)
+            for f in page.files if track_ids else ():
+                if f.id in listed:
+                    raise IncompleteListing(
+                        f"the provider listed file {f.id} twice (page {pages + 1}); the listing cannot be trusted, "
+                        "stopped",
+                        provider=self.name,
+                    )
+                listed.add(f.id)
             previous_ids = ids
             pages += 1
             count += len(page.files)
@@ -249,12 +278,15 @@ class Provider:
     def _data(self, body: Any) -> list[RemoteFile]:
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise IncompleteListing(f"unexpected listing shape: {str(body)[:120]}", provider=self.name)
-        return [parse_file(item, self.name) for item in body["data"]]
+        return [self.parse_file(item) for item in body["data"]]
 
     # --- one file -------------------------------------------------------------------------
 
     def retrieve(self, file_id: str) -> RemoteFile:
-        return parse_file(self.http.json("GET", f"files/{quote(file_id, safe='')}"), self.name)
+        return self.parse_file(self.http.json("GET", f"files/{quote(file_id, safe='')}"))
+
+    def parse_file(self, obj: Any) -> RemoteFile:
+        return parse_file(obj, self.name, self.generated_purposes)
 
     def delete(self, file_id: str) -> bool:
         """Delete a file; False when the provider no longer had it (a 404 is success)."""

@@ -18,6 +18,7 @@ class OpenAI(Provider):
     )
     page_limit = 10_000  # the API's own maximum: one request for most accounts
     expires_after_range = (3600, 2_592_000)
+    generated_purposes = frozenset({"batch_output", "fine-tune-results", "assistants_output"})
 
     def expiry_form(self, seconds: int) -> dict[str, str]:
         # A flat expires_after field is a 400 at OpenAI: it wants the bracketed pair.

@@ -19,6 +19,7 @@ class ZAI(Provider):
         formats=words("pdf doc docx xls xlsx ppt pptx txt md jpg jpeg png gif webp mp3 wav flac mp4 avi mov jsonl"),
     )
     page_limit = 100  # the API refuses more
+    has_retrieve = False  # not in its SDK; retrieve() below falls back to a listing
 
     def retrieve(self, file_id: str) -> RemoteFile:
         # Z.AI's SDK has no retrieve; where the endpoint is missing, find the file in the listing.

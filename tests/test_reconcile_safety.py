@@ -1,0 +1,540 @@
+"""Reconcile never deletes what it should keep: each situation where it once did, over a real socket.
+
+Each test here failed on main before the rails it names existed: another account's key, two
+accounts that are one, a ledger that never saw the account, an absence nobody proved, files the
+provider made, listings that cycle or repeat, a second run beside a live one, deletes cut off by
+kill -9, SIGTERM or a dropped connection, and a plan that wrote to the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from filekeeper import Keeper, ReconcileOptions
+from tests.conftest import (
+    KEY_VARS,
+    SECRET,
+    URL_VARS,
+    actions,
+    age_everything,
+    as_json,
+    hold_lock,
+    ledger_rows,
+    ledger_sql,
+    upload,
+    write,
+)
+from tests.emulator import MAIN
+
+HOUR_AGO = int(time.time()) - 7200
+DAY = 86400
+TEAMMATE = "sk-fk-teammate-0a9b8c7d6e5f4a3b2c1d"
+NEW_KEY = "sk-fk-rotated-1f2e3d4c5b6a7f8e9d0c"
+
+
+def statuses(home: Path) -> dict[str, str]:
+    """file id -> status of every ledger row that has a provider id."""
+    return dict(ledger_rows(home, "SELECT file_id, status FROM files WHERE file_id IS NOT NULL"))
+
+
+def reconcile_actions(home: Path) -> list[str]:
+    return [a for a in actions(home) if a.startswith("reconcile_") and a != "reconcile_abandoned"]
+
+
+def agree(home: Path, emu, owner: str = MAIN) -> None:
+    """Ledger == provider: the rows the ledger expects at the provider are exactly what it holds."""
+    query = "SELECT file_id FROM files WHERE status IN ('active', 'unclaimed', 'generated')"
+    expected = {i for (i,) in ledger_rows(home, query)}
+    assert expected == emu.ids(owner)
+
+
+# --- 1. identity ------------------------------------------------------------------------------------
+
+
+def test_another_accounts_key_changes_nothing_and_a_rotated_key_is_proven(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = provider_env("moonshot")
+    ours = {r["id"] for r in upload(run, tmp_path, "moonshot", "a.txt", "b.txt", "c.txt")}
+    age_everything(home)
+    emu.add_key(TEAMMATE, "teammate")
+    theirs = {emu.add_file(f"t{i}.txt", 10 + i, created_at=HOUR_AGO, owner="teammate").id for i in range(3)}
+    before = (statuses(home), actions(home))
+
+    monkeypatch.setenv("MOONSHOT_API_KEY", TEAMMATE)  # a teammate's valid key, by mistake
+    wrong = run("reconcile", "-p", "moonshot", "--apply")
+    assert wrong.exit_code == 1, wrong.stdout + wrong.stderr
+    assert "was never used with this account" in wrong.stderr and "shows 0 of the 3 files" in wrong.stderr
+    assert "--trust-key" in wrong.stderr and "MOONSHOT_API_KEY" in wrong.stderr
+    assert TEAMMATE not in wrong.stderr
+    assert emu.ids("teammate") == theirs and emu.ids() == ours
+    assert statuses(home) == before[0] and reconcile_actions(home) == []
+    assert "account_changed" not in actions(home)  # the key is not recorded as the account's
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("aborted",)]
+
+    monkeypatch.setenv("MOONSHOT_API_KEY", SECRET)  # back on our own key: nothing of ours is an orphan
+    back = run("reconcile", "-p", "moonshot", "--apply", "--json")
+    assert back.exit_code == 0, back.stderr
+    assert back.json()["deleted"] == [] and back.json()["missing"] == []
+    assert emu.ids() == ours and set(statuses(home).values()) == {"active"}
+
+    emu.add_key(NEW_KEY, MAIN)  # the same account's new key: the listing proves it
+    monkeypatch.setenv("MOONSHOT_API_KEY", NEW_KEY)
+    rotated = run("reconcile", "-p", "moonshot", "--apply", "--json")
+    assert rotated.exit_code == 0, rotated.stderr
+    assert rotated.json()["key"] == "rotated"
+    [(detail,)] = ledger_rows(home, "SELECT detail FROM events WHERE action = 'key_rotated'")
+    assert as_json(detail)["proven_by"] == "listing"
+    again = run("reconcile", "-p", "moonshot", "--apply", "--json").json()
+    assert again["key"] == "known" and actions(home).count("key_rotated") == 1
+    assert emu.ids() == ours
+
+
+def test_trust_key_accepts_a_new_key_that_cannot_prove_itself(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = provider_env("openai")
+    [ours] = upload(run, tmp_path, "openai", "a.txt")
+    with emu.lock:
+        del emu.files[ours["id"]]  # gone: the new key's listing cannot show it
+    emu.add_key(NEW_KEY, MAIN)
+    monkeypatch.setenv("OPENAI_API_KEY", NEW_KEY)
+    refused = run("reconcile", "-p", "openai", "--apply", "--min-age", "0")
+    assert refused.exit_code == 1 and "--trust-key" in refused.stderr
+    trusted = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--trust-key", "--accept-empty", "--json")
+    assert trusted.exit_code == 0, trusted.stderr
+    assert trusted.json()["key"] == "trusted"
+    assert statuses(home) == {ours["id"]: "missing"}
+
+
+def test_two_accounts_that_are_one_identity_are_refused(
+    home: Path, emulators, run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = emulators("moonshot")
+    write(
+        home / "config.toml",
+        f'[accounts.team-a]\nprovider = "moonshot"\napi_key_env = "TEAM_A_KEY"\nbase_url = "{emu.url}"\n'
+        f'[accounts.team-b]\nprovider = "moonshot"\napi_key_env = "TEAM_B_KEY"\nbase_url = "{emu.url}"\n',
+    )
+    monkeypatch.setenv("TEAM_A_KEY", SECRET)  # one org key, shared by two teams
+    monkeypatch.setenv("TEAM_B_KEY", SECRET)
+    for account in ("team-a", "team-b"):
+        path = write(tmp_path / f"{account}.txt", account)
+        assert run("upload", str(path), "--account", account).exit_code == 0
+    age_everything(home)
+    held = set(emu.files)
+    before = statuses(home)
+    result = run("reconcile", "--all", "--apply")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert "accounts 'team-a' and 'team-b' are one provider account" in result.stderr
+    assert "accounts 'team-b' and 'team-a' are one provider account" in result.stderr
+    one = run("reconcile", "--account", "team-a", "--apply")
+    assert one.exit_code == 2 and "'team-b'" in one.stderr
+    assert set(emu.files) == held and statuses(home) == before and reconcile_actions(home) == []
+
+
+def test_a_ledger_that_never_saw_the_account_deletes_nothing(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    theirs = {emu.add_file(f"t{i}.txt", 10, created_at=HOUR_AGO).id for i in range(50)}
+    for _ in range(2):  # the README's cron line, run with another FILEKEEPER_HOME, twice
+        result = run("reconcile", "-p", "openai", "--apply", "--max-delete", "50", "--json")
+        assert result.exit_code == 0, result.stderr
+        body = result.json()
+        assert body["deleted"] == [] and body["orphans"] == []
+        assert {u["id"] for u in body["unclaimed"]} == theirs
+        assert emu.ids() == theirs
+    assert set(statuses(home).values()) == {"unclaimed"} and len(statuses(home)) == 50
+    assert actions(home).count("reconcile_unclaimed") == 50  # recorded once each
+    assert run("usage", "-p", "openai", "--json").json()[0]["files"] == 50  # they hold storage
+
+    [ours] = upload(run, tmp_path, "openai", "ours.txt")  # now the ledger tracks the account
+    stranger = emu.add_file("stranger.txt", 3, created_at=HOUR_AGO)
+    later = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert later["deleted"] == [stranger.id]  # a new unknown file is an orphan; the unclaimed stay
+    assert emu.ids() == theirs | {ours["id"]}
+
+    gone = run("reconcile", "-p", "openai", "--apply", "--delete-unclaimed", "--json").json()
+    assert set(gone["deleted"]) == theirs and emu.ids() == {ours["id"]}
+    assert set(statuses(home).values()) == {"active", "deleted"}
+
+
+def test_adopting_unclaimed_files_makes_them_ours(provider_env, run, home: Path) -> None:
+    emu = provider_env("zai")
+    found = emu.add_file("found.pdf", 1234, purpose="agent", created_at=HOUR_AGO)
+    assert run("reconcile", "-p", "zai", "--apply").exit_code == 0
+    assert statuses(home) == {found.id: "unclaimed"}
+    adopted = run("reconcile", "-p", "zai", "--apply", "--adopt", "--json").json()
+    assert adopted["adopted"] == [found.id] and statuses(home) == {found.id: "active"}
+    again = run("reconcile", "-p", "zai", "--apply", "--adopt", "--json").json()
+    assert again["adopted"] == [] and actions(home).count("reconcile_adopt") == 1
+    [(created, expires)] = ledger_rows(home, "SELECT created_at, expires_at FROM files")
+    assert _as_datetime(expires) - _as_datetime(created) == timedelta(days=180)  # the retention policy's
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_empty_or_truncated_ledger_is_an_error_and_left_as_found(
+    damage: str, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    orphan = emu.add_file("o.txt", 3, created_at=HOUR_AGO)
+    ledger = home / "ledger.db"
+    data = ledger.read_bytes()
+    ledger.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    for name in ("ledger.db-wal", "ledger.db-shm"):
+        (home / name).unlink(missing_ok=True)
+    left = ledger.read_bytes()
+    for args in (("reconcile", "-p", "openai", "--apply"), ("ls",), ("usage",)):
+        result = run(*args)
+        assert result.exit_code == 1, result.stdout + result.stderr
+        assert ("is empty (0 bytes)" if damage == "empty" else "is truncated") in result.stderr
+        assert "Traceback" not in result.stderr
+    assert ledger.read_bytes() == left
+    assert orphan.id in emu.ids()
+
+
+# --- 2. absence must be proven ----------------------------------------------------------------------
+
+
+def test_a_file_the_listing_hides_keeps_counting_and_is_not_deleted_later(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("moonshot")
+    write(home / "config.toml", "[providers.moonshot]\nmax_files = 4\n")
+    records = upload(run, tmp_path, "moonshot", "a.txt", "b.txt", "c.txt", "d.txt")
+    age_everything(home)
+    hidden = records[0]["id"]
+    emu.hidden.add(hidden)  # a lagging list endpoint, or a proxy that cut the page short
+    result = run("reconcile", "-p", "moonshot", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    body = result.json()
+    assert body["missing"] == [] and [u["id"] for u in body["unconfirmed"]] == [hidden]
+    assert "still has it" in body["unconfirmed"][0]["reason"]
+    assert statuses(home)[hidden] == "active"
+    refused = run("upload", str(write(tmp_path / "e.txt", "e")), "-p", "moonshot")
+    assert refused.exit_code == 3  # 4 of 4 still held: the quota is not over-sold
+    emu.hidden.clear()  # listed again: neither an orphan nor deleted
+    later = run("reconcile", "-p", "moonshot", "--apply", "--json").json()
+    assert later["deleted"] == [] and later["orphans"] == []
+    assert hidden in emu.ids()
+
+
+def test_without_a_retrieve_a_second_listing_confirms_an_absence(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("zai")
+    a, b, c = upload(run, tmp_path, "zai", "a.pdf", "b.pdf", "c.pdf")
+    age_everything(home)
+    with emu.lock:
+        listed = [emu.file_object(emu.files[r["id"]]) for r in (b, c)]
+    # One truncated page: no has_more, one file short. The second listing is whole.
+    emu.inject("GET", "/files", status=200, body={"object": "list", "data": listed, "has_more": False})
+    result = run("reconcile", "-p", "zai", "--apply", "--json").json()
+    assert [u["id"] for u in result["unconfirmed"]] == [a["id"]] and result["missing"] == []
+    assert statuses(home)[a["id"]] == "active"
+    with emu.lock:
+        del emu.files[a["id"]]  # really gone: both listings agree
+    gone = run("reconcile", "-p", "zai", "--apply", "--json").json()
+    assert [m["id"] for m in gone["missing"]] == [a["id"]]
+
+
+def test_a_missing_file_listed_again_is_restored_not_deleted(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    a, _b = upload(run, tmp_path, "openai", "a.txt", "b.txt")
+    age_everything(home)
+    ledger_sql(home, "UPDATE files SET status = 'missing' WHERE file_id = ?", a["id"])  # an earlier run's mistake
+    result = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert [r["id"] for r in result["reappeared"]] == [a["id"]]
+    assert result["orphans"] == [] and result["deleted"] == []
+    assert statuses(home)[a["id"]] == "active" and a["id"] in emu.ids()
+    assert "reconcile_reappeared" in actions(home)
+
+
+def test_most_files_missing_is_refused_until_accepted(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    records = upload(run, tmp_path, "openai", "a.txt", "b.txt", "c.txt", "d.txt")
+    age_everything(home)
+    with emu.lock:
+        for r in records[:3]:
+            del emu.files[r["id"]]
+    before = statuses(home)
+    refused = run("reconcile", "-p", "openai", "--apply")
+    assert refused.exit_code == 1, refused.stdout + refused.stderr
+    assert "3 of the 4 files the ledger expects" in refused.stderr and "--accept-missing" in refused.stderr
+    assert statuses(home) == before and reconcile_actions(home) == []
+    accepted = run("reconcile", "-p", "openai", "--apply", "--accept-missing", "--json").json()
+    assert sorted(m["id"] for m in accepted["missing"]) == sorted(r["id"] for r in records[:3])
+
+
+def test_files_the_provider_expired_on_schedule_do_not_trip_the_rail(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("zai")  # Z.AI drops files at 180 days by itself
+    records = upload(run, tmp_path, "zai", "a.pdf", "b.pdf", "c.pdf", "d.pdf")
+    age_everything(home)
+    past = datetime.now(UTC) - timedelta(days=1)
+    from sqlalchemy import update
+
+    from filekeeper.schema import files
+    from tests.conftest import ledger_connection
+
+    with ledger_connection(home) as conn:
+        conn.execute(update(files).where(files.c.file_id.in_([r["id"] for r in records[:3]])).values(expires_at=past))
+    with emu.lock:
+        for r in records[:3]:
+            del emu.files[r["id"]]
+    result = run("reconcile", "-p", "zai", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["missing"] == [] and len(result.json()["expired"]) == 3
+    assert sorted(statuses(home).values()) == ["active", "expired", "expired", "expired"]
+
+
+# --- 3. files the provider made ---------------------------------------------------------------------
+
+
+def test_provider_made_files_are_kept_for_their_own_retention(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    [ours] = upload(run, tmp_path, "openai", "batch-input.jsonl")
+    now = int(time.time())
+    output = emu.add_file("batch_out.jsonl", 700, purpose="batch_output", created_at=now - 2 * DAY)
+    old = emu.add_file("old_results.csv", 50, purpose="fine-tune-results", created_at=now - 31 * DAY)
+    plan = run("reconcile", "-p", "openai", "--json").json()
+    assert {g["id"] for g in plan["generated"]} == {output.id, old.id} and plan["orphans"] == []
+    first = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert first["deleted"] == [] and statuses(home)[output.id] == "generated"
+    assert run("usage", "-p", "openai", "--json").json()[0]["bytes"] == ours["bytes"] + 750
+    second = run("reconcile", "-p", "openai", "--apply", "--json").json()  # past 30 days: expired
+    assert second["deleted"] == [old.id] and emu.ids() == {ours["id"], output.id}
+    report = run("report", "-p", "openai", "--json").json()
+    assert [g["id"] for g in report["accounts"][0]["generated"]] == [output.id]
+    text = run("reconcile", "-p", "openai").stdout  # nothing to do now: quiet
+    assert text == ""
+
+    write(home / "config.toml", "[providers.openai]\ngenerated_retention_days = 1\n")
+    newer = emu.add_file("batch_out2.jsonl", 9, purpose="batch_output", created_at=now - 2 * DAY)
+    run("reconcile", "-p", "openai", "--apply")
+    assert run("reconcile", "-p", "openai", "--apply", "--json").json()["deleted"] == [newer.id]
+
+
+# --- 4. listings that cannot be trusted --------------------------------------------------------------
+
+
+def test_a_listing_that_cycles_ends_the_run_and_frees_the_lock(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("xai", page_size=2, cycling_tokens=True)
+    upload(run, tmp_path, "xai", "a.txt", "b.txt", "c.txt", "d.txt")
+    age_everything(home)
+    before = statuses(home)
+    lists_before = emu.count("GET", "/files")
+    result = run("reconcile", "-p", "xai", "--apply")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "listed file" in result.stderr and "twice" in result.stderr
+    assert emu.count("GET", "/files") - lists_before == 3  # page one, page two, page one again: stop
+    assert statuses(home) == before and reconcile_actions(home) == []
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("failed",)]
+    again = run("reconcile", "-p", "xai", "--apply")  # no --wait: the lock was released
+    assert again.exit_code == 1 and "another reconcile" not in again.stderr
+
+
+def test_a_file_listed_on_two_pages_ends_the_run(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai", page_size=2, inclusive_cursor=True)
+    upload(run, tmp_path, "openai", "a.txt", "b.txt", "c.txt")
+    age_everything(home)
+    orphan = emu.add_file("o.txt", 3, created_at=HOUR_AGO)
+    before = statuses(home)
+    for args in (("--apply",), ("--apply", "--adopt")):
+        result = run("reconcile", "-p", "openai", *args)
+        assert result.exit_code == 1 and "twice" in result.stderr
+    assert statuses(home) == before and orphan.id in emu.ids()
+    assert ledger_rows(home, "SELECT count(*) FROM files WHERE expires_at IS NULL") == [(0,)]
+
+
+# --- 5. one applying run at a time, every delete on record --------------------------------------------
+
+
+def test_a_live_holder_is_never_taken_over_however_old_its_heartbeat(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    now = datetime.now(UTC)  # a run of this (live) process whose heartbeat stalled hours ago
+    hold_lock(home, os.getpid(), socket.gethostname(), heartbeat=now - timedelta(hours=3), started=now)
+    busy = run("reconcile", "-p", "openai", "--apply")
+    assert busy.exit_code == 1 and "another reconcile of this account is running" in busy.stderr
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("running",)]
+
+
+def test_the_heartbeat_is_written_while_deleting(
+    provider_env, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import filekeeper.reconcile as rec
+
+    monkeypatch.setattr(rec, "HEARTBEAT_EVERY", 0.0)
+    emu = provider_env("openai")
+    for i in range(12):
+        emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO)
+    beats: list[Any] = []
+    with Keeper() as keeper:
+        [ours] = keeper.upload_files([write(tmp_path / "ours.txt", "ours")], provider="openai")
+        acct = keeper.account(provider="openai")
+        account_id = keeper.ledger.ensure_account(acct)
+        remote = keeper.connect(acct)
+
+        class Watching:
+            has_retrieve = True
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(remote, name)
+
+            def delete(self, file_id: str) -> bool:
+                beats.extend(ledger_rows(home, "SELECT heartbeat_at FROM reconcile_runs WHERE status = 'running'"))
+                return remote.delete(file_id)
+
+        plan = rec.reconcile(
+            keeper.ledger,
+            acct,
+            account_id,
+            Watching(),
+            ReconcileOptions(apply=True, concurrency=1),  # type: ignore[arg-type]
+        )
+        remote.close()
+    assert len(plan.deleted) == 12 and emu.ids() == {ours.id}
+    stamps = [_as_datetime(b) for (b,) in beats]
+    assert len(set(stamps)) >= 10 and stamps == sorted(stamps)  # a fresh beat between deletes
+
+
+def _reconcile_process(home: Path, emu, *extra: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "FILEKEEPER_HOME": str(home),
+        KEY_VARS["openai"]: SECRET,
+        URL_VARS["openai"]: emu.url,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "filekeeper", "reconcile", "-p", "openai", "--apply", "--json", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _when(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _deleted_events(home: Path) -> list[str]:
+    return [
+        i
+        for (i,) in ledger_rows(
+            home, "SELECT file_id FROM events WHERE action IN ('reconcile_delete', 'reconcile_expire') ORDER BY id"
+        )
+    ]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill-9", "sigterm", "sigint"])
+def test_every_delete_of_an_interrupted_run_is_on_record(
+    how: signal.Signals, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai", latency=0.02)
+    upload(run, tmp_path, "openai", "ours.txt")
+    orphans = {emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO).id for i in range(300)}
+    proc = _reconcile_process(home, emu, "--concurrency", "4", "--max-delete", "300")
+    _when(lambda: emu.count("DELETE") >= 40)
+    proc.send_signal(how)
+    out, err = proc.communicate(timeout=60)
+    deleted = orphans - emu.ids()
+    assert 40 <= len(deleted) < 300
+    if how == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        # The next run finds the deletes the dead one sent but never recorded.
+        settled = run("reconcile", "-p", "openai", "--max-delete", "300", "--apply", "--min-age", "0", "--json")
+        assert settled.exit_code == 0, settled.stderr
+        assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id")[0] == ("abandoned",)
+        assert orphans.isdisjoint(emu.ids())
+        assert sorted(_deleted_events(home)) == sorted(orphans)
+    else:
+        assert proc.returncode == 130, err
+        assert '"interrupted": true' in out
+        assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("interrupted",)]
+        assert sorted(_deleted_events(home)) == sorted(deleted)  # every delete sent, and only those
+        assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
+    assert len(_deleted_events(home)) == len(set(_deleted_events(home)))  # never recorded twice
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
+
+
+def test_a_delete_cut_off_from_the_ledger_is_settled_by_the_next_run(
+    provider_env, run, home: Path, tmp_path: Path, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("about PostgreSQL connections")
+    from tests.test_postgres import kill_connection_when
+
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "ours.txt")
+    orphans = {emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO).id for i in range(120)}
+    with Keeper() as keeper:
+        killed = kill_connection_when(keeper, "INSERT INTO events")  # the first batch of outcomes
+        with pytest.raises(Exception, match="ledger error"):
+            keeper.reconcile(provider="openai", options=ReconcileOptions(apply=True, max_delete=200))
+        assert killed
+    deleted = orphans - emu.ids()
+    assert deleted and ledger_rows(home, "SELECT count(*) FROM delete_intents")[0][0] >= len(deleted)
+    settled = run("reconcile", "-p", "openai", "--apply", "--max-delete", "200", "--json")
+    assert settled.exit_code == 0, settled.stderr
+    assert orphans.isdisjoint(emu.ids()) and sorted(_deleted_events(home)) == sorted(orphans)
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
+
+
+def test_a_plain_delete_killed_before_its_record_is_settled(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    [a] = upload(run, tmp_path, "openai", "a.txt")
+    age_everything(home)
+    from filekeeper.config import load_settings
+    from filekeeper.ledger import open_ledger
+
+    # What `filekeeper delete` leaves when killed between the request and its record.
+    ledger = open_ledger(load_settings())
+    try:
+        with ledger.write() as w:
+            w.add_intents(1, [(a["id"], w.ledger_id_of(1, a["id"]), "delete")], run_id=None)
+    finally:
+        ledger.close()
+    ledger_sql(home, "UPDATE delete_intents SET at = ?", datetime.now(UTC) - timedelta(hours=1))
+    with emu.lock:
+        del emu.files[a["id"]]
+    result = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert result["missing"] == [] and [i["id"] for i in result["intents_settled"]] == [a["id"]]
+    assert statuses(home) == {a["id"]: "deleted"}
+    [(detail,)] = ledger_rows(home, "SELECT detail FROM events WHERE action = 'delete'")
+    assert as_json(detail)["settled_after_interrupt"] is True
+
+
+def test_a_plan_writes_nothing(provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    emu = provider_env("openai")
+    emu.add_file("theirs.txt", 3, created_at=HOUR_AGO)
+    plan = run("reconcile", "-p", "openai", "--json")
+    assert plan.exit_code == 0 and len(plan.json()["unclaimed"]) == 1
+    assert ledger_rows(home, "SELECT count(*) FROM accounts") == [(0,)] and actions(home) == []
+    upload(run, tmp_path, "openai", "a.txt")
+    age_everything(home)
+    before = (actions(home), ledger_rows(home, "SELECT * FROM accounts"))
+    emu.add_key(NEW_KEY, MAIN)
+    monkeypatch.setenv("OPENAI_API_KEY", NEW_KEY)  # a new key: a plan shows it but records nothing
+    assert run("reconcile", "-p", "openai", "--json").json()["key"] == "rotated"
+    assert (actions(home), ledger_rows(home, "SELECT * FROM accounts")) == before
