@@ -216,11 +216,10 @@ def render_upload(results: Sequence[UploadResult], as_json: bool) -> None:
         click.echo(f"filekeeper: error: {r.path}: {r.error}", err=True)
     if any(isinstance(r.error, QuotaExceeded) for r in failed):
         click.echo("  (see `filekeeper check` for what to free, or retry with --evict expired|oldest)", err=True)
-    records = [r.record for r in results if r.record is not None]
     if as_json:
-        emit_json([rec.to_json() for rec in records])
+        emit_json([r.to_json() for r in results])  # one per path given, whatever became of it
         return
-    for rec in records:
+    for rec in [r.record for r in results if r.record is not None]:
         note = "  (already uploaded: reused)" if rec.reused else ""
         click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}")
 
@@ -505,7 +504,10 @@ def reconcile(
             outcomes = keeper.reconcile_all(**kwargs)
         else:
             acct = keeper.account(provider, account)
-            outcomes = [(acct, keeper.reconcile(account=acct.name, **kwargs))]
+            try:
+                outcomes = [(acct, keeper.reconcile(account=acct.name, **kwargs))]
+            except FilekeeperError as e:  # a rail held, a listing failed: said in --json too
+                outcomes = [(acct, e)]
     finally:
         if line:
             line.close()
@@ -519,7 +521,12 @@ def render_reconcile(
 ) -> None:
     plans = [p for _, p in outcomes if not isinstance(p, FilekeeperError)]
     if as_json:
-        docs = [p.to_json() for p in plans]
+        docs = [
+            {"account": a.name, "provider": a.provider, "applied": False, "error": str(o), "exit_code": o.exit_code}
+            if isinstance(o, FilekeeperError)
+            else o.to_json()
+            for a, o in outcomes
+        ]
         emit_json(docs if many else (docs[0] if docs else None))
     else:
         for p in plans:
@@ -543,8 +550,8 @@ def render_plan(r: ReconcilePlan) -> str:
         (
             "unclaimed",
             unclaimed,
-            f"someone else's ({len(r.unclaimed_new)} new): this ledger never tracked the account; kept, "
-            "counted, until --adopt or --delete-unclaimed",
+            f"someone else's ({len(r.unclaimed_new)} new): found before this ledger first listed the account; "
+            "kept, counted, until --adopt or --delete-unclaimed",
         ),
         ("generated", len(r.generated_new), "made by the provider (batch results): kept for their own retention"),
         ("missing", len(r.missing), "active in the ledger, proven gone at the provider"),
@@ -569,14 +576,22 @@ def render_plan(r: ReconcilePlan) -> str:
     for t, rf in r.drift[:10]:
         lines.append(f"    drift {t.file_id}: ledger {t.filename} ({t.bytes} B), provider {rf.filename} ({rf.bytes} B)")
     if not r.applied:
+        adopting = f", {r.to_adopt} to adopt" if r.adopt else ""
         lines.append(
-            f"plan only: run with --apply to act ({r.to_delete} deletion(s) at most; --max-delete {r.max_delete})"
+            f"plan only: run with --apply to act ({r.to_delete} deletion(s) at most{adopting}; "
+            f"--max-delete {r.max_delete})"
         )
         return "\n".join(lines)
     lines.append(
         f"applied (run #{r.run_id}): deleted {len(r.deleted)}, adopted {len(r.adopted)}, "
         f"skipped {len(r.skipped)}, errors {len(r.errors)}"
     )
+    if r.interrupted:
+        left = max(r.to_delete - len(r.deleted) - len(r.errors), 0)
+        lines.append(
+            f"  interrupted (SIGINT/SIGTERM): stopped after {len(r.deleted)} delete(s), each recorded; "
+            f"{left} not deleted: run again to finish"
+        )
     if young:
         lines.append(f"  {young} orphan(s) younger than --min-age were left alone")
     return "\n".join(lines)

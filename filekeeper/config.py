@@ -6,6 +6,7 @@ Read from the environment and ``$FILEKEEPER_HOME/config.toml``. Every problem is
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +26,16 @@ _PROVIDER_KEYS = {"base_url", "api_key_env", "purposes", "formats", "generated_r
 GENERATED_RETENTION_DAYS = 30
 _ACCOUNT_KEYS = {"provider", *_PROVIDER_KEYS}
 _HTTP_KEYS = {"attempts", "total_seconds", "backoff_seconds", "timeout_seconds"}
+#: [http] key -> (lowest, highest) it may be; those in _HTTP_POSITIVE must also be above 0
+_HTTP_BOUNDS = {
+    "attempts": (1, 100),
+    "total_seconds": (0, 86_400),
+    "backoff_seconds": (0, 600),
+    "timeout_seconds": (0, 3_600),
+}
+_HTTP_POSITIVE = {"total_seconds", "timeout_seconds"}
+#: the longest retention a setting may ask for, in days: a hundred years
+MAX_RETENTION_DAYS = 36_500
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,11 +64,61 @@ class Account:
         if not key:
             raise MissingKeyError(self.name, self.api_key_env)
         register_secret(key)  # from now on no error, log or output can show it
+        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+            # An HTTP header cannot carry it; say which variable, never what is in it.
+            raise ConfigError(
+                f"the API key in {self.api_key_env} holds characters an API key cannot have (non-ASCII, spaces or "
+                "control characters): check that variable"
+            )
         return key
 
     def key_fingerprint(self) -> str:
         """A short, one-way identity of the key: enough to notice a change, useless to an attacker."""
         return fingerprint(self.api_key())
+
+    def identity(self) -> tuple[str, str]:
+        """Where and as whom this account is reached: its base URL (normalised) and key fingerprint."""
+        return identity_url(self.base_url), self.key_fingerprint()
+
+
+def check_base_url(url: str) -> None:
+    """A base URL filekeeper will talk to and record; raises ValueError saying what is wrong."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"not a valid URL: {url!r}") from None
+    if parts.username is not None or parts.password is not None:
+        # It would end up in the ledger, in reports and in logs: keys belong in the environment.
+        raise ValueError(
+            "a base URL must not carry credentials (user:password@); put the API key in the variable "
+            "named by api_key_env instead"
+        )
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+
+
+def identity_url(url: str) -> str:
+    """A base URL as an identity: scheme and host in lower case, a default port dropped, loopback
+    spelled one way, no trailing slash, so that two spellings of one endpoint compare equal.
+    (Migration 0003 keeps a copy: change both, or add a migration.)"""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "127.0.0.1", "::1"):
+        host = "localhost"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, {"http": 80, "https": 443}.get(scheme)) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def fingerprint(secret: str) -> str:
@@ -150,6 +211,11 @@ def _build_account(
     profile: Profile = PROFILES[provider]
     where = f"[accounts.{name}]" if own else f"[providers.{provider}]"
     env_url = os.environ.get(profile.base_url_env, "").strip() if profile.base_url_env else ""
+    if env_url:
+        try:
+            check_base_url(env_url)
+        except ValueError as e:
+            raise ConfigError(f"{profile.base_url_env}: {e}") from None
     base_url = own.get("base_url") or env_url or provider_section.get("base_url") or profile.default_base_url
     if not base_url:
         raise ConfigError(f"{path}: {where} base_url: required for provider {provider!r}")
@@ -180,7 +246,12 @@ def load_settings() -> Settings:
     """Read the environment and config.toml; raise ConfigError on anything malformed."""
     env = os.environ
     home = Path(env["FILEKEEPER_HOME"]).expanduser() if env.get("FILEKEEPER_HOME") else default_home()
-    config_path = Path(env.get("FILEKEEPER_CONFIG") or home / "config.toml").expanduser()
+    named = env.get("FILEKEEPER_CONFIG", "").strip()
+    config_path = Path(named or home / "config.toml").expanduser()
+    if named and not config_path.is_file():
+        # Named on purpose: a typo must not silently drop a team's accounts and limits.
+        what = "is not a file" if config_path.exists() else "does not exist"
+        raise ConfigError(f"FILEKEEPER_CONFIG names {config_path}, which {what}")
     database_url = env.get("FILEKEEPER_DATABASE_URL") or f"sqlite:///{home / 'ledger.db'}"
     raw = _read_toml(config_path)
     providers, accounts_raw = _validate(raw, config_path)
@@ -213,6 +284,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: it is not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read: {e.strerror}") from None
 
@@ -255,10 +328,14 @@ def _validate_http(section: Any, path: Path) -> dict[str, Any]:
     for key, value in section.items():
         if key not in _HTTP_KEYS:
             raise ConfigError(f"{path}: [http] {key}: unknown key (allowed: {', '.join(sorted(_HTTP_KEYS))})")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"{path}: [http] {key}: expected a number >= 0, got {value!r}")
-        if key == "attempts" and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{path}: [http] attempts: expected a whole number >= 1, got {value!r}")
+        low, high = _HTTP_BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{path}: [http] {key}: expected a number, got {value!r}")
+        if key == "attempts" and not isinstance(value, int):
+            raise ConfigError(f"{path}: [http] attempts: expected a whole number, got {value!r}")
+        if not low <= value <= high or (key in _HTTP_POSITIVE and value == 0):
+            above = "above 0" if key in _HTTP_POSITIVE else f"at least {low}"
+            raise ConfigError(f"{path}: [http] {key}: expected a number {above} and at most {high}, got {value!r}")
         out[key] = value
     return out
 
@@ -286,8 +363,8 @@ def _parse_value(key: str, value: Any) -> Any:
     if key in ("provider", "base_url", "api_key_env"):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"expected a non-empty string, got {value!r}")
-        if key == "base_url" and not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        if key == "base_url":
+            check_base_url(value)
         if key == "api_key_env" and not _ENV_NAME.match(value):
             raise ValueError(f"expected the NAME of an environment variable, got {value!r}")
         return value.strip()
@@ -298,8 +375,10 @@ def _parse_value(key: str, value: Any) -> Any:
             raise ValueError(f'expected a list of strings or "any", got {value!r}')
         return frozenset(v.strip().lower().lstrip(".") if key == "formats" else v.strip() for v in value)
     if key in ("retention_days", "generated_retention_days"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"expected a whole number of days (0 = keep for ever), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETENTION_DAYS:
+            raise ValueError(
+                f"expected a whole number of days from 0 (keep for ever) to {MAX_RETENTION_DAYS}, got {value!r}"
+            )
         return value
     if key == "max_files":
         if value == "unlimited":

@@ -5,7 +5,9 @@ Every error carries the process exit code the CLI uses, so the CLI never has to 
     FilekeeperError                  1  operational failure (the base)
     ├── UsageError                   2  bad input: a missing path, an unknown provider or account
     │   ├── ConfigError              2  config.toml or the environment is malformed
-    │   └── MissingKeyError          2  the API key's variable is not set
+    │   ├── MissingKeyError          2  the API key's variable is not set
+    │   └── FileChanged              2  a file grew or shrank while it was being uploaded
+    ├── Interrupted                130  stopped by Ctrl-C or SIGTERM; what was done is recorded
     ├── LedgerError                  1  the ledger cannot be opened, read or written
     ├── QuotaExceeded                3  refused by quota policy before anything was sent
     ├── ReconcileRefused             1  a reconcile safety rail held; nothing was changed
@@ -32,6 +34,8 @@ EXIT_USAGE = 2
 EXIT_QUOTA = 3
 #: reconcile --exit-code: the plan found something to do
 EXIT_CHANGES = 4
+#: stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it)
+EXIT_INTERRUPTED = 130
 
 REDACTED = "[redacted]"
 # Secrets shorter than this would redact ordinary words; real API keys are far longer.
@@ -89,6 +93,16 @@ class MissingKeyError(UsageError):
         super().__init__(f"no API key for account {account!r}: set the environment variable {variable}")
         self.account = account
         self.variable = variable
+
+
+class FileChanged(UsageError):
+    """A file grew or shrank while it was being uploaded: what was sent is not the file."""
+
+
+class Interrupted(FilekeeperError):
+    """Stopped by Ctrl-C or SIGTERM before it finished; what was done is recorded."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class LedgerError(FilekeeperError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Account, Settings, load_settings
-from .errors import FilekeeperError, ProviderError, UsageError
+from .errors import FilekeeperError, UsageError
 from .ledger import Ledger, Reader, open_ledger
 from .quota import EvictMode, Request, Usage, advise, evaluate, short_of_room
 from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
@@ -214,7 +214,7 @@ class Keeper:
 
         options = options or ReconcileOptions()
         acct = self.account(provider, account)
-        refuse_shared_identity(acct, acct.key_fingerprint(), self._identities())
+        refuse_shared_identity(acct, acct.identity(), self._identities())
         remote = self.connect(acct)
         try:
             if options.apply:
@@ -231,7 +231,7 @@ class Keeper:
         """(name, base URL, key fingerprints) of every account configured here with its key set,
         and of every account the ledger knows."""
         out = [
-            (a.name, a.base_url, {a.key_fingerprint()})
+            (a.name, *a.identity()[:1], {a.key_fingerprint()})
             for a in self.settings.known_accounts()
             if os.environ.get(a.api_key_env, "").strip()
         ]
@@ -300,37 +300,49 @@ class Keeper:
     def delete(
         self, file_ids: Sequence[str], *, provider: str | None = None, account: str | None = None
     ) -> list[DeleteResult]:
-        """Delete files at the provider and record it; a file already gone counts as deleted."""
-        acct = self.account(provider, account)
-        if not file_ids:
+        """Delete files at the provider and record it. Without ``provider``/``account``, each id's
+        account is the one the ledger records it under. Every id is checked before anything is
+        sent: a blank one, one the ledger records under another account than the one given, or
+        one neither given nor recorded is a UsageError and nothing is deleted."""
+        from .delete import delete_files
+
+        ids = [str(i) for i in file_ids]
+        if not ids:
             raise UsageError("no file ids to delete")
-        remote = self.connect(acct)
-        try:
-            account_id = self.ledger.ensure_account(acct)
-            results = []
-            for file_id in file_ids:
-                # Written down before it is sent: if this process dies before recording the
-                # outcome, the next reconcile finds the intent and records what happened.
-                with self.ledger.write() as w:
-                    [intent] = w.add_intents(
-                        account_id, [(file_id, w.ledger_id_of(account_id, file_id), "delete")], run_id=None
+        for file_id in ids:
+            if not file_id.strip() or file_id != file_id.strip() or "/" in file_id or not file_id.isprintable():
+                raise UsageError(f"{file_id!r} is not a file id")
+        with self.ledger.read() as r:
+            owners = r.owners_of(ids)
+        given = self.account(provider, account) if provider or account else None
+        groups: dict[str, list[str]] = {}
+        for file_id in ids:
+            names = owners.get(file_id, [])
+            if given is not None:
+                if names and given.name not in names:
+                    raise UsageError(
+                        f"{file_id} is recorded under account {names[0]!r}, not {given.name!r}; nothing was deleted "
+                        f"(drop --provider/--account to delete it where it is)"
                     )
-                try:
-                    existed = remote.delete(file_id)
-                except ProviderError as e:
-                    if not e.retryable:  # a definite refusal: nothing was deleted
-                        with self.ledger.write() as w:
-                            w.void_intents([intent])
-                    # else the request may have gone through: the intent stays for reconcile to settle
-                    results.append(DeleteResult(file_id, acct.name, acct.provider, error=e))
-                    continue
-                with self.ledger.write() as w:
-                    record = w.mark_deleted(account_id, file_id, already_gone=not existed)
-                    w.void_intents([intent])
-                results.append(DeleteResult(file_id, acct.name, acct.provider, not existed, record))
-            return results
-        finally:
-            remote.close()
+                groups.setdefault(given.name, []).append(file_id)
+            elif not names:
+                raise UsageError(f"{file_id} is not in the ledger; say where it is with --provider or --account")
+            elif len(names) > 1:
+                raise UsageError(f"{file_id} is recorded under several accounts ({', '.join(names)}); pick one")
+            else:
+                groups.setdefault(names[0], []).append(file_id)
+        accounts = {name: given if given is not None else self.account(account=name) for name in groups}
+        by_id: dict[str, DeleteResult] = {}
+        for name, group in groups.items():
+            acct = accounts[name]
+            remote = self.connect(acct)
+            try:
+                account_id = self.ledger.ensure_account(acct)
+                for result in delete_files(self.ledger, remote, acct, account_id, group):
+                    by_id[result.file_id] = result
+            finally:
+                remote.close()
+        return [by_id[i] for i in ids]
 
 
 def _split_reused(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from .engine import WRITE, database_errors, db_message, prepare, read_revision, use_wal
 from .errors import LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
-from .records import DeleteOutcome, FileRecord, Intent, Tracked
+from .records import DeleteOutcome, FileRecord, Identity, Intent, Tracked
 from .schema import (
     HELD,
     LISTED,
@@ -177,8 +177,10 @@ class Ledger:
                             f"account {account.name!r} is recorded in the ledger as provider {row.provider!r}, "
                             f"but the config says {account.provider!r}; use a new account name"
                         )
-                    if record_changes and (row.base_url, row.key_fingerprint) != (account.base_url, fp):
-                        w.change_account(row, account, fp)
+                    if record_changes:
+                        if (row.base_url, row.key_fingerprint) != (account.base_url, fp):
+                            w.change_account(row, account, fp)
+                        w.note_identity(row.id, account)
                     return row.id
             except IntegrityError:
                 if attempt:  # another process created it between our read and insert
@@ -217,6 +219,19 @@ class Reader:
         row = self.conn.execute(RECORDS.where(files.c.account_id == account_id, files.c.file_id == file_id)).first()
         return None if row is None else FileRecord.from_row(row)
 
+    def owners_of(self, file_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The accounts (names) the ledger records each of these provider file ids under."""
+        out: dict[str, list[str]] = {}
+        query = (
+            select(files.c.file_id, accounts.c.name)
+            .join(accounts, files.c.account_id == accounts.c.id)
+            .where(files.c.file_id.in_(list(file_ids)))
+            .distinct()
+        )
+        for file_id, name in self.conn.execute(query):
+            out.setdefault(file_id, []).append(name)
+        return out
+
     def ledger_id_of(self, account_id: int, file_id: str) -> int | None:
         return self.conn.execute(
             select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == file_id)
@@ -249,29 +264,60 @@ class Reader:
             query = query.where(files.c.expires_at <= expired_by)
         return [Held(*row) for row in self.conn.execute(query)]
 
-    def find_duplicate(self, account_id: int, sha256: str, purpose: str) -> FileRecord | None:
-        """The newest active file with the same content and purpose, which an upload can reuse."""
-        row = self.conn.execute(
-            RECORDS.where(
-                files.c.account_id == account_id,
-                files.c.sha256 == sha256,
-                files.c.purpose == purpose,
-                files.c.status == Status.ACTIVE,
-            )
-            .order_by(files.c.id.desc())
-            .limit(1)
-        ).first()
+    def find_duplicate(
+        self,
+        account_id: int,
+        sha256: str,
+        purpose: str,
+        *,
+        lasting_until: datetime | None = None,
+        exclude: Iterable[int] = (),
+    ) -> FileRecord | None:
+        """The newest active file with the same content and purpose that an upload can reuse: one
+        that does not expire before ``lasting_until``, and is not one of ``exclude``."""
+        query = RECORDS.where(
+            files.c.account_id == account_id,
+            files.c.sha256 == sha256,
+            files.c.purpose == purpose,
+            files.c.status == Status.ACTIVE,
+            files.c.file_id.is_not(None),
+        )
+        if lasting_until is not None:
+            query = query.where(files.c.expires_at.is_(None) | (files.c.expires_at >= lasting_until))
+        if excluded := list(exclude):
+            query = query.where(files.c.id.not_in(excluded))
+        row = self.conn.execute(query.order_by(files.c.id.desc()).limit(1)).first()
         return None if row is None else FileRecord.from_row(row, reused=True)
 
+    def pending_twins(self, account_id: int, request: Request, sha256: str) -> list[FileRecord]:
+        """Reservations of this very file (name, size, purpose and content) whose outcome was never
+        recorded: a run that crashed, or lost its answer, after the whole file was sent."""
+        rows = self.conn.execute(
+            RECORDS.where(
+                files.c.account_id == account_id,
+                files.c.status == Status.PENDING,
+                files.c.filename == request.filename,
+                files.c.bytes == request.bytes,
+                files.c.purpose == request.purpose,
+                files.c.sha256 == sha256,
+            ).order_by(files.c.id)
+        )
+        return [FileRecord.from_row(r) for r in rows]
+
     def may_be_duplicate(self, account_id: int, request: Request) -> bool:
-        """Whether an active file of the same size and purpose exists: only then is hashing first worth it."""
+        """Whether an active file of the same size and purpose exists, or a reservation of this very
+        file was left pending: only then is hashing first worth it."""
+        same = (files.c.account_id == account_id, files.c.bytes == request.bytes, files.c.purpose == request.purpose)
         query = (
             select(files.c.id)
             .where(
-                files.c.account_id == account_id,
-                files.c.status == Status.ACTIVE,
-                files.c.bytes == request.bytes,
-                files.c.purpose == request.purpose,
+                *same,
+                (files.c.status == Status.ACTIVE)
+                | (
+                    (files.c.status == Status.PENDING)
+                    & (files.c.filename == request.filename)
+                    & files.c.sha256.is_not(None)
+                ),
             )
             .limit(1)
         )
@@ -297,33 +343,59 @@ class Reader:
         )
         return [Tracked(*r) for r in rows]
 
-    def account_keys(self, account_id: int) -> set[str]:
-        """Fingerprints of the keys this account has been used with (or proven to reach it)."""
-        rows = self.conn.execute(select(account_keys.c.key_fingerprint).where(account_keys.c.account_id == account_id))
-        return {fp for (fp,) in rows}
+    def identities_of(self, account_id: int) -> dict[tuple[str, str], Identity]:
+        """The (base URL, key fingerprint) pairs this account has been used with, and how each is known."""
+        rows = self.conn.execute(
+            select(
+                account_keys.c.base_url,
+                account_keys.c.key_fingerprint,
+                account_keys.c.first_seen,
+                account_keys.c.proven_by,
+            ).where(account_keys.c.account_id == account_id)
+        )
+        return {(url, fp): Identity(url, fp, first_seen, proven_by) for url, fp, first_seen, proven_by in rows}
 
-    def has_history(self, account_id: int) -> bool:
-        """Whether this ledger ever tracked a file of the account itself (uploaded, reserved, adopted):
-        until it has, every file a listing shows is someone else's."""
-        query = select(files.c.id).where(files.c.account_id == account_id, files.c.status != Status.UNCLAIMED).limit(1)
-        return self.conn.execute(query).first() is not None
+    def baselined(self, account_id: int) -> bool:
+        """Whether an applying reconcile has listed the account through this ledger before: until one
+        has, every file the provider lists that the ledger does not know is someone else's."""
+        query = select(accounts.c.baselined_at).where(accounts.c.id == account_id)
+        return self.conn.execute(query).scalar() is not None
 
     def identities(self) -> list[tuple[str, str, set[str]]]:
         """The accounts the ledger tracks files of (files at the provider: a renamed account that holds
-        none is history, not an identity), as (name, base URL, fingerprints of its keys)."""
-        keys: dict[int, set[str]] = {}
-        for account_id, fp in self.conn.execute(select(account_keys.c.account_id, account_keys.c.key_fingerprint)):
-            keys.setdefault(account_id, set()).add(fp)
-        holding = select(files.c.id).where(files.c.account_id == accounts.c.id, files.c.status.in_(LISTED)).exists()
+        none is history, not an identity), as (name, base URL, fingerprints of its keys), one per URL."""
+        names = dict(self.conn.execute(select(accounts.c.id, accounts.c.name)).all())
+        holding = select(files.c.id).where(files.c.account_id == account_keys.c.account_id, files.c.status.in_(LISTED))
+        grouped: dict[tuple[str, str], set[str]] = {}
         rows = self.conn.execute(
-            select(accounts.c.id, accounts.c.name, accounts.c.base_url, accounts.c.key_fingerprint).where(holding)
+            select(account_keys.c.account_id, account_keys.c.base_url, account_keys.c.key_fingerprint).where(
+                holding.exists()
+            )
         )
-        return [(name, base_url, keys.get(id_, set()) | {fp}) for id_, name, base_url, fp in rows]
+        for account_id, url, fp in rows:
+            grouped.setdefault((names[account_id], url), set()).add(fp)
+        return [(name, url, fps) for (name, url), fps in grouped.items()]
 
-    def open_intents(self, account_id: int, *, loose_before: datetime) -> list[Intent]:
+    def tracked_elsewhere(self, account_id: int, provider: str) -> dict[str, str]:
+        """Provider file ids the ledger tracks under the provider's other accounts: id -> account name.
+        A listing that shows one of them proves the two accounts reach one provider account."""
+        query = (
+            select(files.c.file_id, accounts.c.name)
+            .join(accounts, files.c.account_id == accounts.c.id)
+            .where(
+                accounts.c.provider == provider,
+                accounts.c.id != account_id,
+                files.c.status.in_(LISTED),
+                files.c.file_id.is_not(None),
+            )
+        )
+        return dict(self.conn.execute(query).all())
+
+    def open_intents(self, account_id: int, *, loose_before: datetime, dead_runs: Sequence[int] = ()) -> list[Intent]:
         """Deletes written down and never recorded as done whose process is gone: those of a reconcile
-        run that is no longer running (it finished, failed or was abandoned), and those of a plain
-        ``filekeeper delete`` (no run) written before ``loose_before``, by which time it has ended."""
+        run that is no longer running (it finished, failed or was abandoned, or is one of
+        ``dead_runs``), and those of a plain ``filekeeper delete`` (no run) written before
+        ``loose_before``, by which time it has ended."""
         query = (
             select(
                 delete_intents.c.id,
@@ -337,6 +409,7 @@ class Reader:
             .where(
                 delete_intents.c.account_id == account_id,
                 (reconcile_runs.c.status.is_not(None) & (reconcile_runs.c.status != RunStatus.RUNNING))
+                | delete_intents.c.run_id.in_(list(dead_runs))
                 | (delete_intents.c.run_id.is_(None) & (delete_intents.c.at <= loose_before)),
             )
             .order_by(delete_intents.c.id)
@@ -420,23 +493,53 @@ class Writer(Reader):
             base_url=account.base_url,
             key_fingerprint=fingerprint,
         )
+        url, _ = account.identity()
         self.conn.execute(
             insert(account_keys).values(
-                account_id=account_id, key_fingerprint=fingerprint, first_seen=utcnow(), proven_by="first_use"
+                account_id=account_id,
+                key_fingerprint=fingerprint,
+                base_url=url,
+                first_seen=utcnow(),
+                proven_by="first_use",
             )
         )
         return account_id
 
-    def add_key(self, account_id: int, fingerprint: str, *, proven_by: str, detail: dict[str, Any]) -> None:
-        """A key the account had not been used with, now known to reach it: ``listing`` (the files the
-        ledger expects were listed with it) or ``trusted`` (``--trust-key``)."""
-        self.conn.execute(
-            insert(account_keys).values(
-                account_id=account_id, key_fingerprint=fingerprint, first_seen=utcnow(), proven_by=proven_by
+    def note_identity(self, account_id: int, account: Account) -> None:
+        """The URL and key an upload or delete is using, if this account was never used with them:
+        recorded ``unproven``, so that files uploaded through them prove nothing about them."""
+        url, fp = account.identity()
+        if (url, fp) not in self.identities_of(account_id):
+            self.conn.execute(
+                insert(account_keys).values(
+                    account_id=account_id, key_fingerprint=fp, base_url=url, first_seen=utcnow(), proven_by="unproven"
+                )
             )
-        )
+
+    def prove_identity(self, account_id: int, account: Account, *, proven_by: str, detail: dict[str, Any]) -> None:
+        """A URL and key the account had not been proven to be reached by, now known to reach it:
+        ``listing`` (files the ledger recorded before it were listed through it) or ``trusted``
+        (``--trust-key``)."""
+        url, fp = account.identity()
+        known = self.identities_of(account_id).get((url, fp))
+        if known is None:
+            self.conn.execute(
+                insert(account_keys).values(
+                    account_id=account_id, key_fingerprint=fp, base_url=url, first_seen=utcnow(), proven_by=proven_by
+                )
+            )
+        else:
+            self.conn.execute(
+                update(account_keys)
+                .where(
+                    account_keys.c.account_id == account_id,
+                    account_keys.c.key_fingerprint == fp,
+                    account_keys.c.base_url == url,
+                )
+                .values(proven_by=proven_by)
+            )
         self._event(
-            Action.KEY_ROTATED, account_id=account_id, key_fingerprint=fingerprint, proven_by=proven_by, **detail
+            Action.KEY_ROTATED, account_id=account_id, key_fingerprint=fp, base_url=url, proven_by=proven_by, **detail
         )
 
     def note_account(self, account: Account) -> None:
@@ -445,6 +548,14 @@ class Writer(Reader):
         fp = account.key_fingerprint()
         if row is not None and (row.base_url, row.key_fingerprint) != (account.base_url, fp):
             self.change_account(row, account, fp)
+
+    def set_baseline(self, account_id: int, now: datetime) -> None:
+        """The first applying reconcile of the account through this ledger has listed it."""
+        self.conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id, accounts.c.baselined_at.is_(None))
+            .values(baselined_at=now)
+        )
 
     def change_account(self, row: Row[Any], account: Account, fingerprint: str) -> None:
         self._event(
@@ -546,7 +657,34 @@ class Writer(Reader):
         )
 
     def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str | None, **detail: Any) -> FileRecord:
-        """A reservation's upload landed: it is ``active`` under the provider's id."""
+        """A reservation's upload landed: it is ``active`` under the provider's id.
+
+        A provider that deduplicates content may answer with a file it already had, one the
+        ledger holds under another row: then that row is the file (``active`` again if need be)
+        and is returned as reused; the reservation becomes ``failed``, holding no quota."""
+        account_id = self._account_of(ledger_id)
+        holder = self.ledger_id_of(account_id, file_id)
+        if holder is not None and holder != ledger_id:
+            self._move(ledger_id, status=Status.FAILED)
+            self._event(
+                Action.UPLOAD_FAILED,
+                account_id=account_id,
+                file_pk=ledger_id,
+                error=f"the provider answered with {file_id}, a file the ledger already holds (row {holder}): reused",
+                provider_dedupe=True,
+            )
+            self._move(holder, status=Status.ACTIVE, deleted_at=None)
+            record = FileRecord.from_row(self.conn.execute(RECORDS.where(files.c.id == holder)).one(), reused=True)
+            self._event(
+                Action.REUSE,
+                account_id=account_id,
+                file_pk=holder,
+                file_id=file_id,
+                sha256=sha256,
+                provider_dedupe=True,
+                **detail,
+            )
+            return record
         self._move(ledger_id, file_id=file_id, bytes=size, sha256=sha256, status=Status.ACTIVE)
         self._event(
             Action.UPLOAD,
@@ -558,6 +696,18 @@ class Writer(Reader):
             **detail,
         )
         return self.record(ledger_id)
+
+    def note_sent(self, ledger_id: int, sha256: str) -> None:
+        """A reservation's whole content is on its way: it may land from now on (no event: the
+        upload's own event follows)."""
+        self.conn.execute(
+            update(files).where(files.c.id == ledger_id, files.c.status == Status.PENDING).values(sha256=sha256)
+        )
+
+    def found_gone(self, account_id: int, record: FileRecord) -> None:
+        """An active file the provider no longer holds (its retrieve said so): ``missing``."""
+        if self._move(record.ledger_id, Status.ACTIVE, status=Status.MISSING):
+            self._event(Action.FOUND_MISSING, account_id=account_id, file_pk=record.ledger_id, file_id=record.id)
 
     def fail(self, ledger_id: int, error: str, **detail: Any) -> FileRecord:
         """A reservation's upload did not land: ``failed``, holding no quota."""

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     EXIT_CHANGES,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     FilekeeperError,
     FileNotFoundAtProvider,
     IncompleteListing,
+    LedgerError,
     ProviderError,
     ReconcileBusy,
     ReconcileRefused,
@@ -65,12 +67,15 @@ __all__ = ["ReconcileOptions", "ReconcilePlan", "exit_code", "parse_max_delete",
 #: (unless its process is seen alive on this host)
 STALE_AFTER = timedelta(minutes=10)
 HEARTBEAT_EVERY = 15.0  # seconds
+#: a run on this host whose process is not found is taken over once its heartbeat is this old
+QUIET_AFTER = timedelta(seconds=60)
+#: how far a list endpoint may lag behind an upload: younger files absent from a listing prove nothing
+LIST_LAG = timedelta(minutes=2)
 #: a `filekeeper delete` whose intent is older than this has ended, one way or another (its
 #: requests give up long before: see the [http] total_seconds)
 LOOSE_DELETE_AFTER = timedelta(minutes=15)
 RESULT_BATCH = 50  # delete results written to the ledger per transaction
 JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
-EXIT_INTERRUPTED = 130
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
 
@@ -104,11 +109,17 @@ def _alive_since(pid: int, started: datetime) -> bool:
 
 def _stale(run: Any, now: datetime) -> str | None:
     """Why a running row's process is gone, or None if it may still be working. A process seen
-    alive on this host is never taken over, however long its deletes take."""
+    alive on this host is never taken over, however long its deletes take; one not seen is taken
+    over only once its heartbeat has gone quiet too (another container may share the host name,
+    but not its process table)."""
     import socket
 
     if _host_of(run.actor) == socket.gethostname():
-        return None if _alive_since(run.pid, run.started_at) else f"process {run.pid} is gone"
+        if _alive_since(run.pid, run.started_at):
+            return None
+        if run.heartbeat_at < now - QUIET_AFTER:
+            return f"process {run.pid} is gone (no heartbeat since {iso(run.heartbeat_at)})"
+        return None
     if run.heartbeat_at < now - STALE_AFTER:
         return f"no heartbeat since {iso(run.heartbeat_at)}"
     return None
@@ -163,42 +174,69 @@ class _Run:
 # --- identity -----------------------------------------------------------------------------------
 
 
-def refuse_shared_identity(account: Account, fingerprint: str, others: Iterable[tuple[str, str, set[str]]]) -> None:
-    """Two accounts that are one provider account (same base URL, same key) would each see the
-    other's files as orphans: refuse to reconcile either (exit 2), naming both."""
-    for name, base_url, fingerprints in others:
-        if name != account.name and base_url == account.base_url and fingerprint in fingerprints:
+def refuse_shared_identity(
+    account: Account, identity: tuple[str, str], others: Iterable[tuple[str, str, set[str]]]
+) -> None:
+    """Two accounts that are one provider account (same base URL, however spelled, and same key)
+    would each see the other's files as orphans: refuse to reconcile either (exit 2), naming both."""
+    url, fingerprint = identity
+    for name, other_url, fingerprints in others:
+        if name != account.name and other_url == url and fingerprint in fingerprints:
             raise UsageError(
-                f"accounts {account.name!r} and {name!r} are one provider account (same base URL {base_url}, "
+                f"accounts {account.name!r} and {name!r} are one provider account (same base URL {url}, "
                 f"same API key {fingerprint}): reconciling one would delete the other's files as orphans. "
                 "Give each its own key, or use one account name for both"
             )
 
 
-def _check_key(
-    plan: ReconcilePlan, snapshot: Snapshot, fingerprint: str, options: ReconcileOptions, now: datetime
+def _refuse_overlap(plan: ReconcilePlan) -> None:
+    """The listing shows files the ledger tracks under another account of the provider: the two
+    reach one provider account (a shared key, or two keys of one project), whatever their config."""
+    if not plan.elsewhere:
+        return
+    rf, other = plan.elsewhere[0]
+    a = plan.account
+    raise UsageError(
+        f"accounts {a.name!r} and {other!r} reach one provider account: the listing through {a.name!r} shows "
+        f"{len(plan.elsewhere)} file(s) the ledger tracks under {other!r} (such as {rf.id}); reconciling either "
+        "would delete the other's files as orphans. Nothing was changed. Give each account its own provider "
+        "account, or use one account name for both"
+    )
+
+
+def _check_identity(
+    plan: ReconcilePlan, snapshot: Snapshot, account: Account, options: ReconcileOptions, now: datetime
 ) -> None:
-    """A listing made with a key the account was never used with is acted on only if it proves it
-    reaches the same account: most of the files the ledger expects there are in it."""
-    if not snapshot.keys:
+    """A listing made through a base URL and key this account was never proven to be reached by is
+    acted on only if it shows that it reaches the same account: at least half of the files the
+    ledger recorded before that URL and key first appeared are in it. (Files uploaded through the
+    suspect key itself prove nothing: a teammate's key uploads to the teammate's account.)"""
+    identity = account.identity()
+    known = snapshot.identities.get(identity)
+    if not snapshot.identities:
         plan.key = "first"
         return
-    if fingerprint in snapshot.keys:
+    if known is not None and known.proven:
         return
     if options.trust_key:
         plan.key = "trusted"
         return
-    expected = expected_live(plan, snapshot, now, options.min_age, ours_only=False)
+    since = known.first_seen if known is not None else now
+    expected = [t for t in expected_live(plan, snapshot, now, LIST_LAG, ours_only=False) if t.created_at < since]
     present = sum(1 for t in expected if t.ledger_id in plan.seen)
     if expected and present * 2 >= len(expected):
         plan.key = "rotated"
         return
-    a = plan.account
+    url, fingerprint = identity
+    url_known = url in {u for u, _ in snapshot.identities}
+    key_known = fingerprint in {fp for _, fp in snapshot.identities}
+    what = "API key" if url_known else "base URL" if key_known else "base URL and API key"
     seen = f"shows {present} of the {len(expected)} files" if expected else "cannot show any of the files"
     raise ReconcileRefused(
-        f"{a.name}: the API key in {a.api_key_env} ({fingerprint}) was never used with this account, and the "
-        f"provider's listing made with it {seen} the ledger expects there: this looks like another account's key. "
-        f"Nothing was changed. Check {a.api_key_env}; if it is this account's new key, run again with --trust-key"
+        f"{account.name}: this {what} ({url}, key in {account.api_key_env}, {fingerprint}) was never shown to "
+        f"reach this account, and the provider's listing through it {seen} the ledger recorded there before: "
+        f"this looks like another account. Nothing was changed. Check {account.api_key_env} and the base URL; "
+        "if they are this account's, run again with --trust-key"
     )
 
 
@@ -216,7 +254,9 @@ def _hold_listing(plan: ReconcilePlan, snapshot: Snapshot, options: ReconcileOpt
             "a wrong API key or base URL looks exactly like this. Nothing was changed. "
             "If the account really is empty, run again with --accept-empty"
         )
-    expected = expected_live(plan, snapshot, now, options.min_age, ours_only=True)
+    # Young files count too (all but those a list endpoint may still be catching up with): a wrong
+    # URL met right after a few uploads must not pass for an account that lost nothing.
+    expected = expected_live(plan, snapshot, now, LIST_LAG, ours_only=True)
     absent = [t for t in expected if t.ledger_id not in plan.seen]
     if plan.listed and len(absent) * 2 > len(expected) and not options.accept_missing:
         raise ReconcileRefused(
@@ -278,15 +318,18 @@ def _relist(remote: Provider, file_ids: set[str]) -> dict[str, str]:
 # --- the whole run ------------------------------------------------------------------------------
 
 
-def snapshot(ledger: Ledger, account_id: int | None, now: datetime) -> Snapshot:
+def snapshot(ledger: Ledger, account: Account, account_id: int | None, now: datetime) -> Snapshot:
     if account_id is None:  # a ledger that has never seen the account (a plan changes nothing)
         return Snapshot()
     with ledger.read() as r:
+        # A plan takes over no lock, but sees through a dead run's: its journal is settled as it will be.
+        dead = [run.id for run in r.running_runs(account_id) if _stale(run, now)]
         return Snapshot(
             tracked=r.tracked(account_id),
-            keys=r.account_keys(account_id),
-            history=r.has_history(account_id),
-            intents=r.open_intents(account_id, loose_before=now - LOOSE_DELETE_AFTER),
+            identities=r.identities_of(account_id),
+            history=r.baselined(account_id),
+            elsewhere=r.tracked_elsewhere(account_id, account.provider),
+            intents=r.open_intents(account_id, loose_before=now - LOOSE_DELETE_AFTER, dead_runs=dead),
         )
 
 
@@ -308,7 +351,7 @@ def reconcile(
     """
     if options.adopt and options.delete_unclaimed:
         raise UsageError("give --adopt or --delete-unclaimed, not both")
-    plan = ReconcilePlan(account, applied=options.apply)
+    plan = ReconcilePlan(account, applied=options.apply, adopt=options.adopt, delete_unclaimed=options.delete_unclaimed)
     if options.apply and account_id is None:
         raise ValueError("an applying reconcile needs the account recorded in the ledger")
     run = _Run(ledger, acquire(ledger, account_id, wait=options.wait, on_wait=on_wait) if options.apply else None)
@@ -321,9 +364,10 @@ def reconcile(
 
     try:
         now = utcnow()
-        snap = snapshot(ledger, account_id, now)
+        snap = snapshot(ledger, account, account_id, now)
         classify(plan, snap, remote.list_files(on_page=on_page), now, options.min_age)
-        _check_key(plan, snap, account.key_fingerprint(), options, now)
+        _refuse_overlap(plan)
+        _check_identity(plan, snap, account, options, now)
         _hold_listing(plan, snap, options, now)
         _confirm_absences(plan, remote, options.concurrency, run.heartbeat)
         plan.max_delete = delete_limit(options.max_delete, plan.listed)
@@ -431,12 +475,13 @@ def _apply_ledger(
     """Every change that needs no request, in one transaction."""
     account = plan.account
     retention = account.limits.retention_days
-    generated_for = timedelta(days=account.generated_retention_days)
+    generated_days = account.generated_retention_days  # 0: kept for ever, as retention_days
     with ledger.write() as w:
         if plan.key in ("rotated", "trusted"):
             proven_by = "listing" if plan.key == "rotated" else "trusted"
-            w.add_key(account_id, account.key_fingerprint(), proven_by=proven_by, detail={"run_id": run_id})
+            w.prove_identity(account_id, account, proven_by=proven_by, detail={"run_id": run_id})
         w.note_account(account)  # the key (now proven) and URL this run acted with
+        w.set_baseline(account_id, now)  # from now on, what appears unknown is an orphan
         for t, rf in plan.settled:
             if why := w.settle(account_id, t, rf, run_id=run_id):
                 plan.skipped.append((rf.id, why))
@@ -454,16 +499,22 @@ def _apply_ledger(
         for t, rf in plan.drift:
             w.record_drift(account_id, t, rf, run_id=run_id)
         for rf in plan.unclaimed_new:
+            if rf.created_at is not None and rf.created_at > now - options.min_age:
+                # One of our uploads may have landed a moment ago and be about to record itself.
+                plan.skipped.append((rf.id, f"younger than --min-age ({age(options.min_age)}): not recorded yet"))
+                continue
             w.record_unclaimed(account_id, rf, run_id=run_id)
         for rf in plan.generated_new:
             created = rf.created_at or now
-            w.record_generated(account_id, rf, expires_at=rf.expires_at or created + generated_for, run_id=run_id)
+            keep_until = created + timedelta(days=generated_days) if generated_days else None
+            w.record_generated(account_id, rf, expires_at=rf.expires_at or keep_until, run_id=run_id)
         if options.adopt:
             remotes = {rf.id: rf for rf in [*plan.orphans, *plan.unclaimed_new, *(rf for _, rf in plan.unclaimed)]}
             for file_id in [*adopt_orphans, *claimable]:
                 rf = remotes[file_id]
-                created = rf.created_at or now
-                expires = rf.expires_at or (created + timedelta(days=retention) if retention else None)
+                # Ours from now on: the retention policy runs from the adoption, so that adopting an old
+                # file does not hand it to the next run as already expired.
+                expires = rf.expires_at or (now + timedelta(days=retention) if retention else None)
                 w.adopt(account_id, rf, expires_at=expires, run_id=run_id)
                 plan.adopted.append(file_id)
         w.record_deletes(
@@ -631,6 +682,12 @@ def _delete_all(
                     void.extend(j.intent_id for j in journaled if j.intent_id is not None)
                     journaled.clear()
         record()
+    except LedgerError as e:
+        sent = len(plan.deleted) + len(in_flight)
+        raise LedgerError(
+            f"{e}; {sent} delete(s) had been sent: they are in the delete journal, and the next reconcile "
+            "records what became of them"
+        ) from None
     finally:
         # In-flight deletes finish either way (their outcome is recorded above, or their intent
         # stays in the journal); nothing queued is started.

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .records import Intent, Tracked, iso
+from .records import Identity, Intent, Tracked, iso
 from .schema import LISTED, Status
 from .upload import could_be_upload_of
 
@@ -60,9 +60,13 @@ class Snapshot:
     """What the ledger holds for the account, read before the listing."""
 
     tracked: list[Tracked] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
+    #: (base URL, key fingerprint) -> how the ledger knows it
+    identities: dict[tuple[str, str], Identity] = field(default_factory=dict)
+    #: whether an applying reconcile has listed the account before (its baseline)
     history: bool = False
     intents: list[Intent] = field(default_factory=list)
+    #: file ids the ledger tracks under the provider's other accounts -> that account
+    elsewhere: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +94,8 @@ class ReconcilePlan:
     failed_pending: list[Tracked] = field(default_factory=list)
     waiting_pending: list[Tracked] = field(default_factory=list)
     drift: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)
+    #: listed files the ledger tracks under another account of the provider
+    elsewhere: list[tuple[RemoteFile, str]] = field(default_factory=list)
     intents_done: list[Intent] = field(default_factory=list)
     intents_void: list[Intent] = field(default_factory=list)
     #: ledger ids of the tracked files the listing showed
@@ -102,16 +108,31 @@ class ReconcilePlan:
     max_delete: int = 0
     #: stopped by SIGINT or SIGTERM after what was in flight was recorded
     interrupted: bool = False
+    #: the run's --adopt and --delete-unclaimed, which decide what the plan does with what it found
+    adopt: bool = False
+    delete_unclaimed: bool = False
 
     @property
     def to_delete(self) -> int:
-        return len(self.expired_present) + len(self.orphans)
+        """The most the plan deletes: expired files still held, orphans (unless adopted), and with
+        ``--delete-unclaimed`` the unclaimed (fewer if --min-age holds some back)."""
+        unclaimed = len(self.unclaimed_new) + len(self.unclaimed) if self.delete_unclaimed else 0
+        return len(self.expired_present) + (0 if self.adopt else len(self.orphans)) + unclaimed
+
+    @property
+    def to_adopt(self) -> int:
+        """With ``--adopt``: orphans and unclaimed files to record as ours (at most)."""
+        return len(self.orphans) + len(self.unclaimed_new) + len(self.unclaimed) if self.adopt else 0
 
     @property
     def has_work(self) -> bool:
         """Anything to do or to report: for --exit-code monitoring and for staying quiet in cron."""
         return bool(
             self.orphans
+            or self.deleted
+            or self.adopted
+            or self.to_adopt
+            or self.to_delete
             or self.unclaimed_new
             or self.generated_new
             or self.missing
@@ -210,6 +231,8 @@ class ReconcilePlan:
             "errors": [{"id": i, "error": e} for i, e in self.errors],
             "run_id": self.run_id,
             "interrupted": self.interrupted,
+            "to_delete": self.to_delete,
+            "to_adopt": self.to_adopt,
         }
 
 
@@ -222,11 +245,15 @@ def delete_limit(max_delete: int | str, listed: int) -> int:
 
 def parse_max_delete(value: str) -> int | str:
     """Validate ``--max-delete`` as N or N%; raises ValueError."""
+    import re
+
     text = value.strip()
-    number = text[:-1] if text.endswith("%") else text
-    if not number.replace(".", "", 1).isdigit() or (not text.endswith("%") and not number.isdigit()):
-        raise ValueError(f"--max-delete takes a whole number or a percentage like 10%, not {value!r}")
-    return text if text.endswith("%") else int(number)
+    # ASCII digits only: str.isdigit() also takes "²" and other digits int() cannot read.
+    if re.fullmatch(r"[0-9]{1,9}", text):
+        return int(text)
+    if re.fullmatch(r"[0-9]{1,3}(\.[0-9]+)?%", text) and float(text[:-1]) <= 100:
+        return text
+    raise ValueError(f"--max-delete takes a whole number or a percentage from 0% to 100%, not {value!r}")
 
 
 def classify(
@@ -251,6 +278,9 @@ def classify(
         if t is not None:
             plan.seen.add(t.ledger_id)
             _listed_tracked(plan, t, rf, now)
+            continue
+        if rf.id in snapshot.elsewhere:
+            plan.elsewhere.append((rf, snapshot.elsewhere[rf.id]))
             continue
         match = next(
             (

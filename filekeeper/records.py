@@ -98,6 +98,21 @@ class Tracked:
         return is_expired(self.expires_at, now)
 
 
+@dataclass(frozen=True)
+class Identity:
+    """A base URL (normalised) and key fingerprint an account has been used with."""
+
+    base_url: str
+    key_fingerprint: str
+    first_seen: datetime
+    #: first_use, listing, trusted, or unproven (used by an upload or delete, never shown by a listing)
+    proven_by: str
+
+    @property
+    def proven(self) -> bool:
+        return self.proven_by != "unproven"
+
+
 @dataclass
 class DeleteJob:
     """One delete a reconcile is to send: of an orphan, an expired file, or an unclaimed one
@@ -147,12 +162,43 @@ class UploadResult:
     path: Path
     record: FileRecord | None = None
     error: FilekeeperError | None = None
-    #: files deleted at the provider to make room for this one (``evict=``)
+    #: files deleted at the provider to make room for this one (``evict=``), even if it then failed
     evicted: list[Held] = field(default_factory=list)
+    #: on an error, the ledger row the attempt left: ``failed``, or ``pending`` when its fate is unknown
+    row: FileRecord | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def outcome(self) -> str:
+        """uploaded, reused, refused (by quota, nothing sent), cancelled (Ctrl-C) or failed."""
+        from .errors import Interrupted, QuotaExceeded
+
+        if self.record is not None:
+            return "reused" if self.record.reused else "uploaded"
+        if isinstance(self.error, QuotaExceeded):
+            return "refused"
+        if isinstance(self.error, Interrupted):
+            return "cancelled"
+        return "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's fields (for a failure, those of the row it left, if any), plus the path,
+        the outcome, what was evicted for it, and the error and violations if it did not land."""
+        from .errors import QuotaExceeded
+
+        shown = self.record or self.row
+        out: dict[str, Any] = shown.to_json() if shown is not None else {"id": None}
+        if self.record is None:
+            out["id"] = None  # no file of this path is at the provider
+        out.update(path=str(self.path), outcome=self.outcome, evicted=[held_json(h) for h in self.evicted])
+        if self.error is not None:
+            out["error"] = str(self.error)
+        if isinstance(self.error, QuotaExceeded):
+            out["violations"] = [v.to_json() for v in self.error.violations]
+        return out
 
 
 @dataclass(frozen=True)

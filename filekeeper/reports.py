@@ -35,6 +35,7 @@ _DAILY_ACTIONS = {
     Action.RECONCILE_DELETE: "orphans_deleted",
     Action.RECONCILE_ADOPT: "adopted",
     Action.RECONCILE_MISSING: "missing",
+    Action.FOUND_MISSING: "missing",
     Action.UPLOAD_FAILED: "failures",
     Action.RECONCILE_FAIL_PENDING: "failures",
     Action.EVICT_FAILED: "failures",

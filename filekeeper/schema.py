@@ -54,6 +54,7 @@ class Action(StrEnum):
     UPLOAD = "upload"
     UPLOAD_FAILED = "upload_failed"
     REUSE = "reuse"
+    FOUND_MISSING = "found_missing"  # an upload's check found an identical file gone at the provider
     REFUSE = "refuse"
     EVICT = "evict"
     EVICT_FAILED = "evict_failed"
@@ -132,6 +133,9 @@ accounts = Table(
     Column("base_url", String(512), nullable=False),
     Column("key_fingerprint", String(32), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # When an applying reconcile first listed the account through this ledger: until then every
+    # file the provider lists that the ledger does not know is someone else's (unclaimed).
+    Column("baselined_at", UTCDateTime),
 )
 
 files = Table(
@@ -171,17 +175,21 @@ events = Table(
     Index(None, "file_pk"),
 )
 
-# The keys each account has been used with, by fingerprint (never the key): a listing made with a
-# key not here must prove it reaches the same account before a reconcile acts on it.
+# The identities (base URL and key, by fingerprint: never the key) each account has been used
+# with: a listing made through one not proven here must first show that it reaches the same
+# account before a reconcile acts on it.
 account_keys = Table(
     "account_keys",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("account_id", ForeignKey("accounts.id"), nullable=False),
     Column("key_fingerprint", String(32), nullable=False),
+    Column("base_url", String(512), nullable=False),  # normalised (config.identity_url)
     Column("first_seen", UTCDateTime, nullable=False),
-    Column("proven_by", String(32), nullable=False),  # first_use, listing or trusted
-    UniqueConstraint("account_id", "key_fingerprint"),
+    # first_use (the account's first), listing (its files were listed through it), trusted
+    # (--trust-key), or unproven (an upload or delete used it; a listing has not shown it yet)
+    Column("proven_by", String(32), nullable=False),
+    UniqueConstraint("account_id", "key_fingerprint", "base_url"),
 )
 
 # One row per `reconcile --apply`. A row in status "running" is also the account's reconcile

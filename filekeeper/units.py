@@ -16,9 +16,11 @@ _SIZE_UNITS = {
     "GIB": 2**30,
     "TIB": 2**40,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION_RE = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
+#: the longest duration accepted anywhere (a TTL, --min-age): a hundred years
+MAX_DURATION_SECONDS = 36_500 * 86_400
 
 
 def parse_size(value: int | str) -> int:
@@ -41,7 +43,10 @@ def parse_duration(value: str) -> int:
     match = _DURATION_RE.match(value)
     if match is None:
         raise ValueError(f"{value!r} is not a duration (use a whole number with s, m, h or d, e.g. 30d)")
-    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is longer than anything filekeeper keeps (at most 36500d, a hundred years)")
+    return seconds
 
 
 def format_size(n: int | None) -> str:

@@ -18,7 +18,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import FilekeeperError, ProviderError, QuotaExceeded, ResponseLost, UsageError
+from .errors import (
+    FilekeeperError,
+    FileNotFoundAtProvider,
+    Interrupted,
+    ProviderError,
+    QuotaExceeded,
+    ResponseLost,
+    UsageError,
+)
 from .quota import EvictMode, Held, Request, Violation, expiry, file_violations, make_room, room_violations
 from .records import FileRecord, UploadResult
 from .schema import utcnow
@@ -34,6 +42,8 @@ ProgressCallback = Callable[[int], None]
 LOST_RESPONSE_ATTEMPTS = 3
 #: a provider's clock and ours may disagree: a landed file may look this much older than its reservation
 CLOCK_SKEW = timedelta(minutes=5)
+#: without --ttl, an identical file is reused only if it lives at least this much longer
+REUSE_AT_LEAST = timedelta(hours=1)
 
 
 def could_be_upload_of(remote: RemoteFile, filename: str, size: int, reserved_at: datetime) -> bool:
@@ -57,9 +67,18 @@ class Payload(Protocol):
         ...
 
     def send(
-        self, remote: Provider, *, purpose: str, expires_after: int | None, on_progress: ProgressCallback | None
+        self,
+        remote: Provider,
+        *,
+        purpose: str,
+        expires_after: int | None,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None = None,
+        on_sent: Callable[[str], None] | None = None,
     ) -> Uploaded:
-        """Send the bytes; raise ResponseLost when the outcome is unknown."""
+        """Send the bytes; raise ResponseLost when the outcome is unknown, Interrupted when
+        ``cancel`` is set before the last byte went. Call ``on_sent(sha256)`` before the last
+        byte goes: from then on the file may land even if this process dies."""
         ...
 
 
@@ -86,10 +105,24 @@ class FilePayload:
         return self._sha256
 
     def send(
-        self, remote: Provider, *, purpose: str, expires_after: int | None, on_progress: ProgressCallback | None
+        self,
+        remote: Provider,
+        *,
+        purpose: str,
+        expires_after: int | None,
+        on_progress: ProgressCallback | None,
+        cancel: threading.Event | None = None,
+        on_sent: Callable[[str], None] | None = None,
     ) -> Uploaded:
         try:
-            return remote.upload(self.path, purpose=purpose, expires_after=expires_after, on_progress=on_progress)
+            return remote.upload(
+                self.path,
+                purpose=purpose,
+                expires_after=expires_after,
+                on_progress=on_progress,
+                cancel=cancel,
+                on_sent=on_sent,
+            )
         except OSError as e:
             raise UsageError(f"cannot read {self.path}: {e.strerror}") from None
 
@@ -121,6 +154,11 @@ class UploadJob:
         retention = self.account.limits.retention_days
         return retention * 86400 if retention else None
 
+    def reusable_until(self, now: datetime) -> datetime:
+        """An identical file already held is reused only if it lives at least this long: to the
+        end of the TTL asked for, or (without one) a while yet."""
+        return now + (timedelta(seconds=self.ttl_seconds) if self.ttl_seconds is not None else REUSE_AT_LEAST)
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -133,14 +171,21 @@ class Reservation:
     violations: list[Violation] = field(default_factory=list)
 
 
-def reserve(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reservation:
-    """Check one file against the account's policy and, if it fits, reserve it — atomically."""
+def reserve(ledger: Ledger, job: UploadJob, sha256: str | None, twins: Twins | None = None) -> Reservation:
+    """Check one file against the account's policy and, if it fits, reserve it — atomically.
+
+    An identical active file that lives long enough is reused instead: the one ``twins`` saw the
+    provider still hold, or one that became active since (another process uploaded it a moment
+    ago); never one ``twins`` checked and could not use."""
     acct, account_id, request = job.account, job.account_id, job.request
+    twins = twins or Twins()
     with ledger.write() as w:
         w.lock_account(account_id)
         now = utcnow()  # inside the lock: reservations' times follow the order they were made in
         if sha256 and not job.force:
-            record = w.find_duplicate(account_id, sha256, request.purpose)
+            record = w.find_duplicate(
+                account_id, sha256, request.purpose, lasting_until=job.reusable_until(now), exclude=twins.unusable
+            )
             if record is not None:
                 w.reuse(account_id, record, request, sha256, **job.detail)
                 return Reservation(record, reused=True)
@@ -169,13 +214,19 @@ def reserve(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reservation:
 
 
 def upload_one(
-    ledger: Ledger, remote: Provider, job: UploadJob, progress: ProgressCallback | None = None
+    ledger: Ledger,
+    remote: Provider,
+    job: UploadJob,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
 ) -> UploadResult:
     """Run one job to its end; failures are returned in the result, not raised."""
     evicted: list[Held] = []
     try:
+        if cancel is not None and cancel.is_set():
+            raise Interrupted("not uploaded: interrupted before it started")
         sha = _sha_if_worth_it(ledger, job)
-        reservation = reserve(ledger, job, sha)
+        reservation = reserve(ledger, job, sha, check_twins(ledger, remote, job, sha))
         if reservation.violations:
             raise QuotaExceeded(
                 "refused by quota: " + "; ".join(v.message for v in reservation.violations), reservation.violations
@@ -184,58 +235,154 @@ def upload_one(
         if reservation.reused:
             return UploadResult(job.path, reservation.record)
         _evict(ledger, remote, job, reservation, evicted)
-        record = _send(ledger, remote, job, reservation.record, progress)
+        record = _send(ledger, remote, job, reservation.record, progress, cancel)
         return UploadResult(job.path, record, evicted=evicted)
+    except _Failed as f:
+        return UploadResult(job.path, error=f.error, evicted=evicted, row=f.row)
     except FilekeeperError as e:
         return UploadResult(job.path, error=e, evicted=evicted)
 
 
+class _Failed(Exception):
+    """An upload's error, with the ledger row it left (``failed``, or ``pending`` when unknowable)."""
+
+    def __init__(self, error: FilekeeperError, row: FileRecord | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.row = row
+
+
 def _sha_if_worth_it(ledger: Ledger, job: UploadJob) -> str | None:
-    # Hashing first costs a second read of the file: only worth it when a duplicate may exist.
+    # Hashing first costs a second read of the file: only worth it when a duplicate may exist
+    # (an active file, or a reservation a crashed run left, of the same size and purpose).
     if job.force:
         return None
     with ledger.read() as r:
         return job.payload.sha256() if r.may_be_duplicate(job.account_id, job.request) else None
 
 
+@dataclass
+class Twins:
+    """What checking an upload's identical files found: the ledger ids not to reuse."""
+
+    unusable: set[int] = field(default_factory=set)
+
+
+#: identical files checked at the provider before giving up on reuse and uploading anew
+TWINS_CHECKED = 3
+
+
+def check_twins(ledger: Ledger, remote: Provider, job: UploadJob, sha256: str | None) -> Twins:
+    """Make sure an identical file the reservation would reuse is really there.
+
+    A reservation of the same file that a crashed run left behind is settled first, if its
+    upload landed (so that running the command again makes no second copy). Then the newest
+    identical active file that lives long enough is retrieved once: gone, it is recorded as
+    missing and the next is tried; if the provider cannot say, it is not reused."""
+    twins = Twins()
+    if sha256 is None or job.force:
+        return twins
+    with ledger.read() as r:
+        leftovers = r.pending_twins(job.account_id, job.request, sha256)
+    for pending in leftovers:
+        try:
+            landed = find_landed(ledger, remote, job.account_id, pending)
+        except ProviderError:
+            break  # the listing cannot be read now: the leftover stays pending for reconcile
+        if landed is not None:
+            with ledger.write() as w:
+                w.activate(pending.ledger_id, file_id=landed.id, size=pending.bytes, sha256=sha256, settled_by="upload")
+    for _ in range(TWINS_CHECKED):
+        with ledger.read() as r:
+            twin = r.find_duplicate(
+                job.account_id, sha256, job.purpose, lasting_until=job.reusable_until(utcnow()), exclude=twins.unusable
+            )
+        if twin is None or twin.id is None:
+            return twins
+        try:
+            remote.retrieve(twin.id)
+        except FileNotFoundAtProvider:
+            with ledger.write() as w:
+                w.found_gone(job.account_id, twin)  # deleted behind our back: it holds no quota now
+            twins.unusable.add(twin.ledger_id)
+            continue
+        except ProviderError:
+            twins.unusable.add(twin.ledger_id)  # cannot tell: upload anew rather than hand out a dead id
+            continue
+        return twins
+    return twins
+
+
 def _evict(ledger: Ledger, remote: Provider, job: UploadJob, reservation: Reservation, done: list[Held]) -> None:
     """Delete the files the reservation marked for eviction, adding each to ``done`` once it is
     gone. If the k-th delete fails, the ones already deleted stay deleted (they are gone at the
-    provider); only the rest are restored."""
+    provider); only the rest are restored. A delete whose answer never came is checked with one
+    retrieve: if the file is gone, it counts as deleted."""
     assert reservation.record is not None
     for k, victim in enumerate(reservation.evicted):
         try:
             remote.delete(victim.file_id)
         except ProviderError as e:
+            if e.retryable and _gone(remote, victim.file_id):
+                done.append(victim)
+                continue
+            why = f"could not evict {victim.file_id} to make room: {e.message}"
             with ledger.write() as w:
                 for kept in reservation.evicted[k:]:
                     w.restore_evicted(job.account_id, kept, e.message)
-                w.fail(reservation.record.ledger_id, f"could not evict {victim.file_id} to make room: {e.message}")
-            raise ProviderError(
-                f"could not evict {victim.file_id} to make room: {e.message}", provider=e.provider, status=e.status
-            ) from None
+                row = w.fail(reservation.record.ledger_id, why)
+            raise _Failed(ProviderError(why, provider=e.provider, status=e.status), row) from None
         done.append(victim)
 
 
+def _gone(remote: Provider, file_id: str) -> bool:
+    """Whether the provider says it does not hold the file (False when it cannot say)."""
+    try:
+        remote.retrieve(file_id)
+    except FileNotFoundAtProvider:
+        return True
+    except ProviderError:
+        return False
+    return False
+
+
 def _send(
-    ledger: Ledger, remote: Provider, job: UploadJob, reservation: FileRecord, progress: ProgressCallback | None
+    ledger: Ledger,
+    remote: Provider,
+    job: UploadJob,
+    reservation: FileRecord,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
 ) -> FileRecord:
     """Upload a reserved file; settle its row as active, or failed, or leave it pending when unknowable."""
     provider = job.account.provider
+
+    def sent(sha256: str) -> None:
+        # The reservation now names its content: a rerun after a crash from here on can find
+        # the landed file and reuse it instead of sending a second copy.
+        with ledger.write() as w:
+            w.note_sent(reservation.ledger_id, sha256)
+
     for attempt in range(1, LOST_RESPONSE_ATTEMPTS + 1):
         try:
             up = job.payload.send(
-                remote, purpose=reservation.purpose, expires_after=job.expires_after(), on_progress=progress
+                remote,
+                purpose=reservation.purpose,
+                expires_after=job.expires_after(),
+                on_progress=progress,
+                cancel=cancel,
+                on_sent=sent,
             )
         except ResponseLost as e:
             try:
                 landed = find_landed(ledger, remote, job.account_id, reservation)
             except ProviderError as lookup_error:
-                raise ProviderError(
+                error = ProviderError(
                     f"{e.message}, and the provider could not be asked whether it landed "
                     f"({lookup_error.message}); the reservation stays pending until reconcile settles it",
                     provider=provider,
-                ) from None
+                )
+                raise _Failed(error, reservation) from None
             if landed is not None:
                 with ledger.write() as w:
                     return w.activate(
@@ -248,17 +395,19 @@ def _send(
                     )
             if attempt == LOST_RESPONSE_ATTEMPTS:
                 with ledger.write() as w:
-                    w.fail(reservation.ledger_id, e.message, status=e.status, attempts=attempt)
-                raise ProviderError(f"{e.message}; gave up after {attempt} attempts", provider=provider) from None
+                    row = w.fail(reservation.ledger_id, e.message, status=e.status, attempts=attempt)
+                gave_up = ProviderError(f"{e.message}; gave up after {attempt} attempts", provider=provider)
+                raise _Failed(gave_up, row) from None
             continue
         except ProviderError as e:
             with ledger.write() as w:
-                w.fail(reservation.ledger_id, e.message, status=e.status, code=e.code)
-            raise
-        except UsageError as e:
+                row = w.fail(reservation.ledger_id, e.message, status=e.status, code=e.code)
+            raise _Failed(e, row) from None
+        except (UsageError, Interrupted) as e:
+            # The file changed under us, or Ctrl-C: the request stopped half-way, nothing was stored.
             with ledger.write() as w:
-                w.fail(reservation.ledger_id, str(e))
-            raise
+                row = w.fail(reservation.ledger_id, str(e))
+            raise _Failed(e, row) from None
         with ledger.write() as w:
             return w.activate(
                 reservation.ledger_id,
@@ -294,10 +443,15 @@ def upload_all(
 
     Identical files in one command are deduplicated deterministically: the first (in the order
     given) is uploaded, and the others wait for it and reuse it, instead of racing it.
+
+    Ctrl-C (or SIGTERM) cancels: uploads in flight stop where they are and become ``failed``,
+    those not started are not reserved, and those done are returned as done; each cancelled
+    one's result is an :class:`Interrupted` error.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     lock = threading.Lock()
+    cancel = threading.Event()
 
     def progress(delta: int) -> None:
         if on_progress:
@@ -309,11 +463,20 @@ def upload_all(
 
     def run_chain(chain: list[int]) -> None:
         for i in chain:
-            results[i] = upload_one(ledger, remote, jobs[i], progress)
+            try:
+                results[i] = upload_one(ledger, remote, jobs[i], progress, cancel)
+            except Exception as e:  # a bug must not hide the other files' outcomes
+                bug = FilekeeperError(f"internal error: {type(e).__name__}: {e}")
+                results[i] = UploadResult(jobs[i].path, error=bug)
 
     workers = max(1, min(concurrency, len(chains)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload") as pool:
-        list(pool.map(run_chain, chains))
+        futures = [pool.submit(run_chain, chain) for chain in chains]
+        try:
+            while wait(futures, timeout=0.5).not_done:
+                pass
+        except KeyboardInterrupt:
+            cancel.set()  # readers stop at their next chunk; the pool's exit waits for them
     return [results[i] for i in range(len(jobs))]
 
 

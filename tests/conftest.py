@@ -173,12 +173,17 @@ def age_everything(home: Path, hours: float = 2) -> None:
 
     from sqlalchemy import select, update
 
-    from filekeeper.schema import files
+    from filekeeper.schema import account_keys, files
 
     with ledger_connection(home) as conn:
         for ledger_id, created in conn.execute(select(files.c.id, files.c.created_at)).all():
             conn.execute(
                 update(files).where(files.c.id == ledger_id).values(created_at=created - timedelta(hours=hours))
+            )
+        # When each URL and key was first used moves back with the files uploaded through it.
+        for key_id, seen in conn.execute(select(account_keys.c.id, account_keys.c.first_seen)).all():
+            conn.execute(
+                update(account_keys).where(account_keys.c.id == key_id).values(first_seen=seen - timedelta(hours=hours))
             )
 
 
@@ -219,6 +224,16 @@ def upload(run: Callable[..., Result], tmp_path: Path, flavor: str, *names: str)
     result = run("upload", *paths, "-p", flavor, "--json", "--concurrency", "1")
     assert result.exit_code == 0, result.stderr
     return result.json()
+
+
+def baseline(run: Callable[..., Result], *account: str) -> None:
+    """An applying reconcile of the account (``"-p", "openai"``, say) before the test adds files
+    at the provider: the ledger's baseline. Unknown files it lists from then on are orphans;
+    before it, a ledger takes them for someone else's (unclaimed)."""
+    result = run("reconcile", *account, "--apply", "--min-age", "0", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    docs = result.json() if isinstance(result.json(), list) else [result.json()]
+    assert all(d["deleted"] == [] for d in docs), "a baseline run deletes nothing"
 
 
 def emulator_ids(emu: Emulator) -> set[str]:

@@ -97,8 +97,20 @@ max_total_bytes = "unlimited"
         ('[accounts.moonshot]\nprovider = "moonshot"', "implicit account"),
         ('[accounts.x]\nprovider = "moonshot"\nretention_days = true', "retention_days: expected a whole number"),
         ("[defaults]\nx = 1", "defaults: unknown section"),
-        ("[http]\nattempts = 0", "[http] attempts: expected a whole number >= 1"),
+        ("[http]\nattempts = 0", "[http] attempts: expected a number at least 1 and at most 100, got 0"),
         ("[http]\nretries = 3", "[http] retries: unknown key"),
+        ("[http]\ntimeout_seconds = nan", "[http] timeout_seconds: expected a number, got nan"),
+        ("[http]\ntotal_seconds = inf", "[http] total_seconds: expected a number, got inf"),
+        ("[http]\ntimeout_seconds = 0", "[http] timeout_seconds: expected a number above 0"),
+        ("[http]\nattempts = 1e9", "[http] attempts: expected a whole number"),
+        ("[providers.openai]\nretention_days = 99999999", "retention_days: expected a whole number of days from 0"),
+        ("[providers.openai]\ngenerated_retention_days = -1", "generated_retention_days: expected a whole number"),
+        ("[providers.openai]\nmax_files = nan", "max_files: expected a whole number"),
+        (
+            '[accounts.x]\nprovider = "compatible"\napi_key_env = "K"\nbase_url = "https://me:hunter2@llm.example/v1"',
+            "base_url: a base URL must not carry credentials (user:password@)",
+        ),
+        ('[accounts.x]\nprovider = "moonshot"\nbase_url = "https://h:99999/v1"', "base_url: not a valid URL"),
     ],
 )
 def test_malformed_config_names_file_and_key(home: Path, text: str, message: str) -> None:

@@ -265,8 +265,13 @@ def test_concurrent_uploads_never_oversell_the_quota(
             )
         )
     outputs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
-    uploaded = [r for _, out, _ in outputs for r in json.loads(out)]
+    results = [r for _, out, _ in outputs for r in json.loads(out)]
+    uploaded = [r for r in results if r["outcome"] == "uploaded"]
     refused = processes * per_process - limit
+    assert len(results) == processes * per_process  # one result per path, whatever became of it
+    from collections import Counter
+
+    assert sum(r["outcome"] == "refused" for r in results) == refused, Counter(r["outcome"] for r in results)
     assert len(uploaded) == limit
     with emu.lock:
         assert len(emu.files) == limit and sorted(emu.files) == sorted(r["id"] for r in uploaded)

@@ -23,6 +23,7 @@ from tests.conftest import (
     actions,
     age_everything,
     as_json,
+    baseline,
     emulator_ids,
     hold_lock,
     ledger_connection,
@@ -57,6 +58,8 @@ JSON_KEYS = {
     "reappeared",
     "intents_settled",
     "interrupted",
+    "to_delete",
+    "to_adopt",
 }
 
 
@@ -67,6 +70,7 @@ def sql(home: Path, statement: str, *args: Any) -> None:
 def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai", page_size=3)
     kept = upload(run, tmp_path, "openai", "keep.txt")[0]
+    baseline(run, "-p", "openai")  # what appears at the provider from now on, unknown, is an orphan
     old = [emu.add_file(f"orphan{i}.txt", 10 + i, created_at=HOUR_AGO) for i in range(5)]
     young = emu.add_file("young.txt", 5)
     before_events = actions(home)
@@ -76,7 +80,7 @@ def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, h
     assert set(body) == JSON_KEYS and body["applied"] is False and body["listed"] == 7
     assert sorted(o["id"] for o in body["orphans"]) == sorted([f.id for f in old] + [young.id])
     assert body["deleted"] == [] and body["run_id"] is None
-    assert actions(home) == before_events and ledger_rows(home, "SELECT count(*) FROM reconcile_runs") == [(0,)]
+    assert actions(home) == before_events and ledger_rows(home, "SELECT count(*) FROM reconcile_runs") == [(1,)]
     assert len(emulator_ids(emu)) == 7
 
     applied = run("reconcile", "-p", "openai", "--apply", "--json").json()
@@ -84,7 +88,7 @@ def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, h
     assert applied["skipped"] == [{"id": young.id, "reason": "younger than --min-age (1h): may be mid-upload"}]
     assert emulator_ids(emu) == {kept["id"], young.id}
     assert actions(home).count("reconcile_delete") == 5
-    [(status, counts, listed)] = ledger_rows(home, "SELECT status, counts, listed FROM reconcile_runs")
+    [_, (status, counts, listed)] = ledger_rows(home, "SELECT status, counts, listed FROM reconcile_runs ORDER BY id")
     assert status == "done" and listed == 7 and as_json(counts)["deleted"] == 5
     assert ledger_rows(home, "SELECT status FROM files") == [("active",)]
 
@@ -156,7 +160,7 @@ def test_pending_reservations_are_settled_or_failed(provider_env, run, home: Pat
 
     young = run("reconcile", "-p", "openai", "--json").json()  # both reservations are younger than 1h
     assert {p["outcome"] for p in young["pending"]} == {"waiting"}
-    assert [o["id"] for o in young["orphans"]] == [landed]
+    assert [o["id"] for o in young["unclaimed"]] == [landed]  # no baseline yet: not an orphan
 
     age_everything(home)
     result = run("reconcile", "-p", "openai", "--apply", "--json").json()
@@ -273,7 +277,7 @@ def test_an_empty_listing_with_active_files_is_refused(provider_env, run, home: 
 
 def test_max_delete_refuses_the_whole_plan(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai")
-    upload(run, tmp_path, "openai", "ours.txt")  # this ledger tracks the account: unknown files are orphans
+    baseline(run, "-p", "openai")  # this ledger has listed the account: unknown files are orphans
     for i in range(12):
         emu.add_file(f"o{i}.txt", 3, created_at=HOUR_AGO)
     before = _state(home, emu)
@@ -281,9 +285,9 @@ def test_max_delete_refuses_the_whole_plan(provider_env, run, home: Path, tmp_pa
     assert result.exit_code == 1
     assert "would delete 12 files, more than --max-delete 10" in result.stderr
     assert "--max-delete 12" in result.stderr
-    assert len(emulator_ids(emu)) == 13
+    assert len(emulator_ids(emu)) == 12
     assert _state(home, emu) == before
-    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("aborted",)]
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [("done",), ("aborted",)]
     pct = run("reconcile", "-p", "openai", "--apply", "--max-delete", "50%")
     assert pct.exit_code == 1 and "more than --max-delete 50%" in pct.stderr
     ok = run("reconcile", "-p", "openai", "--apply", "--max-delete", "100%", "--json")
@@ -294,7 +298,7 @@ def test_max_delete_refuses_the_whole_plan(provider_env, run, home: Path, tmp_pa
 
 def test_min_age_protects_young_orphans(provider_env, run, tmp_path: Path) -> None:
     emu = provider_env("openai")
-    upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
     fresh = emu.add_file("fresh.txt", 3)
     result = run("reconcile", "-p", "openai", "--apply", "--min-age", "2h", "--json").json()
     assert result["deleted"] == [] and result["skipped"][0]["id"] == fresh.id
@@ -318,7 +322,11 @@ def test_a_dead_holder_is_abandoned(provider_env, run, home: Path, tmp_path: Pat
     upload(run, tmp_path, "openai", "a.txt")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    hold_lock(home, dead.pid, socket.gethostname())
+    now = datetime.now(UTC)
+    hold_lock(home, dead.pid, socket.gethostname(), heartbeat=now)  # gone, but a moment ago: not yet
+    busy = run("reconcile", "-p", "openai", "--apply")
+    assert busy.exit_code == 1 and "another reconcile" in busy.stderr
+    ledger_sql(home, "UPDATE reconcile_runs SET heartbeat_at = ?", now - timedelta(minutes=2))
     hold_lock(home, 1, "another-host", heartbeat=datetime(2020, 1, 1, tzinfo=UTC))  # silent for years
     result = run("reconcile", "-p", "openai", "--apply")
     assert result.exit_code == 0, result.stderr
@@ -385,8 +393,9 @@ class RacingProvider:
         return self.real.delete(file_id)
 
 
-def test_each_delete_is_rechecked_and_404_is_success(provider_env, home: Path, tmp_path: Path) -> None:
+def test_each_delete_is_rechecked_and_404_is_success(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai")
+    baseline(run, "-p", "openai")
     became_active = emu.add_file("racing.txt", 3, created_at=HOUR_AGO)
     vanished = emu.add_file("vanished.txt", 4, created_at=HOUR_AGO)
     plain = emu.add_file("plain.txt", 5, created_at=HOUR_AGO)
@@ -456,6 +465,7 @@ def test_all_accounts(home: Path, emulators, run, tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("TEAM_KEY", SECRET)
     upload(run, tmp_path, "openai", "ours.txt")
     assert run("upload", str(write(tmp_path / "team.txt", "team")), "--account", "team").exit_code == 0
+    baseline(run, "--all")
     a.add_file("x.txt", 1, created_at=HOUR_AGO)
     b.add_file("y.txt", 2, created_at=HOUR_AGO)
     result = run("reconcile", "--all", "--apply", "--json")
@@ -515,7 +525,7 @@ def test_reconcile_while_uploads_run_loses_nothing(home: Path, emulators, tmp_pa
 
 def test_progress_on_a_terminal_only(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai", page_size=2)
-    upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
     for i in range(5):
         emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO)
     env = {**os.environ}

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SECRET, age_everything, files_count, ledger_rows, upload, write
+from tests.conftest import SECRET, age_everything, baseline, files_count, ledger_rows, upload, write
 from tests.emulator import MAIN, Emulator
 
 HOUR_AGO = int(time.time()) - 7200
@@ -129,6 +129,7 @@ def repeated_ids(provider_env, run, home, tmp_path, monkeypatch, emulators) -> C
 def provider_made(provider_env, run, home, tmp_path, monkeypatch, emulators) -> Case:
     emu = provider_env("openai")
     ours = _ours(run, tmp_path, "openai", 1)
+    baseline(run, "-p", "openai")
     made = {
         emu.add_file(name, 9, purpose=purpose, created_at=int(time.time()) - 2 * 86400).id
         for name, purpose in (("out.jsonl", "batch_output"), ("results.csv", "fine-tune-results"))
@@ -152,6 +153,7 @@ def delete_refused_then_allowed(provider_env, run, home, tmp_path, monkeypatch, 
     emu = provider_env("openai")
     write(home / "config.toml", "[http]\nattempts = 2\nbackoff_seconds = 0.01\n")
     ours = _ours(run, tmp_path, "openai", 2)
+    baseline(run, "-p", "openai")
     orphans = [emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO) for i in range(3)]
     emu.inject("DELETE", f"/files/{orphans[0].id}", status=500, times=2)  # both of run 1's attempts
     return Case(emu, [(["-p", "openai"], 1), (["-p", "openai"], 0)], ours)
@@ -160,6 +162,7 @@ def delete_refused_then_allowed(provider_env, run, home, tmp_path, monkeypatch, 
 def delete_answer_lost(provider_env, run, home, tmp_path, monkeypatch, emulators) -> Case:
     emu = provider_env("openai")
     ours = _ours(run, tmp_path, "openai", 2)
+    baseline(run, "-p", "openai")
     orphans = [emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO) for i in range(3)]
     emu.inject("DELETE", f"/files/{orphans[0].id}", drop_response=True, after_store=True)
     return Case(emu, [(["-p", "openai"], 0)], ours)
@@ -168,6 +171,7 @@ def delete_answer_lost(provider_env, run, home, tmp_path, monkeypatch, emulators
 def rate_limited(provider_env, run, home, tmp_path, monkeypatch, emulators) -> Case:
     emu = provider_env("zai")
     ours = _ours(run, tmp_path, "zai", 2)
+    baseline(run, "-p", "zai")
     emu.add_file("o.pdf", 1, purpose="agent", created_at=HOUR_AGO)
     emu.inject("GET", "/files", status=429, headers={"Retry-After": "0"}, times=2)
     emu.inject("DELETE", "/files/", status=429, headers={"Retry-After": "0"}, times=1)

@@ -28,6 +28,7 @@ from tests.conftest import (
     actions,
     age_everything,
     as_json,
+    baseline,
     hold_lock,
     ledger_rows,
     ledger_sql,
@@ -74,7 +75,8 @@ def test_another_accounts_key_changes_nothing_and_a_rotated_key_is_proven(
     monkeypatch.setenv("MOONSHOT_API_KEY", TEAMMATE)  # a teammate's valid key, by mistake
     wrong = run("reconcile", "-p", "moonshot", "--apply")
     assert wrong.exit_code == 1, wrong.stdout + wrong.stderr
-    assert "was never used with this account" in wrong.stderr and "shows 0 of the 3 files" in wrong.stderr
+    assert "this API key" in wrong.stderr and "was never shown to reach this account" in wrong.stderr
+    assert "shows 0 of the 3 files" in wrong.stderr
     assert "--trust-key" in wrong.stderr and "MOONSHOT_API_KEY" in wrong.stderr
     assert TEAMMATE not in wrong.stderr
     assert emu.ids("teammate") == theirs and emu.ids() == ours
@@ -177,8 +179,9 @@ def test_adopting_unclaimed_files_makes_them_ours(provider_env, run, home: Path)
     assert adopted["adopted"] == [found.id] and statuses(home) == {found.id: "active"}
     again = run("reconcile", "-p", "zai", "--apply", "--adopt", "--json").json()
     assert again["adopted"] == [] and actions(home).count("reconcile_adopt") == 1
-    [(created, expires)] = ledger_rows(home, "SELECT created_at, expires_at FROM files")
-    assert _as_datetime(expires) - _as_datetime(created) == timedelta(days=180)  # the retention policy's
+    [(expires,)] = ledger_rows(home, "SELECT expires_at FROM files")
+    left = _as_datetime(expires).replace(tzinfo=UTC) - datetime.now(UTC)  # the retention policy's, from adoption
+    assert timedelta(days=179) < left <= timedelta(days=180)
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -308,6 +311,7 @@ def test_files_the_provider_expired_on_schedule_do_not_trip_the_rail(
 def test_provider_made_files_are_kept_for_their_own_retention(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai")
     [ours] = upload(run, tmp_path, "openai", "batch-input.jsonl")
+    baseline(run, "-p", "openai")
     now = int(time.time())
     output = emu.add_file("batch_out.jsonl", 700, purpose="batch_output", created_at=now - 2 * DAY)
     old = emu.add_file("old_results.csv", 50, purpose="fine-tune-results", created_at=now - 31 * DAY)
@@ -377,12 +381,13 @@ def test_a_live_holder_is_never_taken_over_however_old_its_heartbeat(
 
 
 def test_the_heartbeat_is_written_while_deleting(
-    provider_env, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import filekeeper.reconcile as rec
 
     monkeypatch.setattr(rec, "HEARTBEAT_EVERY", 0.0)
     emu = provider_env("openai")
+    baseline(run, "-p", "openai")
     for i in range(12):
         emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO)
     beats: list[Any] = []
@@ -453,6 +458,7 @@ def test_every_delete_of_an_interrupted_run_is_on_record(
 ) -> None:
     emu = provider_env("openai", latency=0.02)
     upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
     orphans = {emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO).id for i in range(300)}
     proc = _reconcile_process(home, emu, "--concurrency", "4", "--max-delete", "300")
     _when(lambda: emu.count("DELETE") >= 40)
@@ -462,16 +468,19 @@ def test_every_delete_of_an_interrupted_run_is_on_record(
     assert 40 <= len(deleted) < 300
     if how == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
-        # The next run finds the deletes the dead one sent but never recorded.
+        # Cron's next run, minutes later (the dead run's heartbeat has gone quiet), finds the
+        # deletes the dead one sent but never recorded.
+        ledger_sql(home, "UPDATE reconcile_runs SET heartbeat_at = ?", datetime.now(UTC) - timedelta(minutes=5))
         settled = run("reconcile", "-p", "openai", "--max-delete", "300", "--apply", "--min-age", "0", "--json")
         assert settled.exit_code == 0, settled.stderr
-        assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id")[0] == ("abandoned",)
+        runs = [s for (s,) in ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id")]
+        assert runs == ["done", "abandoned", "done"]  # the baseline, the killed run, the one that settled it
         assert orphans.isdisjoint(emu.ids())
         assert sorted(_deleted_events(home)) == sorted(orphans)
     else:
         assert proc.returncode == 130, err
         assert '"interrupted": true' in out
-        assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("interrupted",)]
+        assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [("done",), ("interrupted",)]
         assert sorted(_deleted_events(home)) == sorted(deleted)  # every delete sent, and only those
         assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
     assert len(_deleted_events(home)) == len(set(_deleted_events(home)))  # never recorded twice
@@ -487,6 +496,7 @@ def test_a_delete_cut_off_from_the_ledger_is_settled_by_the_next_run(
 
     emu = provider_env("openai")
     upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
     orphans = {emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO).id for i in range(120)}
     with Keeper() as keeper:
         killed = kill_connection_when(keeper, "INSERT INTO events")  # the first batch of outcomes
@@ -538,3 +548,211 @@ def test_a_plan_writes_nothing(provider_env, run, home: Path, tmp_path: Path, mo
     monkeypatch.setenv("OPENAI_API_KEY", NEW_KEY)  # a new key: a plan shows it but records nothing
     assert run("reconcile", "-p", "openai", "--json").json()["key"] == "rotated"
     assert (actions(home), ledger_rows(home, "SELECT * FROM accounts")) == before
+
+
+# --- found by an outside attempt on the rails above -----------------------------------------------
+
+
+def test_an_upload_before_the_first_reconcile_does_not_make_the_rest_orphans(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    theirs = {emu.add_file(f"t{i}.txt", 5, created_at=HOUR_AGO).id for i in range(5)}
+    [ours] = upload(run, tmp_path, "openai", "new.txt")  # cron in a new FILEKEEPER_HOME uploads first
+    age_everything(home)
+    result = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert result["deleted"] == [] and {u["id"] for u in result["unclaimed"]} == theirs
+    assert emu.ids() == theirs | {ours["id"]}
+    later = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert later["deleted"] == [] and emu.ids() == theirs | {ours["id"]}
+
+
+def test_files_uploaded_with_a_wrong_key_do_not_prove_it(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = provider_env("openai")
+    ours = {r["id"] for r in upload(run, tmp_path, "openai", "a.txt", "b.txt")}
+    baseline(run, "-p", "openai")
+    emu.add_key(TEAMMATE, "teammate")
+    theirs = {emu.add_file(f"t{i}.txt", 5, created_at=HOUR_AGO, owner="teammate").id for i in range(6)}
+    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)  # CI uploads with the teammate's key by mistake
+    via_wrong_key = {r["id"] for r in upload(run, tmp_path, "openai", "c.txt", "d.txt")}
+    age_everything(home)
+    result = run("reconcile", "-p", "openai", "--apply")
+    assert result.exit_code == 1 and "--trust-key" in result.stderr, result.stdout + result.stderr
+    assert "shows 0 of the 2 files" in result.stderr  # only the files recorded before this key count
+    assert emu.ids("teammate") == theirs | via_wrong_key and emu.ids() == ours
+    assert set(statuses(home).values()) == {"active"}
+
+
+def test_one_endpoint_spelled_two_ways_is_one_identity(
+    home: Path, emulators, run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = emulators("openai")
+    port = emu.url.split(":")[2].split("/")[0]
+    write(
+        home / "config.toml",
+        f'[accounts.prod]\nprovider = "openai"\napi_key_env = "PROD_KEY"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+        f'[accounts.ci]\nprovider = "openai"\napi_key_env = "CI_KEY"\nbase_url = "http://LOCALHOST:{port}/v1/"\n',
+    )
+    monkeypatch.setenv("PROD_KEY", SECRET)
+    monkeypatch.setenv("CI_KEY", SECRET)
+    assert run("upload", str(write(tmp_path / "p.txt", "prod")), "--account", "prod").exit_code == 0
+    result = run("reconcile", "--all", "--apply")
+    assert result.exit_code == 2 and "are one provider account" in result.stderr
+    assert len(emu.ids()) == 1
+
+
+def test_two_keys_of_one_provider_account_are_caught_by_their_files(
+    home: Path, emulators, run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = emulators("openai")
+    emu.add_key(NEW_KEY, MAIN)  # a second project key of the same account
+    write(
+        home / "config.toml",
+        f'[accounts.prod]\nprovider = "openai"\napi_key_env = "PROD_KEY"\nbase_url = "{emu.url}"\n'
+        f'[accounts.ci]\nprovider = "openai"\napi_key_env = "CI_KEY"\nbase_url = "{emu.url}"\n',
+    )
+    monkeypatch.setenv("PROD_KEY", SECRET)
+    monkeypatch.setenv("CI_KEY", NEW_KEY)
+    for name in ("prod", "ci"):
+        assert run("upload", str(write(tmp_path / f"{name}.txt", name)), "--account", name).exit_code == 0
+    age_everything(home)
+    held = emu.ids()
+    result = run("reconcile", "--all", "--apply", "--min-age", "0")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert "reach one provider account" in result.stderr and "'prod'" in result.stderr and "'ci'" in result.stderr
+    assert emu.ids() == held and set(statuses(home).values()) == {"active"}
+
+
+def test_a_new_base_url_must_show_the_accounts_files(
+    provider_env, emulators, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt", "b.txt", "c.txt")
+    baseline(run, "-p", "openai")
+    age_everything(home, hours=0.1)  # minutes old: younger than --min-age, older than a list's lag
+    elsewhere = emulators("openai")  # another server that takes the same key
+    theirs = {elsewhere.add_file(f"t{i}.txt", 5, created_at=HOUR_AGO).id for i in range(10)}
+    monkeypatch.setenv("OPENAI_BASE_URL", elsewhere.url)
+    result = run("reconcile", "-p", "openai", "--apply", "--max-delete", "100%")
+    assert result.exit_code == 1 and "this base URL" in result.stderr, result.stdout + result.stderr
+    assert elsewhere.ids() == theirs
+
+
+def test_generated_retention_zero_keeps_them_for_ever(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\ngenerated_retention_days = 0\n")
+    upload(run, tmp_path, "openai", "in.jsonl")
+    baseline(run, "-p", "openai")
+    made = {emu.add_file(f"out{i}.jsonl", 9, purpose="batch_output", created_at=HOUR_AGO).id for i in range(3)}
+    for _ in range(2):
+        assert run("reconcile", "-p", "openai", "--apply", "--json").json()["deleted"] == []
+    assert made <= emu.ids()
+    assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'generated' AND expires_at IS NULL") == [(3,)]
+
+
+def test_adopting_old_files_does_not_hand_them_to_the_next_run_expired(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    old = int(time.time()) - 200 * DAY
+    found = {emu.add_file(f"f{i}.txt", 5, created_at=old).id for i in range(4)}
+    assert run("reconcile", "-p", "openai", "--apply").exit_code == 0  # recorded as unclaimed
+    adopt = run("reconcile", "-p", "openai", "--apply", "--adopt", "--exit-code")
+    assert adopt.exit_code == 4 and "adopted 4" in adopt.stdout  # it did something, and says so
+    after = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert after["deleted"] == [] and after["expired"] == [] and found == emu.ids()
+
+
+def test_delete_unclaimed_is_planned_and_reported(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    for i in range(4):
+        emu.add_file(f"t{i}.txt", 5, created_at=HOUR_AGO)
+    assert run("reconcile", "-p", "openai", "--apply").exit_code == 0
+    plan = run("reconcile", "-p", "openai", "--delete-unclaimed")
+    assert "4 deletion(s) at most" in plan.stdout, plan.stdout
+    applied = run("reconcile", "-p", "openai", "--apply", "--delete-unclaimed", "--exit-code")
+    assert applied.exit_code == 4 and "deleted 4" in applied.stdout
+    assert emu.ids() == set()
+    adopt_plan = run("reconcile", "-p", "openai", "--adopt", "--json").json()
+    assert adopt_plan["to_delete"] == 0
+
+
+def test_a_delete_answered_with_something_not_json_is_still_a_delete(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    orphan = emu.add_file("o.txt", 3, created_at=HOUR_AGO)
+    emu.inject("DELETE", f"/files/{orphan.id}", status=200, body="OK", after_store=True)
+    result = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["deleted"] == [orphan.id] and orphan.id not in emu.ids()
+    assert _deleted_events(home) == [orphan.id]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-delete", "²%"], "--max-delete takes a whole number"),
+        (["--max-delete", "250%"], "--max-delete takes a whole number"),
+        (["--min-age", "99999999999d"], "longer than anything filekeeper keeps"),
+        (["--min-age", "999999999d"], "longer than anything filekeeper keeps"),
+    ],
+)
+def test_bad_reconcile_options_are_usage_errors(args: list[str], message: str, provider_env, run) -> None:
+    provider_env("openai")
+    result = run("reconcile", "-p", "openai", *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_impossible_creation_times_from_the_provider_are_no_times(provider_env, run, home: Path) -> None:
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    far = emu.add_file("far.txt", 3, created_at=10**20)
+    emu.add_file("ok.txt", 3, created_at=HOUR_AGO)
+    result = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    body = result.json()
+    assert {"id": far.id, "reason": "the provider gave no creation time"} in body["skipped"]
+    assert far.id in emu.ids() and len(body["deleted"]) == 1
+
+
+def test_json_says_which_account_failed_and_why(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    emu.inject("GET", "/files", status=401, body=emu.error_body(401, "bad key"), times=20)
+    one = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert one.exit_code == 1
+    doc = one.json()
+    assert (doc["account"], doc["applied"], doc["exit_code"]) == ("openai", False, 1) and "bad key" in doc["error"]
+    many = run("reconcile", "--all", "--json")
+    assert many.exit_code == 1 and [d["account"] for d in many.json()] == ["openai"]
+    assert "error" in many.json()[0]
+
+
+def test_a_plan_sees_through_a_dead_runs_journal(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    [a] = upload(run, tmp_path, "openai", "a.txt")
+    age_everything(home)
+    from filekeeper.config import load_settings
+    from filekeeper.ledger import open_ledger
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    hold_lock(home, dead.pid, socket.gethostname(), heartbeat=long_ago, started=long_ago)
+    ledger = open_ledger(load_settings())
+    try:
+        with ledger.write() as w:  # the dead run had sent this delete, and died before recording it
+            w.add_intents(1, [(a["id"], w.ledger_id_of(1, a["id"]), "expired")], run_id=1)
+    finally:
+        ledger.close()
+    with emu.lock:
+        del emu.files[a["id"]]
+    plan = run("reconcile", "-p", "openai", "--json").json()
+    assert plan["missing"] == [] and [i["id"] for i in plan["intents_settled"]] == [a["id"]]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import age_everything, ledger_rows, write
+from tests.conftest import age_everything, baseline, ledger_rows, write
 
 AWKWARD = ["plain.txt", 'comma, "quoted".txt', "new\nline.txt", "ünïcødé 文件.md"]
 
@@ -33,6 +33,7 @@ def history(provider_env, run, home: Path, tmp_path: Path) -> dict[str, Any]:
     assert refused.exit_code == 3
     run("delete", uploaded[0]["id"], "-p", "openai")
     age_everything(home)  # uploaded a while ago: a file gone from the listing now is missing, not just young
+    baseline(run, "-p", "openai")
     emu.add_file("orphan.txt", 7, created_at=int(time.time()) - 7200)
     with emu.lock:
         del emu.files[uploaded[1]["id"]]
@@ -78,7 +79,7 @@ def test_json_report_schema_and_figures(history, run, home: Path) -> None:
     assert day["refused_by"] == {"max_files": 2}
     assert (day["orphans_found"], day["orphans_deleted"], day["missing"]) == (1, 1, 1)
     assert day["bytes_uploaded"] > 0
-    [run_row] = doc["reconcile_runs"]
+    [_baseline, run_row] = doc["reconcile_runs"]
     assert (run_row["status"], run_row["deleted"], run_row["missing"]) == ("done", 1, 1)
     assert len(doc["events"]) == ledger_rows(home, "SELECT count(*) FROM events")[0][0]
     first = doc["events"][0]

@@ -52,7 +52,8 @@ def test_a_new_user_uploads_lists_and_deletes(flavor: str, home: Path, emulators
     up = run_process("upload", str(doc), "--provider", flavor, "--json", env=env)
     assert up.returncode == 0, up.stderr
     [record] = json.loads(up.stdout)
-    assert set(record) == RECORD_KEYS
+    assert set(record) == RECORD_KEYS | {"path", "outcome", "evicted"}
+    assert (record["path"], record["outcome"], record["evicted"]) == (str(doc), "uploaded", [])
     assert record["status"] == "active" and record["provider"] == flavor and record["account"] == flavor
     assert record["bytes"] == doc.stat().st_size and record["filename"] == "report, final.txt"
     assert record["purpose"] == DEFAULT_PURPOSE[flavor]
@@ -187,7 +188,10 @@ def test_one_failure_among_several_uploads_is_reported_and_the_rest_land(
     paths = [str(write(tmp_path / f"d{i}.txt", "x" * (i + 1))) for i in range(3)]
     result = run("upload", *paths, "-p", "openai", "--json", "--concurrency", "1")
     assert result.exit_code == 1
-    assert len(result.json()) == 2 and "unsupported file" in result.stderr
+    outcomes = [(r["path"], r["outcome"]) for r in result.json()]
+    assert outcomes == [(paths[0], "failed"), (paths[1], "uploaded"), (paths[2], "uploaded")]
+    assert "unsupported file" in result.json()[0]["error"] and "unsupported file" in result.stderr
+    assert result.json()[0]["status"] == "failed" and result.json()[0]["id"] is None
     assert sorted(s for (s,) in ledger_rows(home, "SELECT status FROM files")) == ["active", "active", "failed"]
     with emu.lock:
         assert len(emu.files) == 2

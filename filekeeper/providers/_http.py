@@ -37,6 +37,11 @@ _EXHAUSTED_TEXT = re.compile(
     r"balance|credit|spending limit|billing|insufficient[_ ]quota|exceeded your current quota|usage cap|arrear",
     re.IGNORECASE,
 )
+# A 404 about the URL, not the file: what servers say for a route they do not have.
+_ROUTE_NOT_FOUND = re.compile(
+    r"invalid url|unknown (request )?url|no route|route not found|cannot (get|post|delete) |^not found$|<html",
+    re.IGNORECASE,
+)
 # Sent but no response: the server may have acted on it.
 _LOST = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError)
 # Never reached the server (or not all of it): safe to send again.
@@ -113,7 +118,8 @@ def parse_error(provider: str, response: httpx.Response, *, secret: str = "") ->
         elif isinstance(err, str):
             message, code = err, body.get("code")
         else:
-            message, code = body.get("message") or body.get("msg"), body.get("code")
+            message, code = body.get("message") or body.get("msg") or body.get("detail"), body.get("code")
+    enveloped = bool(message) and isinstance(message, str)
     if not message:
         text = response.text.strip() if body is None else ""
         message = text[:200] if text else (response.reason_phrase or f"HTTP {status}")
@@ -124,7 +130,11 @@ def parse_error(provider: str, response: httpx.Response, *, secret: str = "") ->
     type_ = None if type_ is None else str(type_)
     kw = {"provider": provider, "status": status, "code": code, "type": type_}
     if status == 404:
-        return FileNotFoundAtProvider(message, **kw)
+        if enveloped and not _ROUTE_NOT_FOUND.search(message):
+            return FileNotFoundAtProvider(message, **kw)
+        # Not the provider saying "no such file": the URL itself is unknown (a wrong base URL,
+        # a proxy's page). Nothing may be concluded about any file from it.
+        return ProviderError(f"{message} (the URL itself was not found: is the base URL right?)", **kw)
     if status == 429:
         exhausted = code in _EXHAUSTED_CODES or type_ in _EXHAUSTED_CODES or _EXHAUSTED_TEXT.search(message)
         if not exhausted:

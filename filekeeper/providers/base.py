@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from urllib.parse import quote
 
-from ..errors import FileNotFoundAtProvider, IncompleteListing, ProviderError
+from ..errors import FileChanged, FileNotFoundAtProvider, IncompleteListing, Interrupted, ProviderError
 from ..profiles import Profile
 
 if TYPE_CHECKING:
+    from threading import Event
+
     from ._http import HTTP
 
 ProgressCallback = Callable[[int], None]
@@ -73,6 +75,8 @@ def to_datetime(value: Any) -> datetime | None:
         return None
     if number > 1e11:
         number /= 1000
+    if not 0 <= number < 253402300800:  # NaN, negative or past the year 9999: no usable time
+        return None
     return datetime.fromtimestamp(number, UTC)
 
 
@@ -97,12 +101,26 @@ class _HashingReader:
     """Feeds httpx's multipart encoder from disk, hashing and counting on the way.
 
     httpx seeks to 0 before each attempt, so a retried request hashes from scratch. It finds
-    the length with fstat(fileno()), so the body is streamed with a Content-Length.
+    the length with fstat(fileno()), so the body is streamed with a Content-Length. It sends
+    exactly the ``size`` bytes the file had when the upload began: a file that ends early, or
+    goes on past that, stops the request half-way with :class:`FileChanged` (an incomplete
+    multipart body, which no provider stores), and so does ``cancel`` (Ctrl-C). ``on_sent``
+    hears the content's sha256 just before the last chunk is handed over.
     """
 
-    def __init__(self, f: BinaryIO, on_progress: ProgressCallback | None) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        size: int,
+        on_progress: ProgressCallback | None,
+        cancel: Event | None,
+        on_sent: Callable[[str], None] | None,
+    ) -> None:
         self._f = f
+        self._size = size
         self._on_progress = on_progress
+        self._cancel = cancel
+        self._on_sent = on_sent
         self.hash = hashlib.sha256()
         self.count = 0
 
@@ -120,9 +138,21 @@ class _HashingReader:
         return self._f.seek(offset, whence)
 
     def read(self, n: int = -1) -> bytes:
-        chunk = self._f.read(n)
+        if self._cancel is not None and self._cancel.is_set():
+            raise Interrupted("cancelled (interrupted) before its last byte was sent: nothing was stored")
+        left = self._size - self.count
+        want = left if n is None or n < 0 else min(n, left)
+        chunk = self._f.read(want) if want else b""
+        began = f"it had {self._size:,} bytes when the upload began"
+        if len(chunk) < want:
+            raise FileChanged(f"the file shrank while it was being uploaded ({began})")
+        if self.count + len(chunk) == self._size and self._f.read(1):
+            raise FileChanged(f"the file grew while it was being uploaded ({began})")
         self.hash.update(chunk)
         self.count += len(chunk)
+        if self.count == self._size and chunk and self._on_sent is not None:
+            # Before the last chunk goes: once the provider has all of it, the file may land.
+            self._on_sent(self.hash.hexdigest())
         if self._on_progress and chunk:
             self._on_progress(len(chunk))
         return chunk
@@ -162,13 +192,17 @@ class Provider:
         filename: str | None = None,
         expires_after: int | None = None,
         on_progress: ProgressCallback | None = None,
+        cancel: Event | None = None,
+        on_sent: Callable[[str], None] | None = None,
     ) -> Uploaded:
-        """Stream one file up; never holds it in memory. Raises ResponseLost when unsure."""
+        """Stream one file up; never holds it in memory. Raises ResponseLost when unsure,
+        FileChanged if the file changes under it, Interrupted if ``cancel`` is set meanwhile.
+        ``on_sent(sha256)`` is called before the last chunk goes (the file may land from then on)."""
         name = filename or path.name
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
-            reader = _HashingReader(f, on_progress)
+            reader = _HashingReader(f, size, on_progress, cancel, on_sent)
             body = self.http.json(
                 "POST",
                 "files",
@@ -176,8 +210,6 @@ class Provider:
                 data={"purpose": purpose, **self.expiry_fields(expires_after)},
                 files={"file": (name, reader, content_type)},
             )
-        if reader.count != size:
-            raise ProviderError(f"{path} changed while it was being uploaded", provider=self.name)
         remote = self.parse_file(body)
         return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=size)
 
@@ -289,11 +321,16 @@ class Provider:
         return parse_file(obj, self.name, self.generated_purposes)
 
     def delete(self, file_id: str) -> bool:
-        """Delete a file; False when the provider no longer had it (a 404 is success)."""
+        """Delete a file; False when the provider no longer had it (its own not-found answer).
+        Any 2xx is a delete done, whatever its body says, unless it says ``deleted: false``."""
         try:
-            body = self.http.json("DELETE", f"files/{quote(file_id, safe='')}")
+            response = self.http.request("DELETE", f"files/{quote(file_id, safe='')}")
         except FileNotFoundAtProvider:
             return False
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
         if isinstance(body, dict) and body.get("deleted") is False:
             raise ProviderError(f"the provider refused to delete {file_id}", provider=self.name)
         return True
