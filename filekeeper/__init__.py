@@ -22,6 +22,9 @@ _EXPORTS = {
     "FileNotFoundAtProvider": "errors",
     "IncompleteListing": "errors",
     "LedgerError": "errors",
+    "LedgerConflict": "errors",
+    "FileChanged": "errors",
+    "Interrupted": "errors",
     "MissingKeyError": "errors",
     "ProviderError": "errors",
     "QuotaExceeded": "errors",
@@ -42,6 +45,7 @@ _EXPORTS = {
     "CheckResult": "records",
     "DeleteResult": "records",
     "FileRecord": "records",
+    "PruneResult": "records",
     "UploadResult": "records",
     "FORMATS": "report_formats",
     "AuditReport": "report_formats",
@@ -59,16 +63,20 @@ __all__ = [
     "CheckResult",
     "ConfigError",
     "DeleteResult",
+    "FileChanged",
     "FileNotFoundAtProvider",
     "FileRecord",
     "FilekeeperError",
     "Held",
     "IncompleteListing",
+    "Interrupted",
     "Keeper",
+    "LedgerConflict",
     "LedgerError",
     "Limits",
     "MissingKeyError",
     "ProviderError",
+    "PruneResult",
     "QuotaExceeded",
     "ReconcileBusy",
     "ReconcileOptions",
@@ -102,9 +110,12 @@ if TYPE_CHECKING:
     from .config import Account, Settings, load_settings
     from .errors import (
         ConfigError,
+        FileChanged,
         FilekeeperError,
         FileNotFoundAtProvider,
         IncompleteListing,
+        Interrupted,
+        LedgerConflict,
         LedgerError,
         MissingKeyError,
         ProviderError,
@@ -119,5 +130,5 @@ if TYPE_CHECKING:
     from .providers import PROFILES, PROVIDERS
     from .quota import Advice, Held, Violation
     from .reconcile_plan import ReconcileOptions, ReconcilePlan
-    from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
+    from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, PruneResult, UploadResult
     from .report_formats import FORMATS, AuditReport, write_report

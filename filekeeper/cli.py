@@ -22,7 +22,7 @@ import click
 
 from ._version import __version__
 from .config import load_settings
-from .display import table, used_of, when
+from .display import json_safe, printable, table, used_of, when
 from .errors import EXIT_FAILURE, EXIT_QUOTA, FilekeeperError, QuotaExceeded, UsageError, exit_code_for, redact
 from .providers import PROVIDERS
 from .report_formats import FORMATS
@@ -56,7 +56,7 @@ class State:
 
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        record.msg = printable(redact(record.getMessage()))
         record.args = None
         return True
 
@@ -69,10 +69,10 @@ class FilekeeperGroup(click.Group):
             return super().invoke(ctx)
         except FilekeeperError as e:
             self._traceback(ctx)
-            click.echo(f"filekeeper: error: {e}", err=True)
+            say_error(str(e))
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("filekeeper: interrupted", err=True)
+            say("filekeeper: interrupted", err=True)
             ctx.exit(130)
         except BrokenPipeError:
             # The reader went away (`filekeeper report | head`): stop quietly, as Unix tools do.
@@ -83,8 +83,12 @@ class FilekeeperGroup(click.Group):
             raise
         except Exception as e:
             self._traceback(ctx)
+            if type(e).__module__.startswith("sqlalchemy"):  # one that slipped past the ledger's own
+                reason = str(getattr(e, "orig", None) or e).strip()
+                say_error(f"ledger error: {redact(reason.splitlines()[0] if reason else type(e).__name__)}")
+                ctx.exit(EXIT_FAILURE)
             message = redact(f"{type(e).__name__}: {e}")
-            click.echo(f"filekeeper: internal error: {message} (run with --verbose for details)", err=True)
+            click.echo(f"filekeeper: internal error: {printable(message)} (run with --verbose for details)", err=True)
             ctx.exit(EXIT_FAILURE)
 
     @staticmethod
@@ -132,7 +136,18 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON o
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    click.echo(json_safe(json.dumps(data, indent=2, ensure_ascii=False)))
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """Every line of text filekeeper prints: control characters in it (from a filename, a
+    provider's message) are shown as escapes, never obeyed by the terminal."""
+    click.echo(printable(message, newlines=True), err=err)
+
+
+def say_error(message: str) -> None:
+    """``filekeeper: error: ...`` on stderr, on one line whatever the message holds."""
+    click.echo(f"filekeeper: error: {printable(message)}", err=True)
 
 
 def fail_with(errors: Sequence[FilekeeperError | None]) -> None:
@@ -208,20 +223,19 @@ def upload(
 def render_upload(results: Sequence[UploadResult], as_json: bool) -> None:
     for r in results:
         for h in r.evicted:
-            click.echo(
-                f"evicted {h.file_id} ({h.filename}, {format_size(h.bytes)}) to make room for {r.path}", err=True
-            )
+            what = f"{h.file_id} ({printable(h.filename)}, {format_size(h.bytes)})"
+            say(f"evicted {what} to make room for {printable(str(r.path))}", err=True)
     failed = [r for r in results if not r.ok]
     for r in failed:
-        click.echo(f"filekeeper: error: {r.path}: {r.error}", err=True)
+        say_error(f"{r.path}: {r.error}")
     if any(isinstance(r.error, QuotaExceeded) for r in failed):
-        click.echo("  (see `filekeeper check` for what to free, or retry with --evict expired|oldest)", err=True)
+        say("  (see `filekeeper check` for what to free, or retry with --evict expired|oldest)", err=True)
     if as_json:
         emit_json([r.to_json() for r in results])  # one per path given, whatever became of it
         return
     for rec in [r.record for r in results if r.record is not None]:
         note = "  (already uploaded: reused)" if rec.reused else ""
-        click.echo(f"{rec.id}  {rec.filename}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}")
+        say(f"{rec.id}  {printable(rec.filename)}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}")
 
 
 @cli.command()
@@ -247,7 +261,7 @@ def check(
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(render_check(result))
+        say(render_check(result))
     if not result.ok:
         raise click.exceptions.Exit(EXIT_QUOTA)
 
@@ -259,10 +273,11 @@ def render_check(r: CheckResult) -> str:
     if r.reused:
         lines.append(
             f"{len(r.reused)} file(s) already uploaded, would be reused: "
-            + ", ".join(f"{x.filename} ({x.id})" for x in r.reused)
+            + ", ".join(f"{printable(x.filename)} ({x.id})" for x in r.reused)
         )
     if r.twins:
-        lines.append(f"{len(r.twins)} file(s) identical to another given here, sent once: {', '.join(r.twins)}")
+        twins = printable(", ".join(r.twins))
+        lines.append(f"{len(r.twins)} file(s) identical to another given here, sent once: {twins}")
     if r.ok:
         files_of = f"/{limits.max_files}" if limits.max_files is not None else ""
         bytes_of = f"/{format_size(limits.max_total_bytes)}" if limits.max_total_bytes is not None else ""
@@ -291,7 +306,8 @@ def render_advice(r: CheckResult) -> list[str]:
     def show(h: Held) -> str:
         word = "expired" if h.expired(now) else "expires"
         expires = f", {word} {h.expires_at:%Y-%m-%d}" if h.expires_at else ""
-        return f"{h.file_id} ({h.filename}, {format_size(h.bytes)}, uploaded {h.created_at:%Y-%m-%d}{expires})"
+        size = format_size(h.bytes)
+        return f"{h.file_id} ({printable(h.filename)}, {size}, uploaded {h.created_at:%Y-%m-%d}{expires})"
 
     for title, held in (("expired files that could go", advice.expired), ("or the oldest files", advice.oldest)):
         if held:
@@ -331,7 +347,7 @@ def ls(state: State, provider: str | None, account: str | None, statuses: tuple[
         emit_json([r.to_json() for r in records])
         return
     if not records:
-        click.echo("no files", err=True)
+        say("no files", err=True)
         return
     rows = [
         [
@@ -345,7 +361,7 @@ def ls(state: State, provider: str | None, account: str | None, statuses: tuple[
         ]
         for r in records
     ]
-    click.echo(table(["ID", "ACCOUNT", "STATUS", "SIZE", "CREATED", "EXPIRES", "FILENAME"], rows))
+    say(table(["ID", "ACCOUNT", "STATUS", "SIZE", "CREATED", "EXPIRES", "FILENAME"], rows))
 
 
 @cli.command()
@@ -359,7 +375,7 @@ def usage(state: State, provider: str | None, account: str | None, as_json: bool
         emit_json([u.to_json() for u in rows])
         return
     if not rows:
-        click.echo("no accounts yet: set a provider's API key or configure one in config.toml", err=True)
+        say("no accounts yet: set a provider's API key or configure one in config.toml", err=True)
         return
     body = [
         [
@@ -371,7 +387,7 @@ def usage(state: State, provider: str | None, account: str | None, as_json: bool
         ]
         for u in rows
     ]
-    click.echo(table(["ACCOUNT", "PROVIDER", "FILES", "BYTES", "RETENTION"], body))
+    say(table(["ACCOUNT", "PROVIDER", "FILES", "BYTES", "RETENTION"], body))
 
 
 @cli.command()
@@ -384,13 +400,13 @@ def delete(state: State, file_ids: tuple[str, ...], provider: str | None, accoun
     results = state.keeper().delete(file_ids, provider=provider, account=account)
     for r in results:
         if r.error is not None:
-            click.echo(f"filekeeper: error: {r.file_id}: {r.error}", err=True)
+            say_error(f"{r.file_id}: {r.error}")
     done = [r for r in results if r.error is None]
     if as_json:
         emit_json([r.to_json() for r in done])
     else:
         for r in done:
-            click.echo(f"deleted {r.file_id}{' (was already gone)' if r.already_gone else ''}")
+            say(f"deleted {r.file_id}{' (was already gone)' if r.already_gone else ''}")
     fail_with([r.error for r in results])
 
 
@@ -497,7 +513,7 @@ def reconcile(
     kwargs: dict[str, Any] = {
         "options": ReconcileOptions(**options),
         "progress": line.update if line else None,
-        "on_wait": lambda message: click.echo(f"filekeeper: {message}", err=True),
+        "on_wait": lambda message: say(f"filekeeper: {message}", err=True),
     }
     try:
         if all_accounts:
@@ -531,13 +547,13 @@ def render_reconcile(
     else:
         for p in plans:
             if p.has_work or p.errors or p.skipped:
-                click.echo(render_plan(p))
+                say(render_plan(p))
     for a, e in outcomes:
         if isinstance(e, FilekeeperError):
-            click.echo(f"filekeeper: error: {a.name}: {e}", err=True)
+            say_error(f"{a.name}: {e}")
     for p in plans:
         for file_id, error in p.errors:
-            click.echo(f"filekeeper: error: {p.account.name}: could not delete {file_id}: {redact(error)}", err=True)
+            say_error(f"{p.account.name}: could not delete {file_id}: {redact(error)}")
 
 
 def render_plan(r: ReconcilePlan) -> str:
@@ -572,9 +588,10 @@ def render_plan(r: ReconcilePlan) -> str:
         lines.append(f"  a new API key for this account, accepted: {how}")
     lines += [f"  {name:<11} {count:>6}  {what}" for name, count, what in rows if count]
     for t, why in r.unconfirmed[:10]:
-        lines.append(f"    unconfirmed {t.file_id} ({t.filename}): {why}")
+        lines.append(f"    unconfirmed {t.file_id} ({printable(t.filename)}): {why}")
     for t, rf in r.drift[:10]:
-        lines.append(f"    drift {t.file_id}: ledger {t.filename} ({t.bytes} B), provider {rf.filename} ({rf.bytes} B)")
+        ledger, provider = f"{printable(t.filename)} ({t.bytes} B)", f"{printable(rf.filename)} ({rf.bytes} B)"
+        lines.append(f"    drift {t.file_id}: ledger {ledger}, provider {provider}")
     if not r.applied:
         adopting = f", {r.to_adopt} to adopt" if r.adopt else ""
         lines.append(
@@ -651,7 +668,7 @@ def report(
     query = state.keeper().report_query(provider=provider, account=account, since=since, until=until)
     write_report(query, fmt, output)
     if output is not None:
-        click.echo(f"wrote {fmt} report to {output}", err=True)
+        say(f"wrote {fmt} report to {output}", err=True)
 
 
 # --- the ledger itself ------------------------------------------------------------------------------
@@ -675,11 +692,11 @@ def db_upgrade(state: State, as_json: bool) -> None:
             {"before": before.current, "after": after.current, "head": after.head, "backup": backup and str(backup)}
         )
     elif before.current == after.current:
-        click.echo(f"ledger already at {after.current} (head)")
+        say(f"ledger already at {after.current} (head)")
     else:
-        click.echo(f"ledger upgraded from {before.current or 'empty'} to {after.current}")
+        say(f"ledger upgraded from {before.current or 'empty'} to {after.current}")
         if backup:
-            click.echo(f"backup of the previous ledger: {backup}")
+            say(f"backup of the previous ledger: {backup}")
 
 
 @db.command("current")
@@ -696,7 +713,7 @@ def db_current(state: State, as_json: bool) -> None:
         emit_json({"revision": st.current, "head": st.head, "state": "missing" if missing else st.state})
         return
     if missing:
-        click.echo(f"no ledger yet at {settings.ledger_path} (head is {st.head})")
+        say(f"no ledger yet at {settings.ledger_path} (head is {st.head})")
         return
     notes = {
         "current": "(head)",
@@ -704,7 +721,7 @@ def db_current(state: State, as_json: bool) -> None:
         "behind": f"(behind head {st.head}; run: filekeeper db upgrade)",
         "newer": f"(written by a newer filekeeper; this one knows up to {st.head})",
     }
-    click.echo(f"{st.current or 'none'} {notes[st.state]}")
+    say(f"{st.current or 'none'} {notes[st.state]}")
 
 
 @db.command("prune-events")
@@ -717,18 +734,41 @@ def db_current(state: State, as_json: bool) -> None:
 )
 @click.option(
     "--archive",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="CSV archive to write first (default: $FILEKEEPER_HOME/archive/events-before-DATE-*.csv).",
 )
+@click.option("--yes", is_flag=True, help="Do it. Without --yes, only say how many events (of which dates) would go.")
 @json_option
 @click.pass_obj
-def db_prune_events(state: State, before: datetime, archive: Path | None, as_json: bool) -> None:
+def db_prune_events(state: State, before: datetime, archive: Path | None, yes: bool, as_json: bool) -> None:
     """Archive old events to CSV, then remove them from the ledger (nothing is ever pruned implicitly)."""
-    count, path = state.keeper().prune_events(before, archive)
+    result = state.keeper().prune_events(before, archive, apply=yes)
     if as_json:
-        emit_json({"archived": count, "archive": str(path), "before": before.isoformat()})
+        emit_json({**result.to_json(), "before": before.isoformat()})
         return
-    click.echo(f"archived {count} event(s) before {before:%Y-%m-%d %H:%M} UTC to {path}; removed them from the ledger")
+    span = f" ({when(result.first)} to {when(result.last)} UTC)" if result.count else ""
+    if result.applied:
+        say(f"archived {result.count} event(s){span} to {result.archive}; removed them from the ledger")
+    elif not result.count:
+        say(f"no events before {before:%Y-%m-%d %H:%M} UTC: nothing to prune")
+    else:
+        say(
+            f"would archive {result.count} event(s){span} to {result.archive} and remove them from the ledger; "
+            "run again with --yes to do it"
+        )
+
+
+@db.command("import-events")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@click.pass_obj
+def db_import_events(state: State, archive: Path, as_json: bool) -> None:
+    """Put the events of a prune-events archive back in the ledger (importing one twice adds nothing)."""
+    imported, present = state.keeper().import_events(archive)
+    if as_json:
+        emit_json({"imported": imported, "already_present": present, "archive": str(archive)})
+        return
+    say(f"imported {imported} event(s) from {archive}" + (f"; {present} were there already" if present else ""))
 
 
 def main() -> None:

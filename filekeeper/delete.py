@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import FileNotFoundAtProvider, ProviderError
+from .errors import ProviderError
 from .records import DeleteResult
 from .schema import Status
 
@@ -21,35 +21,25 @@ if TYPE_CHECKING:
     from .providers import Provider
 
 
-def delete_files(
-    ledger: Ledger, remote: Provider, account: Account, account_id: int, file_ids: Sequence[str]
-) -> list[DeleteResult]:
-    """Delete each file at the provider and record it; one result per id, in order."""
+def delete_files(ledger: Ledger, remote: Provider, account: Account, file_ids: Sequence[str]) -> list[DeleteResult]:
+    """Delete each file at the provider and record it; one result per id, in order. An account the
+    ledger has never seen is recorded only once a delete there is done (an id nobody knows leaves
+    no trace)."""
     results = []
+    with ledger.read() as r:
+        row = r.account_row(account.name)
+    account_id = row.id if row is not None else None
     for file_id in file_ids:
+        if account_id is None:
+            results.append(_delete_unrecorded(ledger, remote, account, file_id))
+            if results[-1].error is None:
+                account_id = ledger.ensure_account(account)
+            continue
         with ledger.write() as w:
             known = w.find(account_id, file_id)
             [intent] = w.add_intents(account_id, [(file_id, known and known.ledger_id, "delete")], run_id=None)
         try:
-            existed = remote.delete(file_id)
-        except FileNotFoundAtProvider as e:
-            with ledger.write() as w:
-                w.void_intents([intent])
-                if known is None:
-                    missing = ProviderError(
-                        f"no such file {file_id} in account {account.name!r}: neither the ledger nor "
-                        f"{account.provider} knows it; nothing was deleted",
-                        provider=e.provider,
-                        status=e.status,
-                    )
-                    results.append(DeleteResult(file_id, account.name, account.provider, error=missing))
-                    continue
-                if known.status in (Status.DELETED, Status.EXPIRED):  # deleted before: nothing new to record
-                    results.append(DeleteResult(file_id, account.name, account.provider, True, known))
-                    continue
-                record = w.mark_deleted(account_id, file_id, already_gone=True)
-            results.append(DeleteResult(file_id, account.name, account.provider, True, record))
-            continue
+            existed = remote.delete(file_id)  # False: the provider's own "no such file"
         except ProviderError as e:
             if not e.retryable:  # a definite refusal: nothing was deleted
                 with ledger.write() as w:
@@ -58,7 +48,40 @@ def delete_files(
             results.append(DeleteResult(file_id, account.name, account.provider, error=e))
             continue
         with ledger.write() as w:
-            record = w.mark_deleted(account_id, file_id, already_gone=not existed)
             w.void_intents([intent])
+            if not existed and known is None:
+                results.append(
+                    DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id))
+                )
+                continue
+            if not existed and known is not None and known.status in (Status.DELETED, Status.EXPIRED):
+                # Deleted before: nothing new to record.
+                results.append(DeleteResult(file_id, account.name, account.provider, True, known))
+                continue
+            record = w.mark_deleted(account_id, file_id, already_gone=not existed)
         results.append(DeleteResult(file_id, account.name, account.provider, not existed, record))
     return results
+
+
+def _delete_unrecorded(ledger: Ledger, remote: Provider, account: Account, file_id: str) -> DeleteResult:
+    """A delete in an account the ledger has no row for (so none of its files): sent without a
+    journal entry (there is no ledger row it could leave wrong), recorded if it was done."""
+    try:
+        existed = remote.delete(file_id)
+    except ProviderError as e:
+        return DeleteResult(file_id, account.name, account.provider, error=e)
+    if not existed:
+        return DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id))
+    account_id = ledger.ensure_account(account)
+    with ledger.write() as w:
+        record = w.mark_deleted(account_id, file_id, already_gone=False)
+    return DeleteResult(file_id, account.name, account.provider, False, record)
+
+
+def _no_such_file(account: Account, file_id: str) -> ProviderError:
+    return ProviderError(
+        f"no such file {file_id} in account {account.name!r}: neither the ledger nor {account.provider} knows it; "
+        "nothing was deleted",
+        provider=account.provider,
+        status=404,
+    )

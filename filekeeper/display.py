@@ -3,12 +3,43 @@ text reports alike, so that the same number never reads two ways."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+# What must never reach a terminal or a mail as itself: C0 and C1 controls and DEL (ESC starts
+# the sequences that retitle, clear or rewrite a terminal), and the bidirectional overrides that
+# make text read other than it is. Filenames and provider messages come from anyone.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What json.dumps(ensure_ascii=False) leaves as itself (it escapes C0 controls already).
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    r"""``text`` with every control character shown as an escape (``\x1b``, ``\n``), so that it
+    prints as what it is; with ``newlines``, line breaks stay line breaks (for whole messages)."""
+    return (_UNSAFE_BUT_NEWLINE if newlines else _UNSAFE).sub(_escape, text)
+
+
+def json_safe(text: str) -> str:
+    r"""Dumped JSON (``ensure_ascii=False``) with the characters json leaves raw but a terminal
+    acts on (DEL, C1 controls, bidi overrides) written as ``\uXXXX``: the same JSON, the same
+    data, safe to print."""
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks; every cell
+    printable (a filename's control characters are shown, not obeyed)."""
+    headers = [printable(h) for h in headers]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

@@ -8,6 +8,7 @@ lock (``SELECT ... FOR UPDATE``) on databases that have them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -115,15 +116,22 @@ def database_errors(settings: Settings, doing: str) -> Iterator[None]:
 
 
 def prepare(settings: Settings) -> Engine:
-    """An engine for the ledger, after checking that a SQLite file is one and its folder exists."""
+    """An engine for the ledger, after checking that a SQLite file is one and its folder exists
+    (created for its owner only, if it does not)."""
     path = settings.ledger_path
     if path is not None:
         check_sqlite_file(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise LedgerError(f"cannot create {path.parent}: {e.strerror}") from None
     return make_engine(settings.database_url)
+
+
+def owner_only(path: Path) -> None:
+    """Make a file filekeeper created (the ledger, a backup, an archive) readable by its owner only."""
+    with contextlib.suppress(OSError):  # a filesystem without modes (a share) keeps its own
+        path.chmod(0o600)
 
 
 def use_wal(conn: Connection, settings: Settings) -> None:

@@ -9,6 +9,7 @@ Every error carries the process exit code the CLI uses, so the CLI never has to 
     │   └── FileChanged              2  a file grew or shrank while it was being uploaded
     ├── Interrupted                130  stopped by Ctrl-C or SIGTERM; what was done is recorded
     ├── LedgerError                  1  the ledger cannot be opened, read or written
+    │   └── LedgerConflict           1  a write met another's (a unique row created meanwhile)
     ├── QuotaExceeded                3  refused by quota policy before anything was sent
     ├── ReconcileRefused             1  a reconcile safety rail held; nothing was changed
     │   └── ReconcileBusy            1  another reconcile of the account holds its lock
@@ -107,6 +108,10 @@ class Interrupted(FilekeeperError):
 
 class LedgerError(FilekeeperError):
     """The ledger cannot be opened, read or written (corrupt, newer schema, unreachable)."""
+
+
+class LedgerConflict(LedgerError):
+    """A write met another process's: a row that must be unique was created meanwhile."""
 
 
 class QuotaExceeded(FilekeeperError):

@@ -23,7 +23,7 @@ from .config import Account, Settings, load_settings
 from .errors import FilekeeperError, UsageError
 from .ledger import Ledger, Reader, open_ledger
 from .quota import EvictMode, Request, Usage, advise, evaluate, short_of_room
-from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, UploadResult
+from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, PruneResult, UploadResult
 from .schema import FILE_STATUSES, utcnow
 from .units import parse_duration
 from .upload import FilePayload, UploadJob, upload_all
@@ -284,16 +284,28 @@ class Keeper:
         """Every event of the period, streamed (see :meth:`report_query` for the arguments)."""
         return self.report_query(**kwargs).events(newest_first=newest_first)
 
-    def prune_events(self, before: datetime, archive: Path | None = None) -> tuple[int, Path]:
-        """Archive events older than ``before`` to CSV, then remove them from the ledger."""
-        from .reports import archive_events
+    def prune_events(self, before: datetime, archive: Path | None = None, *, apply: bool = False) -> PruneResult:
+        """Archive events older than ``before`` to CSV, then remove them from the ledger; without
+        ``apply``, only say how many (and of which dates) would go, and where."""
+        from .reports import archive_events, events_before
 
         if archive is None:
             stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
             archive = self.settings.home / "archive" / f"events-before-{before:%Y-%m-%d}-{stamp}.csv"
-        if archive.exists():
+        if archive.is_dir():
+            raise UsageError(f"{archive} is a directory; give the archive's file name")
+        if archive.exists() or archive.is_symlink():
             raise UsageError(f"{archive} exists already; give another --archive")
-        return archive_events(self.ledger, before, archive), archive
+        count, first, last = events_before(self.ledger, before)
+        if not apply or not count:
+            return PruneResult(count, first, last, archive, applied=False)
+        return PruneResult(archive_events(self.ledger, before, archive), first, last, archive, applied=True)
+
+    def import_events(self, archive: Path) -> tuple[int, int]:
+        """Put an archive's events back in the ledger: (imported, already there)."""
+        from .reports import import_events
+
+        return import_events(self.ledger, archive)
 
     # --- delete -----------------------------------------------------------------------------
 
@@ -337,8 +349,7 @@ class Keeper:
             acct = accounts[name]
             remote = self.connect(acct)
             try:
-                account_id = self.ledger.ensure_account(acct)
-                for result in delete_files(self.ledger, remote, acct, account_id, group):
+                for result in delete_files(self.ledger, remote, acct, group):
                     by_id[result.file_id] = result
             finally:
                 remote.close()

@@ -8,6 +8,7 @@ and write by calling a transition inside ``with ledger.write() as w:``, one tran
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, Row, Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .engine import WRITE, database_errors, db_message, prepare, read_revision, use_wal
-from .errors import LedgerError, UsageError
+from .engine import WRITE, database_errors, db_message, owner_only, prepare, read_revision, use_wal
+from .errors import LedgerConflict, LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
 from .records import DeleteOutcome, FileRecord, Identity, Intent, Tracked
 from .schema import (
@@ -62,9 +63,15 @@ def actor() -> str:
 
 def open_ledger(settings: Settings, *, upgrade: bool = True) -> Ledger:
     """Open the ledger, creating or upgrading it to the current schema on first use."""
+    path = settings.ledger_path
+    new = path is not None and not path.exists()
     ledger = Ledger(prepare(settings))
     try:
         with database_errors(settings, "open"), ledger.engine.connect() as conn:
+            if new and path is not None and path.exists():
+                # Readable by its owner only, like a keyring: it names every file and who sent it.
+                # Set before WAL mode is, so the -wal and -shm files SQLite makes take it too.
+                owner_only(path)
             revision = read_revision(conn)
             conn.rollback()  # end the read transaction: the journal mode cannot change inside one
             if conn.dialect.name == "sqlite":
@@ -132,8 +139,8 @@ class Ledger:
                     conn.execution_options(**{WRITE: True})
                 with conn.begin():
                     yield conn
-        except IntegrityError:
-            raise
+        except IntegrityError as e:
+            raise LedgerConflict(f"ledger error: {db_message(e)}") from None
         except SQLAlchemyError as e:
             raise LedgerError(f"ledger error: {db_message(e)}") from None
 
@@ -182,7 +189,7 @@ class Ledger:
                             w.change_account(row, account, fp)
                         w.note_identity(row.id, account)
                     return row.id
-            except IntegrityError:
+            except LedgerConflict:
                 if attempt:  # another process created it between our read and insert
                     raise
         raise AssertionError("unreachable")
@@ -415,6 +422,11 @@ class Reader:
             .order_by(delete_intents.c.id)
         )
         return [Intent(*row) for row in self.conn.execute(query)]
+
+    def events_before(self, before: datetime) -> tuple[int, datetime | None, datetime | None]:
+        query = select(func.count(), func.min(events.c.at), func.max(events.c.at)).where(events.c.at < before)
+        n, first, last = self.conn.execute(query).one()
+        return int(n), first, last
 
     def last_event_before(self, before: datetime) -> int | None:
         return self.conn.execute(select(func.max(events.c.id)).where(events.c.at < before)).scalar()
@@ -1011,3 +1023,60 @@ class Writer(Reader):
     def prune_events(self, before: datetime, up_to_id: int) -> int:
         """Remove events older than ``before`` up to ``up_to_id`` (an archive holds them already)."""
         return self.conn.execute(events.delete().where(events.c.at < before, events.c.id <= up_to_id)).rowcount
+
+    def import_events(self, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """Events read back from an archive (``db import-events``): (imported, already present).
+        Each names its account; the file row is found again by the provider's id."""
+        if not rows:
+            return 0, 0
+        known = {name: id_ for name, (id_, _) in self.accounts().items()}
+        if unknown := sorted({r["account"] for r in rows if r["account"] and r["account"] not in known}):
+            raise UsageError(
+                f"the archive names accounts this ledger does not know ({', '.join(unknown)}); nothing was imported"
+            )
+        first, last = min(r["at"] for r in rows), max(r["at"] for r in rows)
+        present = {
+            (at, actor, pid, action, file_id or "", json.dumps(detail, sort_keys=True))
+            for at, actor, pid, action, file_id, detail in self.conn.execute(
+                select(
+                    events.c.at, events.c.actor, events.c.pid, events.c.action, events.c.file_id, events.c.detail
+                ).where(events.c.at >= first, events.c.at <= last)
+            )
+        }
+        pks = {
+            (a, f): pk
+            for pk, a, f in self.conn.execute(
+                select(files.c.id, files.c.account_id, files.c.file_id).where(
+                    files.c.file_id.in_([r["file_id"] for r in rows if r["file_id"]])
+                )
+            )
+        }
+        fresh = []
+        for r in rows:
+            key = (
+                r["at"],
+                r["actor"],
+                r["pid"],
+                r["action"],
+                r["file_id"] or "",
+                json.dumps(r["detail"], sort_keys=True),
+            )
+            if key in present:
+                continue
+            present.add(key)
+            account_id = known.get(r["account"]) if r["account"] else None
+            fresh.append(
+                {
+                    "at": r["at"],
+                    "account_id": account_id,
+                    "file_pk": pks.get((account_id, r["file_id"])),
+                    "file_id": r["file_id"] or None,
+                    "action": r["action"],
+                    "actor": r["actor"],
+                    "pid": r["pid"],
+                    "detail": r["detail"],
+                }
+            )
+        if fresh:
+            self.conn.execute(insert(events), fresh)
+        return len(fresh), len(rows) - len(fresh)

@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from .config import Settings
-from .engine import WRITE, database_errors, prepare, read_revision
+from .engine import WRITE, database_errors, owner_only, prepare, read_revision
 from .errors import LedgerError
 
 # Any constant will do; it only has to be the same for every filekeeper process.
@@ -112,6 +112,7 @@ def backup_sqlite(path: Path, revision: str) -> Path:
     src = sqlite3.connect(path)
     try:
         dst = sqlite3.connect(target)
+        owner_only(target)  # as private as the ledger it copies
         try:
             src.backup(dst)
         finally:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .records import Identity, Intent, Tracked, iso
 from .schema import LISTED, Status
-from .upload import could_be_upload_of
+from .upload import could_be_upload_of, filename_key, same_filename
 
 if TYPE_CHECKING:
     from .config import Account
@@ -267,7 +267,7 @@ def classify(
     pending = [t for t in snapshot.tracked if t.status == Status.PENDING]
     for p in pending:
         if p.created_at <= old_enough:  # a younger reservation may still be uploading
-            claimable[p.filename].append(p)
+            claimable[filename_key(p.filename)].append(p)
     claimed: set[int] = set()
     for rf in listing:
         plan.listed += 1
@@ -285,7 +285,7 @@ def classify(
         match = next(
             (
                 p
-                for p in claimable.get(rf.filename, ())
+                for p in claimable.get(filename_key(rf.filename), ())
                 if p.ledger_id not in claimed and could_be_upload_of(rf, p.filename, p.bytes, p.created_at)
             ),
             None,
@@ -322,7 +322,7 @@ def _listed_tracked(plan: ReconcilePlan, t: Tracked, rf: RemoteFile, now: dateti
     if t.status == Status.UNCLAIMED:
         plan.unclaimed.append((t, rf))
         return
-    if (rf.bytes is not None and rf.bytes != t.bytes) or (rf.filename and rf.filename != t.filename):
+    if (rf.bytes is not None and rf.bytes != t.bytes) or (rf.filename and not same_filename(rf.filename, t.filename)):
         plan.drift.append((t, rf))
     if t.expired(now):
         plan.expired.append(t)

@@ -258,6 +258,27 @@ class DeleteResult:
 
 
 @dataclass(frozen=True)
+class PruneResult:
+    """What ``db prune-events`` archived and removed, or (not ``applied``) would."""
+
+    count: int
+    first: datetime | None
+    last: datetime | None
+    archive: Path
+    applied: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": self.count,
+            "first": iso(self.first),
+            "last": iso(self.last),
+            "archive": str(self.archive) if self.applied else None,
+            "would_archive_to": None if self.applied else str(self.archive),
+            "applied": self.applied,
+        }
+
+
+@dataclass(frozen=True)
 class AccountUsage:
     account: str
     provider: str

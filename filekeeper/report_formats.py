@@ -21,7 +21,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from .display import percent, table, used_of, when
+from .display import json_safe, percent, printable, table, used_of, when
 from .errors import UsageError
 from .profiles import Limits
 from .records import FileRecord, iso
@@ -176,23 +176,52 @@ def summarize_refusals(daily: dict[tuple[date, str], dict[str, Any]]) -> Counter
     return total
 
 
+#: what starts a formula in a spreadsheet (OWASP's list): such a cell is written behind a quote
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def neutralise(cell: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one that could start a formula (``=HYPERLINK(...)``
+    as a filename) gets a leading ``'``; so does one that starts with ``'`` already, so that
+    :func:`restore` gives back exactly what was written."""
+    return "'" + cell if isinstance(cell, str) and cell.startswith(_FORMULA_START) else cell
+
+
+def restore(cell: str) -> str:
+    """The value :func:`neutralise` wrote."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
+
+
 def write_csv(events: Iterable[EventOut], out: TextIO) -> int:
-    """One row per event under a header row; RFC 4180 quoting and CRLF line ends. Returns the count."""
+    """One row per event under a header row; RFC 4180 quoting and CRLF line ends, every cell safe
+    to open in a spreadsheet (:func:`neutralise`). Returns the count."""
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(EVENT_COLUMNS)
     count = 0
     for e in events:
-        writer.writerow(e.row())
+        writer.writerow([neutralise(c) for c in e.row()])
         count += 1
     return count
 
 
+def read_csv(rows: Iterable[list[str]]) -> Iterator[dict[str, str]]:
+    """The events of a CSV :func:`write_csv` wrote, as written (header checked)."""
+    it = iter(rows)
+    header = next(it, None)
+    if header is None or tuple(header) != EVENT_COLUMNS:
+        raise UsageError(f"not a filekeeper events CSV (its first row must be {', '.join(EVENT_COLUMNS)})")
+    for row in it:
+        if len(row) != len(EVENT_COLUMNS):
+            raise UsageError(f"not a filekeeper events CSV: a row has {len(row)} fields, not {len(EVENT_COLUMNS)}")
+        yield dict(zip(EVENT_COLUMNS, (restore(c) for c in row), strict=True))
+
+
 def write_json(report: AuditReport, events: Iterable[EventOut], out: TextIO) -> None:
     """The summary and every event as one document (schema :data:`SCHEMA`), events streamed."""
-    head = json.dumps(report.summary_json(), ensure_ascii=False, indent=2)
+    head = json_safe(json.dumps(report.summary_json(), ensure_ascii=False, indent=2))
     out.write(head[:-2] + ',\n  "events": [')
     for i, e in enumerate(events):
-        out.write(("\n    " if i == 0 else ",\n    ") + json.dumps(e.to_json(), ensure_ascii=False))
+        out.write(("\n    " if i == 0 else ",\n    ") + json_safe(json.dumps(e.to_json(), ensure_ascii=False)))
     out.write("\n  ]\n}\n")
 
 
@@ -365,7 +394,7 @@ def render_table(report: AuditReport) -> str:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return printable(text).replace("|", "\\|")
 
 
 def render_md(report: AuditReport) -> str:
@@ -443,7 +472,9 @@ def _chart(account: str, kind: str, series: list[tuple[date, int]], limit: int |
 
 
 def render_html(report: AuditReport, recent: list[EventOut]) -> str:
-    e = html.escape
+    def e(text: str) -> str:  # every value shown as text, control characters as escapes
+        return html.escape(printable(text))
+
     body = [f"<h1>{e(_title(report))}</h1>"]
     body.append("<h2>Usage over time</h2>")
     legend = "".join(

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Text, cast, func, select
 
 from .config import Settings
+from .errors import UsageError
 from .ledger import RECORDS, Ledger
 from .records import FileRecord, iso
 from .report_formats import DAILY_COLUMNS, AccountNow, AuditReport, EventOut, write_csv
@@ -351,30 +352,73 @@ def iter_events(
         query = query.where(events.c.at < before)
     if up_to_id is not None:
         query = query.where(events.c.id <= up_to_id)
-    with ledger.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+    with ledger.read() as r:  # a dropped connection mid-stream is a LedgerError, like any other read
+        result = r.conn.execution_options(stream_results=True, yield_per=batch).execute(query)
         for at, actor, pid, account, provider, file_id, filename, action, detail, detail_name in result:
             yield EventOut(
                 iso(at) or "", actor, pid, account, provider, file_id, filename or detail_name, action, detail
             )
 
 
+def events_before(ledger: Ledger, before: datetime) -> tuple[int, datetime | None, datetime | None]:
+    """How many events are older than ``before``, and the first and last of their times."""
+    with ledger.read() as r:
+        return r.events_before(before)
+
+
 def archive_events(ledger: Ledger, before: datetime, archive: Path) -> int:
     """Archive every event before ``before`` to a CSV file, then delete them from the ledger.
 
-    The archive is complete and on disk (written aside, fsynced, renamed) before anything is
-    deleted, and only what it holds is deleted: events written meanwhile stay.
+    The archive is complete and on disk (written aside, fsynced, renamed; its owner's only)
+    before anything is deleted, and only what it holds is deleted: events written meanwhile stay.
     """
     with ledger.read() as r:
         last_id = r.last_event_before(before)
-    archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".partial")
-    with partial.open("w", encoding="utf-8", newline="") as out:
-        count = write_csv(iter_events(ledger, None, None, None, before=before, up_to_id=last_id or 0), out)
-        out.flush()
-        os.fsync(out.fileno())
-    partial.replace(archive)
+    try:
+        archive.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise UsageError(f"cannot write the archive {archive}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            count = write_csv(iter_events(ledger, None, None, None, before=before, up_to_id=last_id or 0), out)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(archive)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     if last_id is not None:
         with ledger.write() as w:
             w.prune_events(before, last_id)
     return count
+
+
+def import_events(ledger: Ledger, archive: Path) -> tuple[int, int]:
+    """Put an archive's events back in the ledger: (imported, already there). Every account it
+    names must be one the ledger knows; an event identical to one the ledger holds is skipped,
+    so importing the same archive twice adds nothing."""
+    import csv
+    import json
+
+    from .report_formats import read_csv
+
+    try:
+        with archive.open(encoding="utf-8", newline="") as f:
+            rows = list(read_csv(csv.reader(f)))
+    except OSError as e:
+        raise UsageError(f"cannot read {archive}: {e.strerror}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"{archive} is not a filekeeper events CSV: {e}") from None
+    events_in: list[dict[str, Any]] = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            at = parse_when(row["time"])
+            pid = int(row["pid"])
+            detail = json.loads(row["detail"])
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{archive}, row {n}: {e}") from None
+        events_in.append({**row, "at": at, "pid": pid, "detail": detail})
+    with ledger.write() as w:
+        return w.import_events(events_in)

@@ -46,11 +46,26 @@ CLOCK_SKEW = timedelta(minutes=5)
 REUSE_AT_LEAST = timedelta(hours=1)
 
 
+def same_filename(a: str, b: str) -> bool:
+    """Whether two filenames are one, as a provider may hand a name back: with the multipart
+    escapes of the upload still in it (``%22``, ``%0A``, a doubled backslash), percent-encoded,
+    or Unicode-decomposed."""
+    return a == b or filename_key(a) == filename_key(b)
+
+
+def filename_key(name: str) -> str:
+    """A filename in the one spelling :func:`same_filename` compares."""
+    import unicodedata
+    from urllib.parse import unquote
+
+    return unicodedata.normalize("NFC", unquote(name.replace("\\\\", "\\"), errors="strict"))
+
+
 def could_be_upload_of(remote: RemoteFile, filename: str, size: int, reserved_at: datetime) -> bool:
     """Whether a file at the provider may be the one a reservation uploaded: same name, same size
     (or none reported yet, as OpenAI may while it completes), created after the reservation."""
     return (
-        remote.filename == filename
+        same_filename(remote.filename, filename)
         and remote.bytes in (size, None)
         and (remote.created_at is None or remote.created_at >= reserved_at - CLOCK_SKEW)
     )

@@ -168,6 +168,8 @@ class UploadedPart:
     size: int
     sha256: str
     content: bytes | None
+    #: the filename as it stood in the part's header, escapes and all
+    raw_filename: str = ""
 
 
 class MultipartParser:
@@ -189,6 +191,7 @@ class MultipartParser:
         self._kind = ""  # "file", "field" or "skip" for the part being read
         self._name = ""
         self._filename = ""
+        self._raw_filename = ""
         self._hasher = hashlib.sha256()
         self._size = 0
         self._data = bytearray()
@@ -286,6 +289,8 @@ class MultipartParser:
         _, params = _header_params(disposition)
         self._name = params.get("name", "")
         self._filename = params.get("filename", "")
+        raw = re.search(r'filename="((?:[^"\\]|\\.)*)"', disposition)
+        self._raw_filename = raw.group(1) if raw else self._filename
         if "filename" in params:
             self._kind = "file" if self._name == "file" and self.file is None else "skip"
         else:
@@ -312,6 +317,7 @@ class MultipartParser:
         if self._kind == "file":
             self.file = UploadedPart(
                 filename=self._filename,
+                raw_filename=self._raw_filename,
                 size=self._size,
                 sha256=self._hasher.hexdigest(),
                 content=bytes(self._data) if self._keep else None,
@@ -409,6 +415,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_exact(self, n: int) -> Iterator[bytes]:
         while n > 0:
+            if self.server.emulator.body_delay:
+                time.sleep(self.server.emulator.body_delay)
             data = self.rfile.read(min(n, _READ_CHUNK))
             if not data:
                 raise _BodyError("body truncated")
@@ -508,6 +516,9 @@ class Emulator:
         zai_envelope: str = "live",
         cycling_tokens: bool = False,
         inclusive_cursor: bool = False,
+        filenames: str = "decoded",
+        dedupe_content: bool = False,
+        body_delay: float = 0.0,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; expected one of {FLAVORS}")
@@ -541,6 +552,18 @@ class Emulator:
         # page repeats the previous page's last file.
         self.inclusive_cursor = inclusive_cursor
         self._cycle_page = 0
+        # How an uploaded filename is kept: "decoded" (the multipart escapes undone), "raw" (as it
+        # stood in the header: %22, %0A, %09 and doubled backslashes, as some servers keep it) or
+        # "nfd" (decoded, then Unicode-decomposed, as a macOS-backed store may hand it back).
+        if filenames not in ("decoded", "raw", "nfd"):
+            raise ValueError("filenames must be 'decoded', 'raw' or 'nfd'")
+        self.filenames = filenames
+        # Like some OpenAI-compatible servers: an upload of content it holds already answers with
+        # that file instead of storing a second one.
+        self.dedupe_content = dedupe_content
+        # Seconds to wait per 256 KiB of request body read: a slow link, so a test can interrupt
+        # an upload while its body is still on the way.
+        self.body_delay = body_delay
         self.requests: list[LoggedRequest] = []
         self.lock = threading.Lock()
         self.url = ""
@@ -1104,6 +1127,9 @@ class Emulator:
         stored: StoredFile | None = None
         with self.lock:
             held = [f for f in self.files.values() if f.owner == owner]
+            twin = next((f for f in held if f.sha256 == part.sha256), None) if self.dedupe_content else None
+            if twin is not None:
+                return self._ok(self._serve(twin))  # "you sent this before": the file it already had
             if self.max_files is not None and len(held) >= self.max_files:
                 failure = self._quota_error(f"exceeded the max file count {self.max_files}")
             elif self.max_total_bytes is not None and (sum(f.bytes for f in held) + part.size > self.max_total_bytes):
@@ -1111,7 +1137,7 @@ class Emulator:
             else:
                 now = int(time.time())
                 stored = self._insert(
-                    part.filename,
+                    self._stored_name(part),
                     part.size,
                     part.sha256,
                     purpose,
@@ -1123,6 +1149,15 @@ class Emulator:
         if stored is None:
             return failure or self._err(500, "upload not stored")
         return self._ok(self._serve(stored))
+
+    def _stored_name(self, part: UploadedPart) -> str:
+        if self.filenames == "raw":
+            return part.raw_filename
+        if self.filenames == "nfd":
+            import unicodedata
+
+            return unicodedata.normalize("NFD", part.filename)
+        return part.filename
 
     def _too_large(self, limit: int) -> _Reply:
         family = self._family

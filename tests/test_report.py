@@ -51,7 +51,7 @@ def test_table_and_markdown_summaries(history, run) -> None:
     assert "Refusals by limit: max_files" in out
     md = run("report", "--format", "md").stdout
     assert md.startswith("# filekeeper report") and "| account | provider | files |" in md
-    assert 'comma, "quoted".txt' in md and "new line.txt" in md  # a newline cannot break a table row
+    assert 'comma, "quoted".txt' in md and "new\\nline.txt" in md  # a newline cannot break a table row
 
 
 def test_json_report_schema_and_figures(history, run, home: Path) -> None:
@@ -186,17 +186,47 @@ def test_html_chart_renders_in_a_real_browser(history, run, tmp_path: Path) -> N
 
 def test_prune_events_archives_first_and_keeps_the_rest(history, run, home: Path, tmp_path: Path) -> None:
     total = ledger_rows(home, "SELECT count(*) FROM events")[0][0]
-    nothing = run("db", "prune-events", "--before", "2000-01-01", "--archive", str(tmp_path / "none.csv"))
-    assert nothing.exit_code == 0 and "archived 0 event(s)" in nothing.stdout
-    assert ledger_rows(home, "SELECT count(*) FROM events")[0][0] == total
+    nothing = run("db", "prune-events", "--before", "2000-01-01", "--archive", str(tmp_path / "none.csv"), "--yes")
+    assert nothing.exit_code == 0 and "nothing to prune" in nothing.stdout
+    assert not (tmp_path / "none.csv").exists()
+    default = run("db", "prune-events", "--before", "2999-01-01")
+    assert default.exit_code == 0 and str(home / "archive") in default.stdout
     archive = tmp_path / "old.csv"
-    result = run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive))
+    asked = run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive))  # without --yes
+    assert asked.exit_code == 0 and f"would archive {total} event(s)" in asked.stdout and "--yes" in asked.stdout
+    assert not archive.exists() and ledger_rows(home, "SELECT count(*) FROM events")[0][0] == total
+    result = run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive), "--yes")
     assert result.exit_code == 0, result.stderr
     assert f"archived {total} event(s)" in result.stdout and str(archive) in result.stdout
+    assert archive.stat().st_mode & 0o777 == 0o600
     rows = list(csv.reader(io.StringIO(archive.read_text(encoding="utf-8"), newline="")))
     assert len(rows) - 1 == total and rows[0][0] == "time"
     assert ledger_rows(home, "SELECT count(*) FROM events")[0][0] == 0
-    again = run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive))
+    again = run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive), "--yes")
     assert again.exit_code == 2 and "exists already" in again.stderr
-    default = run("db", "prune-events", "--before", "2999-01-01")
-    assert default.exit_code == 0 and str(home / "archive") in default.stdout
+
+
+def test_an_archive_can_be_imported_back_once(history, run, home: Path, tmp_path: Path) -> None:
+    query = "SELECT at, account_id, file_pk, action, actor, pid, detail FROM events ORDER BY id"
+    before = ledger_rows(home, query)
+    archive = tmp_path / "all.csv"
+    assert run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive), "--yes").exit_code == 0
+    back = run("db", "import-events", str(archive), "--json")
+    assert back.exit_code == 0, back.stderr
+    assert back.json() == {"imported": len(before), "already_present": 0, "archive": str(archive)}
+    assert ledger_rows(home, query) == before  # the same events, tied to the same accounts and files
+    twice = run("db", "import-events", str(archive), "--json").json()
+    assert (twice["imported"], twice["already_present"]) == (0, len(before))
+    for bad, message in ((tmp_path / "nope.csv", "cannot read"), (write(tmp_path / "x.csv", "a,b\n1,2\n"), "not a")):
+        result = run("db", "import-events", str(bad))
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_archive_path_is_one_line(history, run, home: Path, tmp_path: Path) -> None:
+    total = ledger_rows(home, "SELECT count(*) FROM events")[0][0]
+    blocker = write(tmp_path / "file", "x")
+    for path in (blocker / "under-a-file.csv", tmp_path):
+        result = run("db", "prune-events", "--before", "2999-01-01", "--archive", str(path), "--yes")
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert ledger_rows(home, "SELECT count(*) FROM events")[0][0] == total
