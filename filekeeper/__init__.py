@@ -45,6 +45,9 @@ _EXPORTS = {
     "CheckResult": "records",
     "DeleteResult": "records",
     "FileRecord": "records",
+    "FileHistory": "report_formats",
+    "Diagnosis": "doctor",
+    "AccountCheck": "doctor",
     "PruneResult": "records",
     "UploadResult": "records",
     "FORMATS": "report_formats",
@@ -57,13 +60,16 @@ __all__ = [
     "PROFILES",
     "PROVIDERS",
     "Account",
+    "AccountCheck",
     "AccountUsage",
     "Advice",
     "AuditReport",
     "CheckResult",
     "ConfigError",
     "DeleteResult",
+    "Diagnosis",
     "FileChanged",
+    "FileHistory",
     "FileNotFoundAtProvider",
     "FileRecord",
     "FilekeeperError",
@@ -108,6 +114,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .config import Account, Settings, load_settings
+    from .doctor import AccountCheck, Diagnosis
     from .errors import (
         ConfigError,
         FileChanged,
@@ -131,4 +138,4 @@ if TYPE_CHECKING:
     from .quota import Advice, Held, Violation
     from .reconcile_plan import ReconcileOptions, ReconcilePlan
     from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, PruneResult, UploadResult
-    from .report_formats import FORMATS, AuditReport, write_report
+    from .report_formats import FORMATS, AuditReport, FileHistory, write_report

@@ -58,6 +58,8 @@ class Account:
     default_purpose: str
     rules: Rules = field(default_factory=Rules)
     generated_retention_days: int = GENERATED_RETENTION_DAYS
+    #: setting -> where its value came from: "built-in", a config file's section, or an env var
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def api_key(self) -> str:
         key = os.environ.get(self.api_key_env, "").strip()
@@ -216,18 +218,45 @@ def _build_account(
             check_base_url(env_url)
         except ValueError as e:
             raise ConfigError(f"{profile.base_url_env}: {e}") from None
-    base_url = own.get("base_url") or env_url or provider_section.get("base_url") or profile.default_base_url
+    in_account, in_provider = f"{path} [accounts.{name}]", f"{path} [providers.{provider}]"
+    # Where each value came from, most specific first (for `filekeeper doctor`).
+    sources: dict[str, str] = {}
+
+    def pick(key: str, *candidates: tuple[Any, str]) -> Any:
+        for value, source in candidates:
+            if value:
+                sources[key] = source
+                return value
+        return None
+
+    base_url = pick(
+        "base_url",
+        (own.get("base_url"), in_account),
+        (env_url, f"environment {profile.base_url_env}"),
+        (provider_section.get("base_url"), in_provider),
+        (profile.default_base_url, "built-in"),
+    )
     if not base_url:
         raise ConfigError(f"{path}: {where} base_url: required for provider {provider!r}")
-    key_env = own.get("api_key_env") or provider_section.get("api_key_env") or profile.key_env
+    key_env = pick(
+        "api_key_env",
+        (own.get("api_key_env"), in_account),
+        (provider_section.get("api_key_env"), in_provider),
+        (profile.key_env, "built-in"),
+    )
     if not key_env:
         raise ConfigError(f"{path}: {where} api_key_env: required for provider {provider!r}")
     limits = profile.limits
     rules = Rules(profile.purposes, profile.formats)
-    for section in (provider_section, own):
+    for key in (*LIMIT_KEYS, "purposes", "formats", "generated_retention_days"):
+        sources[key] = "built-in"
+    for section, source in ((provider_section, in_provider), (own, in_account)):
         overrides = {k: section[k] for k in LIMIT_KEYS if k in section}
         limits = replace(limits, **overrides)
         rules = replace(rules, **{k: section[k] for k in ("purposes", "formats") if k in section})
+        sources.update(
+            {k: source for k in (*LIMIT_KEYS, "purposes", "formats", "generated_retention_days") if k in section}
+        )
     return Account(
         name=name,
         provider=provider,
@@ -239,6 +268,7 @@ def _build_account(
         generated_retention_days=own.get(
             "generated_retention_days", provider_section.get("generated_retention_days", GENERATED_RETENTION_DAYS)
         ),
+        sources=sources,
     )
 
 

@@ -59,6 +59,40 @@ def used_of(used: int, limit: int | None, fmt: Callable[[int], str] = str) -> st
     return f"{fmt(used)} / {fmt(limit)} ({share}%)" if share is not None else f"{fmt(used)} / {fmt(limit)}"
 
 
-def when(d: datetime | None) -> str:
-    """A time to the minute, or "-"."""
-    return "-" if d is None else d.strftime("%Y-%m-%d %H:%M")
+def when(d: datetime | None, *, local: bool = False) -> str:
+    """A time to the minute that says its zone: UTC with a ``Z`` (``2026-12-01 08:51Z``), or with
+    ``local`` this machine's time and offset (``2026-12-01 09:51+01:00``); "-" for none."""
+    if d is None:
+        return "-"
+    if not local:
+        return d.strftime("%Y-%m-%d %H:%MZ")
+    mine = d.astimezone()
+    offset = mine.strftime("%z")
+    return mine.strftime("%Y-%m-%d %H:%M") + (f"{offset[:3]}:{offset[3:]}" if offset else "")
+
+
+def ago(d: datetime | None, now: datetime) -> str:
+    """How long ago, shortly: 3d, 5h, 12m, 40s ("-" for none)."""
+    if d is None:
+        return "-"
+    seconds = max(0, int((now - d).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def fit(rows: Sequence[Sequence[str]], headers: Sequence[str], width: int) -> list[list[str]]:
+    """The rows with their last column cut (with an ellipsis) so that each table line fits in
+    ``width`` characters: a terminal shows long filenames cut, never wrapped."""
+    if not rows:
+        return [list(r) for r in rows]
+    cells = [[printable(c) for c in r] for r in rows]
+    head = [printable(h) for h in headers]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head[:-1])]
+    room = width - sum(widths) - 2 * len(widths)
+    room = max(room, len(head[-1]), 8)
+    for r in cells:
+        if len(r[-1]) > room:
+            r[-1] = r[-1][: room - 1] + "…"
+    return cells

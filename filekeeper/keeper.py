@@ -22,17 +22,26 @@ from typing import TYPE_CHECKING, Any
 from .config import Account, Settings, load_settings
 from .errors import FilekeeperError, UsageError
 from .ledger import Ledger, Reader, open_ledger
-from .quota import EvictMode, Request, Usage, advise, evaluate, short_of_room
-from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, PruneResult, UploadResult
+from .quota import EvictMode, Request, Usage, advise, evaluate, short_of_room, unsupported
+from .records import (
+    SORTS,
+    AccountUsage,
+    CheckResult,
+    DeleteResult,
+    FileRecord,
+    PruneResult,
+    UploadResult,
+)
 from .schema import FILE_STATUSES, utcnow
 from .units import parse_duration
 from .upload import FilePayload, UploadJob, upload_all
 
 if TYPE_CHECKING:
+    from .doctor import Diagnosis
     from .providers import Provider
     from .reconcile import Progress as ReconcileProgress
     from .reconcile_plan import ReconcileOptions, ReconcilePlan
-    from .report_formats import AuditReport, EventOut
+    from .report_formats import AuditReport, EventOut, FileHistory
     from .reports import ReportQuery
 
 ProgressCallback = Callable[[int], None]
@@ -101,6 +110,7 @@ class Keeper:
         files = [check_upload_path(p) for p in paths]
         if not files:
             raise UsageError("no files to upload")
+        _refuse_unsupported(acct, [Request(p.name, 0, purpose or acct.default_purpose) for p in files])
         remote = self.connect(acct)
         try:
             account_id = self.ledger.ensure_account(acct)
@@ -147,12 +157,13 @@ class Keeper:
         if not payloads:
             raise UsageError("no files to check")
         purpose = purpose or acct.default_purpose
+        _refuse_unsupported(acct, [Request(p.filename, p.size, purpose) for p in payloads])
         with self.ledger.read() as r:
             row = r.account_row(acct.name)
             account_id = row.id if row is not None else None
             reused, new, twins = _split_reused(r, account_id, payloads, purpose, force)
             usage = r.usage([account_id])[account_id] if account_id is not None else Usage(0, 0)
-            violations = evaluate(acct.limits, acct.rules, usage, new, ttl_seconds)
+            violations = evaluate(acct.limits, usage, new, ttl_seconds)
             advice = None
             if short_of_room(violations):
                 held = r.held_files(account_id) if account_id is not None else []
@@ -161,14 +172,74 @@ class Keeper:
 
     # --- ledger views -----------------------------------------------------------------------
 
-    def files(
-        self, *, provider: str | None = None, account: str | None = None, statuses: Iterable[str] | None = None
-    ) -> list[FileRecord]:
-        statuses = list(statuses) if statuses is not None else None
-        for status in statuses or ():
+    def files(self, **kwargs: Any) -> list[FileRecord]:
+        """Ledger records (see :meth:`iter_files` for the arguments), as a list."""
+        return list(self.iter_files(**kwargs))
+
+    def iter_files(
+        self,
+        *,
+        provider: str | None = None,
+        account: str | None = None,
+        statuses: Iterable[str] | None = None,
+        purpose: str | None = None,
+        name: str | None = None,
+        older_than: str | int | None = None,
+        expiring_within: str | int | None = None,
+        sort: str = "created",
+        limit: int | None = None,
+    ) -> Iterator[FileRecord]:
+        """Ledger records, streamed: of one account (or all), with these statuses (default all),
+        this purpose, a filename matching the glob ``name``, created at least ``older_than`` ago,
+        expiring within ``expiring_within`` (the expired included); ``sort`` created (oldest
+        first), size (largest first), name, or expires (soonest first); at most ``limit``."""
+        from .ledger import FileQuery
+
+        wanted = list(statuses) if statuses is not None else None
+        for status in wanted or ():
             if status not in FILE_STATUSES:
                 raise UsageError(f"unknown status {status!r} (choose from {', '.join(FILE_STATUSES)})")
-        return self.ledger.files(account_ids=self._account_ids(provider, account), statuses=statuses)
+        if sort not in SORTS:
+            raise UsageError(f"unknown order {sort!r} (choose from {', '.join(SORTS)})")
+        if limit is not None and limit < 1:
+            raise UsageError("--limit must be at least 1")
+        now = utcnow()
+        query = FileQuery(
+            account_ids=self._account_ids(provider, account),
+            statuses=wanted,
+            purpose=purpose,
+            name=name,
+            created_before=None
+            if older_than is None
+            else now - timedelta(seconds=_duration(older_than, "--older-than")),
+            expiring_by=None
+            if expiring_within is None
+            else now + timedelta(seconds=_duration(expiring_within, "--expiring-within")),
+            sort=sort,
+            limit=limit,
+        )
+        with self.ledger.read() as r:
+            yield from r.iter_files(query)
+
+    def show(self, ref: str, *, provider: str | None = None, account: str | None = None) -> FileHistory:
+        """One file's record and its whole event history, oldest first. ``ref`` is the provider's
+        id, or ``#N`` for ledger row N (a reservation has no provider id)."""
+        from .report_formats import FileHistory
+        from .reports import event_out
+
+        ids = self._account_ids(provider, account)
+        with self.ledger.read() as r:
+            found = r.records_named(ref.strip(), ids)
+            if not found:
+                raise UsageError(f"no file {ref!r} in the ledger" + (" of that account" if ids is not None else ""))
+            if len(found) > 1:
+                where = ", ".join(sorted(f.account for f in found))
+                raise UsageError(f"{ref} is recorded under several accounts ({where}); pick one with --account")
+            [record] = found
+            names = {id_: name for name, (id_, _) in r.accounts().items()}
+            providers = {name: provider for name, (_, provider) in r.accounts().items()}
+            events = [event_out(e, names, providers, record) for e in r.history(record.ledger_id)]
+        return FileHistory(record, events)
 
     def usage(self, *, provider: str | None = None, account: str | None = None) -> list[AccountUsage]:
         """Files and bytes in use (active + pending) per account, with its limits."""
@@ -191,6 +262,13 @@ class Keeper:
             return None
         found = self.ledger.accounts().get(self.account(provider, account).name)
         return [] if found is None else [found[0]]
+
+    def doctor(self, *, online: bool = False) -> Diagnosis:
+        """Settings, the ledger and each account, and what looks wrong (see :mod:`filekeeper.doctor`).
+        Changes nothing: a missing ledger is not created, an old one not upgraded."""
+        from .doctor import diagnose
+
+        return diagnose(self.settings, online=online, connect=self.connect, ledger_accounts=self.ledger.accounts)
 
     # --- reconcile --------------------------------------------------------------------------
 
@@ -383,6 +461,21 @@ def _split_reused(
             sent.add(p.sha256())
         new.append(request)
     return reused, new, twins
+
+
+def _refuse_unsupported(account: Account, requests: Sequence[Request]) -> None:
+    """A purpose or a format the provider's docs say it rejects is bad input, before anything else."""
+    if why := unsupported(account.provider, account.rules, requests):
+        raise UsageError(why)
+
+
+def _duration(value: str | int, option: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return parse_duration(str(value))
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}") from None
 
 
 def parse_ttl(ttl: str | int | None) -> int | None:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from .engine import WRITE, database_errors, db_message, owner_only, prepare, read_revision, use_wal
 from .errors import LedgerConflict, LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
-from .records import DeleteOutcome, FileRecord, Identity, Intent, Tracked
+from .records import SORTS, DeleteOutcome, FileRecord, Identity, Intent, Tracked
 from .schema import (
     HELD,
     LISTED,
@@ -43,10 +44,36 @@ if TYPE_CHECKING:
     from .config import Account, Settings
     from .providers import RemoteFile
 
+
+@dataclass(frozen=True)
+class FileQuery:
+    """Which ledger records to list, and in what order (``filekeeper ls``)."""
+
+    account_ids: Iterable[int] | None = None
+    statuses: Sequence[str] | None = None
+    purpose: str | None = None
+    #: a glob matched against the filename (``*.pdf``), case-sensitive
+    name: str | None = None
+    #: only files created at or before this time (``--older-than``)
+    created_before: datetime | None = None
+    #: only files that expire by this time, the expired included (``--expiring-within``)
+    expiring_by: datetime | None = None
+    sort: str = "created"
+    limit: int | None = None
+
+
 #: ledger records: a files row with its account's name and provider
 RECORDS: Select[Any] = select(files, accounts.c.name.label("account"), accounts.c.provider).join(
     accounts, files.c.account_id == accounts.c.id
 )
+#: ls --sort: oldest first, largest first, by name, soonest expiry first (no expiry last)
+_ORDER: dict[str, tuple[Any, ...]] = {
+    "created": (files.c.created_at, files.c.id),
+    "size": (files.c.bytes.desc(), files.c.id),
+    "name": (files.c.filename, files.c.id),
+    "expires": (files.c.expires_at.is_(None), files.c.expires_at, files.c.id),
+}
+assert tuple(_ORDER) == SORTS, "records.SORTS names the orders this module implements"
 
 
 def actor() -> str:
@@ -215,11 +242,54 @@ class Reader:
     def files(
         self, *, account_ids: Iterable[int] | None = None, statuses: Sequence[str] | None = None
     ) -> list[FileRecord]:
-        query = RECORDS.order_by(files.c.created_at, files.c.id)
+        return list(self.iter_files(FileQuery(account_ids=account_ids, statuses=statuses)))
+
+    def iter_files(self, q: FileQuery) -> Iterator[FileRecord]:
+        """The records ``q`` asks for, streamed from the database in its order."""
+        from fnmatch import fnmatchcase
+
+        query = RECORDS.order_by(*_ORDER[q.sort])
+        if q.account_ids is not None:
+            query = query.where(files.c.account_id.in_(list(q.account_ids)))
+        if q.statuses:
+            query = query.where(files.c.status.in_(list(q.statuses)))
+        if q.purpose is not None:
+            query = query.where(files.c.purpose == q.purpose)
+        if q.created_before is not None:
+            query = query.where(files.c.created_at <= q.created_before)
+        if q.expiring_by is not None:
+            query = query.where(files.c.expires_at.is_not(None), files.c.expires_at <= q.expiring_by)
+        if q.limit is not None and q.name is None:
+            query = query.limit(q.limit)
+        shown = 0
+        for row in self.conn.execution_options(stream_results=True, yield_per=1000).execute(query):
+            record = FileRecord.from_row(row)
+            if q.name is not None and not fnmatchcase(record.filename, q.name):
+                continue
+            yield record
+            shown += 1
+            if q.limit is not None and shown >= q.limit:
+                return
+
+    def history(self, ledger_id: int) -> list[Row[Any]]:
+        """Every event of one file row, oldest first (those that name it by provider id too)."""
+        row = self.conn.execute(select(files.c.account_id, files.c.file_id).where(files.c.id == ledger_id)).one()
+        about = events.c.file_pk == ledger_id
+        if row.file_id is not None:
+            about = about | (
+                events.c.file_pk.is_(None) & (events.c.account_id == row.account_id) & (events.c.file_id == row.file_id)
+            )
+        return list(self.conn.execute(select(events).where(about).order_by(events.c.id)))
+
+    def records_named(self, ref: str, account_ids: Iterable[int] | None = None) -> list[FileRecord]:
+        """Rows with this provider id (in any of ``account_ids``), or the row ``#N`` names."""
+        query = RECORDS.order_by(files.c.id)
+        if ref.startswith("#") and ref[1:].isdigit():
+            query = query.where(files.c.id == int(ref[1:]))
+        else:
+            query = query.where(files.c.file_id == ref)
         if account_ids is not None:
             query = query.where(files.c.account_id.in_(list(account_ids)))
-        if statuses:
-            query = query.where(files.c.status.in_(list(statuses)))
         return [FileRecord.from_row(r) for r in self.conn.execute(query)]
 
     def find(self, account_id: int, file_id: str) -> FileRecord | None:

@@ -48,9 +48,3 @@ DEFAULT_LIMITS = Limits(max_files=1000, max_total_bytes=10 * GB, max_file_bytes=
 
 def words(text: str) -> frozenset[str]:
     return frozenset(text.split())
-
-
-#: source-code extensions most providers take as text
-CODE_FORMATS = words(
-    "go h c cpp cxx cc cs java js jsx css jsp php py py3 asp ts tsx rb rs sh swift kt scala sql r m pl"
-)

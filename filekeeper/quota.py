@@ -91,10 +91,8 @@ def expiry(now: datetime, ttl_seconds: int | None, retention_days: int) -> datet
     return now + timedelta(days=retention_days) if retention_days else None
 
 
-def file_violations(
-    limits: Limits, rules: Rules, requests: Sequence[Request], ttl_seconds: int | None = None
-) -> list[Violation]:
-    """What no amount of room can fix: size per file, purpose, format, TTL against retention."""
+def file_violations(limits: Limits, requests: Sequence[Request], ttl_seconds: int | None = None) -> list[Violation]:
+    """What no amount of room can fix: size per file, and a TTL beyond the retention policy."""
     out: list[Violation] = []
     if ttl_seconds is not None and limits.retention_days and ttl_seconds > limits.retention_days * 86400:
         out.append(
@@ -118,21 +116,20 @@ def file_violations(
                     limits.max_file_bytes,
                 )
             )
+    return out
+
+
+def unsupported(provider: str, rules: Rules, requests: Sequence[Request]) -> str | None:
+    """Why the provider would reject one of the requests outright (a purpose or a format its
+    docs say it does not take), or None. Bad input, not a quota refusal: no room would help."""
+    for r in requests:
         if rules.purposes is not None and r.purpose not in rules.purposes:
-            out.append(
-                Violation(
-                    "purpose",
-                    f"purpose {r.purpose!r} is not accepted here (accepted: {', '.join(sorted(rules.purposes))})",
-                    None,
-                    r.purpose,
-                    None,
-                )
-            )
+            return f"{provider} does not take purpose {r.purpose!r}: use one of {', '.join(sorted(rules.purposes))}"
         fmt = file_format(r.filename)
         if rules.formats is not None and fmt not in rules.formats:
-            shown = f".{fmt} files are" if fmt else "files without an extension are"
-            out.append(Violation("format", f"{r.filename}: {shown} not accepted here", None, fmt or None, None))
-    return out
+            shown = f".{fmt} files" if fmt else "files without an extension"
+            return f"{r.filename}: {provider} does not take {shown}: use one of {', '.join(sorted(rules.formats))}"
+    return None
 
 
 def room_violations(limits: Limits, usage: Usage, requests: Sequence[Request]) -> list[Violation]:
@@ -166,9 +163,9 @@ def room_violations(limits: Limits, usage: Usage, requests: Sequence[Request]) -
 
 
 def evaluate(
-    limits: Limits, rules: Rules, usage: Usage, requests: Sequence[Request], ttl_seconds: int | None = None
+    limits: Limits, usage: Usage, requests: Sequence[Request], ttl_seconds: int | None = None
 ) -> list[Violation]:
-    return file_violations(limits, rules, requests, ttl_seconds) + room_violations(limits, usage, requests)
+    return file_violations(limits, requests, ttl_seconds) + room_violations(limits, usage, requests)
 
 
 def eviction_order(held: Sequence[Held], mode: EvictMode, now: datetime) -> list[Held]:

@@ -499,10 +499,6 @@ def _apply_ledger(
         for t, rf in plan.drift:
             w.record_drift(account_id, t, rf, run_id=run_id)
         for rf in plan.unclaimed_new:
-            if rf.created_at is not None and rf.created_at > now - options.min_age:
-                # One of our uploads may have landed a moment ago and be about to record itself.
-                plan.skipped.append((rf.id, f"younger than --min-age ({age(options.min_age)}): not recorded yet"))
-                continue
             w.record_unclaimed(account_id, rf, run_id=run_id)
         for rf in plan.generated_new:
             created = rf.created_at or now

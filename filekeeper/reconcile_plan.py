@@ -79,6 +79,8 @@ class ReconcilePlan:
     #: the key the listing was made with: known, first (a new account), rotated (proven), trusted
     key: str = "known"
     orphans: list[RemoteFile] = field(default_factory=list)
+    #: unknown files younger than --min-age: left alone (an upload may be landing)
+    young: list[RemoteFile] = field(default_factory=list)
     unclaimed_new: list[RemoteFile] = field(default_factory=list)
     unclaimed: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)  # recorded earlier, listed again
     generated_new: list[RemoteFile] = field(default_factory=list)
@@ -150,6 +152,7 @@ class ReconcilePlan:
         return {
             "listed": self.listed,
             "orphans": len(self.orphans),
+            "young": len(self.young),
             "unclaimed_new": len(self.unclaimed_new),
             "unclaimed": len(self.unclaimed),
             "generated_new": len(self.generated_new),
@@ -206,6 +209,7 @@ class ReconcilePlan:
             "listed": self.listed,
             "key": self.key,
             "orphans": [remote(r) for r in self.orphans],
+            "young": [remote(r) for r in self.young],
             "unclaimed": [remote(r) for r in self.unclaimed_new] + [tracked(t) for t, _ in self.unclaimed],
             "generated": [remote(r) for r in self.generated_new],
             "missing": [tracked(t) for t in self.missing],
@@ -282,6 +286,7 @@ def classify(
         if rf.id in snapshot.elsewhere:
             plan.elsewhere.append((rf, snapshot.elsewhere[rf.id]))
             continue
+        young = rf.created_at is not None and rf.created_at > old_enough
         match = next(
             (
                 p
@@ -293,6 +298,8 @@ def classify(
         if match is not None:
             claimed.add(match.ledger_id)
             plan.settled.append((match, rf))
+        elif young and not rf.generated:
+            plan.young.append(rf)  # may be an upload landing right now: left alone, whoever made it
         elif not snapshot.history:
             plan.unclaimed_new.append(rf)  # a ledger that never tracked this account: not ours
         elif rf.generated:

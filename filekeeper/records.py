@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from .quota import Advice, Held, Request, Usage, Violation
 
 
+#: the orders ``filekeeper ls --sort`` takes: oldest first, largest first, by name, soonest expiry first
+SORTS = ("created", "size", "name", "expires")
+
+
 def iso(d: datetime | None) -> str | None:
     """ISO 8601 UTC with a Z, as every JSON output shows times."""
     return None if d is None else d.isoformat().replace("+00:00", "Z")

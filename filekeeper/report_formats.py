@@ -169,6 +169,17 @@ class EventOut:
         return {**dict(zip(EVENT_COLUMNS[:-1], self.row()[:-1], strict=True)), "detail": json.loads(self.detail)}
 
 
+@dataclass(frozen=True)
+class FileHistory:
+    """``filekeeper show``: one file's record and every event about it, oldest first."""
+
+    record: FileRecord
+    events: list[EventOut]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.record.to_json(), "events": [e.to_json() for e in self.events]}
+
+
 def summarize_refusals(daily: dict[tuple[date, str], dict[str, Any]]) -> Counter[str]:
     total: Counter[str] = Counter()
     for figures in daily.values():
@@ -333,7 +344,17 @@ def _sections(report: AuditReport) -> list[tuple[str, list[str], list[list[str]]
     out.append(
         (
             "By actor",
-            ["actor", "account", "uploads", "bytes uploaded", "reused", "refused", "deletes"],
+            [
+                "actor",
+                "account",
+                "uploads",
+                "bytes uploaded",
+                "reused",
+                "refused",
+                "deletes",
+                "expiries",
+                "orphans deleted",
+            ],
             [
                 [
                     a["actor"],
@@ -343,6 +364,8 @@ def _sections(report: AuditReport) -> list[tuple[str, list[str], list[list[str]]
                     str(a["reused"]),
                     str(a["refused"]),
                     str(a["deletes"]),
+                    str(a["expiries"]),
+                    str(a["orphans_deleted"]),
                 ]
                 for a in report.actors
             ],
@@ -571,7 +594,8 @@ def infer_format(fmt: str | None, output: Path | None, *, terminal: bool) -> str
         for f in FORMATS.values():
             if suffix in f.suffixes:
                 return f.name
-        return "json"
+        suffixes = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
+        raise UsageError(f"cannot tell the report format from {output.name!r}: name it {suffixes}, or give --format")
     return "table" if terminal else "json"
 
 

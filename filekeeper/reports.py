@@ -43,6 +43,19 @@ _DAILY_ACTIONS = {
     Action.RECONCILE_GENERATED: "generated",
     Action.RECONCILE_UNCLAIMED: "unclaimed",
 }
+#: whether an event says the file was already gone (a delete that deleted nothing)
+ALREADY_GONE = func.coalesce(events.c.detail["already_gone"].as_boolean(), False).label("already_gone")
+
+
+def column_of(action: str, already_gone: Any) -> str | None:
+    """The figure an event counts in, daily and per actor alike. A delete that found the file
+    already gone deleted nothing: it is no delete (an expiry that found it gone is still one)."""
+    column = _DAILY_ACTIONS.get(action)
+    if column in ("deletes", "orphans_deleted") and already_gone:
+        return None
+    return column
+
+
 EXPIRING_WITHIN = timedelta(days=7)
 LIST_LIMIT = 20
 
@@ -133,12 +146,12 @@ def build(
 
         period = (events.c.at >= since, events.c.at <= until, events.c.account_id.in_(ids))
         day_of = func.date(events.c.at)
-        for day, account_id, action, n in conn.execute(
-            select(day_of, events.c.account_id, events.c.action, func.count())
+        for day, account_id, action, gone, n in conn.execute(
+            select(day_of, events.c.account_id, events.c.action, ALREADY_GONE, func.count())
             .where(*period)
-            .group_by(day_of, events.c.account_id, events.c.action)
+            .group_by(day_of, events.c.account_id, events.c.action, ALREADY_GONE)
         ):
-            column = _DAILY_ACTIONS.get(action)
+            column = column_of(action, gone)
             if column:
                 day_figures(_as_date(day), names[account_id])[column] += int(n)
         for day, account_id, size in conn.execute(
@@ -213,41 +226,27 @@ def build(
     return AuditReport(now, since, until, out, daily, runs, usage, actors)
 
 
-_ACTOR_ACTIONS = {
-    Action.UPLOAD: "uploads",
-    Action.RECONCILE_SETTLE: "uploads",
-    Action.REUSE: "reused",
-    Action.REFUSE: "refused",
-    Action.DELETE: "deletes",
-    Action.EVICT: "deletes",
-    Action.RECONCILE_DELETE: "deletes",
-    Action.RECONCILE_EXPIRE: "deletes",
-}
+ACTOR_COLUMNS = ("uploads", "bytes_uploaded", "reused", "refused", "deletes", "expiries", "orphans_deleted")
 
 
 def _actors(conn: Any, names: dict[int, str], period: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """Per user@host and account: what they uploaded, reused, were refused and deleted."""
+    """Per user@host and account: what they uploaded, reused, were refused and deleted, counted by
+    the same rule as the daily figures (:func:`column_of`), so that the two always agree."""
     table: dict[tuple[str, str], dict[str, Any]] = {}
     bytes_of = func.coalesce(func.sum(files.c.bytes), 0)
-    for actor, account_id, action, n, size in conn.execute(
-        select(events.c.actor, events.c.account_id, events.c.action, func.count(), bytes_of)
+    for actor, account_id, action, gone, n, size in conn.execute(
+        select(events.c.actor, events.c.account_id, events.c.action, ALREADY_GONE, func.count(), bytes_of)
         .outerjoin(files, files.c.id == events.c.file_pk)
-        .where(*period, events.c.action.in_(list(_ACTOR_ACTIONS)))
-        .group_by(events.c.actor, events.c.account_id, events.c.action)
+        .where(*period)
+        .group_by(events.c.actor, events.c.account_id, events.c.action, ALREADY_GONE)
     ):
+        column = column_of(action, gone)
+        if column not in ACTOR_COLUMNS:
+            continue
         row = table.setdefault(
             (actor, names[account_id]),
-            {
-                "actor": actor,
-                "account": names[account_id],
-                "uploads": 0,
-                "bytes_uploaded": 0,
-                "reused": 0,
-                "refused": 0,
-                "deletes": 0,
-            },
+            {"actor": actor, "account": names[account_id], **dict.fromkeys(ACTOR_COLUMNS, 0)},
         )
-        column = _ACTOR_ACTIONS[action]
         row[column] += int(n)
         if column == "uploads":
             row["bytes_uploaded"] += int(size)
@@ -358,6 +357,24 @@ def iter_events(
             yield EventOut(
                 iso(at) or "", actor, pid, account, provider, file_id, filename or detail_name, action, detail
             )
+
+
+def event_out(row: Any, names: dict[int, str], providers: dict[str, str], record: FileRecord) -> EventOut:
+    """An events row of one file (``filekeeper show``) as reports show events."""
+    import json
+
+    account = names.get(row.account_id) if row.account_id is not None else None
+    return EventOut(
+        iso(row.at) or "",
+        row.actor,
+        row.pid,
+        account,
+        providers.get(account) if account else None,
+        row.file_id or record.id,
+        record.filename,
+        row.action,
+        json.dumps(row.detail, ensure_ascii=False),
+    )
 
 
 def events_before(ledger: Ledger, before: datetime) -> tuple[int, datetime | None, datetime | None]:

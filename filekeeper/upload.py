@@ -204,7 +204,7 @@ def reserve(ledger: Ledger, job: UploadJob, sha256: str | None, twins: Twins | N
             if record is not None:
                 w.reuse(account_id, record, request, sha256, **job.detail)
                 return Reservation(record, reused=True)
-        violations = file_violations(acct.limits, acct.rules, [request], job.ttl_seconds)
+        violations = file_violations(acct.limits, [request], job.ttl_seconds)
         evicted: list[Held] = []
         if not violations:
             usage = w.usage([account_id])[account_id]

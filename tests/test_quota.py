@@ -51,8 +51,6 @@ def test_check_needs_no_api_key(run, home: Path, tmp_path: Path) -> None:
         ("[providers.moonshot]\nmax_total_bytes = 25\n", [], "max_total_bytes"),
         ('[providers.moonshot]\nmax_file_bytes = "9B"\n', [], "max_file_bytes"),
         ("[providers.moonshot]\nretention_days = 7\n", ["--ttl", "8d"], "retention"),
-        ("", ["--purpose", "assistants"], "purpose"),
-        ("", ["--name", "a.exe"], "format"),
     ],
 )
 def test_each_violation_kind_refuses_check_and_upload(
@@ -79,6 +77,32 @@ def test_each_violation_kind_refuses_check_and_upload(
         assert emu.count("POST", "/files") == 0
     refusals = ledger_rows(home, "SELECT detail FROM events WHERE action = 'refuse'")
     assert refusals and all(limit in [v["limit"] for v in as_json(d)["violations"]] for (d,) in refusals)
+
+
+@pytest.mark.parametrize(
+    ("flavor", "args", "name", "message"),
+    [
+        ("moonshot", ["--purpose", "assistants"], "doc.txt", "moonshot does not take purpose 'assistants': use one of"),
+        ("zai", [], "tool.exe", "zai does not take .exe files: use one of"),
+    ],
+)
+def test_a_purpose_or_format_the_provider_rejects_is_bad_input(
+    flavor: str, args: list[str], name: str, message: str, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env(flavor)
+    run("usage")  # the ledger exists: nothing must be written to it
+    doc = str(write(tmp_path / name, "x"))
+    for command in ("check", "upload"):
+        result = run(command, doc, "-p", flavor, *args)
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert message in result.stderr and "free" not in result.stderr
+    assert emu.count("*") == 0 and "refuse" not in [a for (a,) in ledger_rows(home, "SELECT action FROM events")]
+
+
+def test_an_open_ended_format_list_lets_the_provider_decide(provider_env, run, tmp_path: Path) -> None:
+    provider_env("moonshot")  # Moonshot's docs list formats, then "and more"
+    result = run("upload", str(write(tmp_path / "notes.rst", "notes")), "-p", "moonshot")
+    assert result.exit_code == 0, result.stderr
 
 
 def test_check_judges_files_together_and_says_what_to_free(provider_env, run, home: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from filekeeper.quota import (
     evaluate,
     expiry,
     file_format,
+    unsupported,
 )
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -26,34 +27,38 @@ def kinds(violations: list) -> list[str]:
 
 
 def test_everything_fits() -> None:
-    assert evaluate(LIMITS, RULES, Usage(5, 500), [Request("a.txt", 100, "assistants")]) == []
+    assert evaluate(LIMITS, Usage(5, 500), [Request("a.txt", 100, "assistants")]) == []
 
 
 def test_each_violation_kind() -> None:
-    assert kinds(evaluate(LIMITS, RULES, Usage(10, 0), [Request("a.txt", 1, "assistants")])) == ["max_files"]
-    [v] = evaluate(LIMITS, RULES, Usage(0, 950), [Request("a.txt", 100, "assistants")])
+    assert kinds(evaluate(LIMITS, Usage(10, 0), [Request("a.txt", 1, "assistants")])) == ["max_files"]
+    [v] = evaluate(LIMITS, Usage(0, 950), [Request("a.txt", 100, "assistants")])
     assert (v.limit, v.current, v.requested, v.max) == ("max_total_bytes", 950, 100, 1000)
     assert "free 50 B" in v.message
-    [v] = evaluate(LIMITS, RULES, Usage(0, 0), [Request("big.pdf", 401, "assistants")])
+    [v] = evaluate(LIMITS, Usage(0, 0), [Request("big.pdf", 401, "assistants")])
     assert (v.limit, v.requested, v.max) == ("max_file_bytes", 401, 400)
-    [v] = evaluate(LIMITS, RULES, Usage(0, 0), [Request("a.txt", 1, "batch")])
-    assert (v.limit, v.requested) == ("purpose", "batch") and "accepted: assistants" in v.message
-    [v] = evaluate(LIMITS, RULES, Usage(0, 0), [Request("a.exe", 1, "assistants")])
-    assert (v.limit, v.requested) == ("format", "exe")
-    [v] = evaluate(LIMITS, RULES, Usage(0, 0), [Request("Makefile", 1, "assistants")])
-    assert v.limit == "format" and "without an extension" in v.message
-    [v] = evaluate(LIMITS, RULES, Usage(0, 0), [Request("a.txt", 1, "assistants")], ttl_seconds=31 * 86400)
+    [v] = evaluate(LIMITS, Usage(0, 0), [Request("a.txt", 1, "assistants")], ttl_seconds=31 * 86400)
     assert (v.limit, v.requested, v.max) == ("retention", 31 * 86400, 30 * 86400)
 
 
 def test_files_are_judged_together() -> None:
     requests = [Request(f"{i}.txt", 300, "assistants") for i in range(4)]
-    assert kinds(evaluate(LIMITS, RULES, Usage(7, 0), requests)) == ["max_files", "max_total_bytes"]
+    assert kinds(evaluate(LIMITS, Usage(7, 0), requests)) == ["max_files", "max_total_bytes"]
 
 
 def test_no_limit_and_no_rules_mean_anything_goes() -> None:
     open_limits = Limits(None, None, None, 0)
-    assert evaluate(open_limits, Rules(), Usage(10**9, 10**15), [Request("x", 10**12, "anything")], 10**9) == []
+    assert evaluate(open_limits, Usage(10**9, 10**15), [Request("x", 10**12, "anything")], 10**9) == []
+    assert unsupported("p", Rules(), [Request("x", 1, "anything")]) is None
+
+
+def test_a_purpose_or_format_the_provider_rejects_is_said_with_the_choices() -> None:
+    why = unsupported("acme", RULES, [Request("a.txt", 1, "batch")])
+    assert why == "acme does not take purpose 'batch': use one of assistants"
+    assert "does not take .exe files: use one of pdf, txt" in (
+        unsupported("acme", RULES, [Request("a.exe", 1, "assistants")]) or ""
+    )
+    assert "files without an extension" in (unsupported("acme", RULES, [Request("Makefile", 1, "assistants")]) or "")
 
 
 def test_format_is_the_lowercase_extension() -> None:

@@ -60,6 +60,7 @@ JSON_KEYS = {
     "interrupted",
     "to_delete",
     "to_adopt",
+    "young",
 }
 
 
@@ -78,14 +79,15 @@ def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, h
     assert plan.exit_code == 0, plan.stderr
     body = plan.json()
     assert set(body) == JSON_KEYS and body["applied"] is False and body["listed"] == 7
-    assert sorted(o["id"] for o in body["orphans"]) == sorted([f.id for f in old] + [young.id])
+    assert sorted(o["id"] for o in body["orphans"]) == sorted(f.id for f in old)
+    assert [y["id"] for y in body["young"]] == [young.id]  # held back by --min-age, shown apart
     assert body["deleted"] == [] and body["run_id"] is None
     assert actions(home) == before_events and ledger_rows(home, "SELECT count(*) FROM reconcile_runs") == [(1,)]
     assert len(emulator_ids(emu)) == 7
 
     applied = run("reconcile", "-p", "openai", "--apply", "--json").json()
     assert sorted(applied["deleted"]) == sorted(f.id for f in old)
-    assert applied["skipped"] == [{"id": young.id, "reason": "younger than --min-age (1h): may be mid-upload"}]
+    assert [y["id"] for y in applied["young"]] == [young.id] and applied["skipped"] == []
     assert emulator_ids(emu) == {kept["id"], young.id}
     assert actions(home).count("reconcile_delete") == 5
     [_, (status, counts, listed)] = ledger_rows(home, "SELECT status, counts, listed FROM reconcile_runs ORDER BY id")
@@ -160,7 +162,7 @@ def test_pending_reservations_are_settled_or_failed(provider_env, run, home: Pat
 
     young = run("reconcile", "-p", "openai", "--json").json()  # both reservations are younger than 1h
     assert {p["outcome"] for p in young["pending"]} == {"waiting"}
-    assert [o["id"] for o in young["unclaimed"]] == [landed]  # no baseline yet: not an orphan
+    assert [o["id"] for o in young["young"]] == [landed]  # a moment old: held back, whoever made it
 
     age_everything(home)
     result = run("reconcile", "-p", "openai", "--apply", "--json").json()
@@ -301,7 +303,7 @@ def test_min_age_protects_young_orphans(provider_env, run, tmp_path: Path) -> No
     baseline(run, "-p", "openai")
     fresh = emu.add_file("fresh.txt", 3)
     result = run("reconcile", "-p", "openai", "--apply", "--min-age", "2h", "--json").json()
-    assert result["deleted"] == [] and result["skipped"][0]["id"] == fresh.id
+    assert result["deleted"] == [] and [y["id"] for y in result["young"]] == [fresh.id]
     assert fresh.id in emulator_ids(emu)
     now = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
     assert now["deleted"] == [fresh.id]

@@ -86,7 +86,10 @@ def test_json_report_schema_and_figures(history, run, home: Path) -> None:
     assert set(first) == {"time", "actor", "pid", "account", "provider", "file_id", "filename", "action", "detail"}
     assert isinstance(first["detail"], dict)
     [who] = [a for a in doc["actors"] if a["actor"].startswith(f"{getpass.getuser()}@")]
-    assert (who["account"], who["uploads"], who["reused"], who["refused"], who["deletes"]) == ("openai", 5, 1, 2, 2)
+    assert (who["account"], who["uploads"], who["reused"], who["refused"], who["deletes"]) == ("openai", 5, 1, 2, 1)
+    assert who["orphans_deleted"] == 1
+    for column in ("uploads", "reused", "refused", "deletes", "expiries", "orphans_deleted"):  # one rule for both
+        assert sum(d[column] for d in doc["daily"]) == sum(a[column] for a in doc["actors"]), column
     series = doc["usage"]["openai"]
     assert series[-1]["files"] == 3 and series[0]["files"] == 0  # 5 uploaded today, 1 deleted, 1 missing
 

@@ -290,6 +290,10 @@ class Provider:
             seen.add(page.next_cursor)
             cursor = page.next_cursor
 
+    def first_page(self) -> Page:
+        """One list request, the first page: enough to know the key and URL work (`doctor --online`)."""
+        return self.parse_page(self.http.json("GET", "files", params=self.list_params(None)))
+
     def list_params(self, cursor: str | None) -> dict[str, str | int]:
         params: dict[str, str | int] = {"limit": self.page_limit}
         if cursor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..profiles import CODE_FORMATS, DEFAULT_LIMITS, Profile, words
+from ..profiles import DEFAULT_LIMITS, Profile, words
 from .base import Page, Provider
 
 
@@ -17,11 +17,8 @@ class Moonshot(Provider):
         default_purpose="file-extract",
         limits=DEFAULT_LIMITS,
         purposes=words("file-extract image video batch"),
-        formats=CODE_FORMATS
-        | words(
-            "pdf txt csv doc docx xls xlsx ppt pptx md jpeg jpg png bmp gif svg svgz webp ico xbm dib pjp tif pjpeg "
-            "avif dot apng epub tiff jfif html htm json jsonl mobi log yaml yml ini conf mp4 mov avi webm"
-        ),
+        # Its docs list formats and end with "and more": the provider decides, and says why.
+        formats=None,
     )
 
     def list_params(self, cursor: str | None) -> dict[str, str | int]:

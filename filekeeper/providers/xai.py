@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..profiles import CODE_FORMATS, GB, MB, Limits, Profile, words
+from ..profiles import GB, MB, Limits, Profile
 from .base import Page, Provider
 
 
@@ -16,7 +16,8 @@ class XAI(Provider):
         default_base_url="https://api.x.ai/v1",
         default_purpose="assistants",
         limits=Limits(max_files=100_000, max_total_bytes=100 * GB, max_file_bytes=100 * MB, retention_days=180),
-        formats=CODE_FORMATS | words("pdf txt md docx csv json jsonl html htm xml yaml yml log"),
+        # "pdf txt md docx csv json, code, other text": open-ended, so the provider decides.
+        formats=None,
         # purposes are echoed, not enforced
     )
     page_limit = 100
