@@ -343,7 +343,7 @@ def render_upload(results: Sequence[UploadResult], as_json: bool) -> None:
 
     for r in results:
         for h in r.evicted:
-            what = f"{h.file_id} ({printable(h.filename)}, {format_size(h.bytes)})"
+            what = f"{printable(h.file_id)} ({printable(h.filename)}, {format_size(h.bytes)})"
             say(f"evicted {what} to make room for {printable(str(r.path))}", err=True)
     failed = [r for r in results if not r.ok]
     for r in failed:
@@ -580,7 +580,7 @@ def delete(state: State, file_ids: tuple[str, ...], provider: str | None, accoun
         emit_json([r.to_json() for r in done])
     else:
         for r in done:
-            say(f"deleted {r.file_id}{' (was already gone)' if r.already_gone else ''}")
+            say(f"deleted {printable(r.file_id)}{' (was already gone)' if r.already_gone else ''}")
     fail_with([r.error for r in results])
 
 

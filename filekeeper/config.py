@@ -89,6 +89,8 @@ def check_base_url(url: str) -> None:
 
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"a URL cannot hold spaces or control characters: {url!r}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -102,6 +104,9 @@ def check_base_url(url: str) -> None:
         )
     if not parts.hostname:
         raise ValueError(f"no host in {url!r}")
+    if parts.query or parts.fragment:
+        # A ?api_key=... would end up in the ledger and reports: keys belong in the environment.
+        raise ValueError(f"a base URL takes no ?query or #fragment: {url!r}")
 
 
 def identity_url(url: str) -> str:

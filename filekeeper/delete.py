@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import ProviderError
+from .errors import Interrupted, ProviderError
 from .records import DeleteResult
-from .schema import Status
+from .schema import DeleteKind, Status
 
 if TYPE_CHECKING:
     from .config import Account
@@ -24,8 +24,27 @@ if TYPE_CHECKING:
 def delete_files(ledger: Ledger, remote: Provider, account: Account, file_ids: Sequence[str]) -> list[DeleteResult]:
     """Delete each file at the provider and record it; one result per id, in order. An account the
     ledger has never seen is recorded only once a delete there is done (an id nobody knows leaves
-    no trace)."""
-    results = []
+    no trace). Ctrl-C stops it: what was done is returned as done, the delete in flight as
+    unknown (its journal entry lets the next reconcile record it), the rest as not done."""
+    results: list[DeleteResult] = []
+    try:
+        _delete_each(ledger, remote, account, file_ids, results)
+    except KeyboardInterrupt:
+        in_flight = file_ids[len(results)] if len(results) < len(file_ids) else None
+        for file_id in file_ids[len(results) :]:
+            why = (
+                "interrupted while its delete was on its way: it may be deleted or not, and the next reconcile "
+                "records which"
+                if file_id == in_flight
+                else "not deleted: interrupted before it was sent"
+            )
+            results.append(DeleteResult(file_id, account.name, account.provider, error=Interrupted(why)))
+    return results
+
+
+def _delete_each(
+    ledger: Ledger, remote: Provider, account: Account, file_ids: Sequence[str], results: list[DeleteResult]
+) -> None:
     with ledger.read() as r:
         row = r.account_row(account.name)
     account_id = row.id if row is not None else None
@@ -37,7 +56,7 @@ def delete_files(ledger: Ledger, remote: Provider, account: Account, file_ids: S
             continue
         with ledger.write() as w:
             known = w.find(account_id, file_id)
-            [intent] = w.add_intents(account_id, [(file_id, known and known.ledger_id, "delete")], run_id=None)
+            [intent] = w.add_intents(account_id, [(file_id, known and known.ledger_id, DeleteKind.DELETE)], run_id=None)
         try:
             existed = remote.delete(file_id)  # False: the provider's own "no such file"
         except ProviderError as e:
@@ -60,7 +79,6 @@ def delete_files(ledger: Ledger, remote: Provider, account: Account, file_ids: S
                 continue
             record = w.mark_deleted(account_id, file_id, already_gone=not existed)
         results.append(DeleteResult(file_id, account.name, account.provider, not existed, record))
-    return results
 
 
 def _delete_unrecorded(ledger: Ledger, remote: Provider, account: Account, file_id: str) -> DeleteResult:

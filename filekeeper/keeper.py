@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Account, Settings, load_settings
-from .errors import FilekeeperError, UsageError
+from .errors import FilekeeperError, Interrupted, UsageError
 from .ledger import Ledger, Reader, open_ledger
 from .quota import EvictMode, Request, Usage, advise, evaluate, short_of_room, unsupported
 from .records import (
@@ -34,7 +34,7 @@ from .records import (
 )
 from .schema import FILE_STATUSES, utcnow
 from .units import parse_duration
-from .upload import FilePayload, UploadJob, upload_all
+from .upload import REUSE_AT_LEAST, FilePayload, UploadJob, upload_all
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis
@@ -161,7 +161,9 @@ class Keeper:
         with self.ledger.read() as r:
             row = r.account_row(acct.name)
             account_id = row.id if row is not None else None
-            reused, new, twins = _split_reused(r, account_id, payloads, purpose, force)
+            now = utcnow()
+            until = now + (timedelta(seconds=ttl_seconds) if ttl_seconds is not None else REUSE_AT_LEAST)
+            reused, new, twins = _split_reused(r, account_id, payloads, purpose, force, until)
             usage = r.usage([account_id])[account_id] if account_id is not None else Usage(0, 0)
             violations = evaluate(acct.limits, usage, new, ttl_seconds)
             advice = None
@@ -396,11 +398,11 @@ class Keeper:
         one neither given nor recorded is a UsageError and nothing is deleted."""
         from .delete import delete_files
 
-        ids = [str(i) for i in file_ids]
+        ids = list(dict.fromkeys(str(i) for i in file_ids))  # the same id twice is one delete
         if not ids:
             raise UsageError("no file ids to delete")
         for file_id in ids:
-            if not file_id.strip() or file_id != file_id.strip() or "/" in file_id or not file_id.isprintable():
+            if not file_id.strip() or file_id != file_id.strip() or not file_id.isprintable():
                 raise UsageError(f"{file_id!r} is not a file id")
         with self.ledger.read() as r:
             owners = r.owners_of(ids)
@@ -425,6 +427,11 @@ class Keeper:
         by_id: dict[str, DeleteResult] = {}
         for name, group in groups.items():
             acct = accounts[name]
+            if any(isinstance(r.error, Interrupted) for r in by_id.values()):  # Ctrl-C: nothing more
+                for file_id in group:
+                    stop = Interrupted("not deleted: interrupted before it was sent")
+                    by_id[file_id] = DeleteResult(file_id, acct.name, acct.provider, error=stop)
+                continue
             remote = self.connect(acct)
             try:
                 for result in delete_files(self.ledger, remote, acct, group):
@@ -435,10 +442,16 @@ class Keeper:
 
 
 def _split_reused(
-    r: Reader, account_id: int | None, payloads: Sequence[FilePayload], purpose: str, force: bool
+    r: Reader,
+    account_id: int | None,
+    payloads: Sequence[FilePayload],
+    purpose: str,
+    force: bool,
+    lasting_until: datetime,
 ) -> tuple[list[FileRecord], list[Request], list[str]]:
-    """Which files an upload would reuse (identical content already active) and which it would
-    send; of identical files given together, as upload does, only the first is sent."""
+    """Which files an upload would reuse (identical content already active, living at least to
+    ``lasting_until``, as upload asks) and which it would send; of identical files given
+    together, as upload does, only the first is sent."""
     reused: list[FileRecord] = []
     new: list[Request] = []
     twins: list[str] = []
@@ -450,7 +463,7 @@ def _split_reused(
             new.append(request)
             continue
         if account_id is not None and r.may_be_duplicate(account_id, request):
-            duplicate = r.find_duplicate(account_id, p.sha256(), purpose)
+            duplicate = r.find_duplicate(account_id, p.sha256(), purpose, lasting_until=lasting_until)
             if duplicate is not None:
                 reused.append(duplicate)
                 continue
@@ -495,8 +508,17 @@ def parse_ttl(ttl: str | int | None) -> int | None:
 
 
 def check_upload_path(path: str | os.PathLike[str]) -> Path:
-    """A readable, non-empty regular file, or a UsageError saying what is wrong with it."""
+    """A readable, non-empty regular file with a name that is text, or a UsageError saying what
+    is wrong with it."""
+    if str(path) == "":
+        raise UsageError("an empty path: give a file")
     p = Path(path)
+    try:
+        p.name.encode("utf-8")
+    except UnicodeEncodeError:
+        # Undecodable bytes in the name: no provider, ledger or JSON output can carry it faithfully.
+        shown = os.fsencode(p.name).decode("utf-8", "backslashreplace")
+        raise UsageError(f"the name {shown!r} is not valid UTF-8; rename the file") from None
     try:
         st = p.stat()
     except FileNotFoundError:

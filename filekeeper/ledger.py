@@ -29,6 +29,7 @@ from .schema import (
     LISTED,
     SCHEMA_HEAD,
     Action,
+    DeleteKind,
     RunStatus,
     Status,
     account_keys,
@@ -738,6 +739,19 @@ class Writer(Reader):
             Action.EVICT_FAILED, account_id=account_id, file_pk=victim.ledger_id, file_id=victim.file_id, error=error
         )
 
+    def undo_evict(self, account_id: int, ledger_id: int, file_id: str, *, run_id: int | None) -> None:
+        """A file an upload marked for eviction, whose process died before deleting it: listed
+        still, so ``active`` again."""
+        if self._move(ledger_id, (Status.DELETED, Status.EXPIRED), status=Status.ACTIVE, deleted_at=None):
+            self._event(
+                Action.EVICT_FAILED,
+                account_id=account_id,
+                file_pk=ledger_id,
+                file_id=file_id,
+                error="the upload that evicted it stopped before deleting it; still at the provider",
+                run_id=run_id,
+            )
+
     def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str | None, **detail: Any) -> FileRecord:
         """A reservation's upload landed: it is ``active`` under the provider's id.
 
@@ -746,6 +760,19 @@ class Writer(Reader):
         and is returned as reused; the reservation becomes ``failed``, holding no quota."""
         account_id = self._account_of(ledger_id)
         holder = self.ledger_id_of(account_id, file_id)
+        held = self.conn.execute(select(files.c.sha256).where(files.c.id == holder)).scalar() if holder else None
+        if holder is not None and holder != ledger_id and held and sha256 and held != sha256:
+            # Not a provider's dedupe (the content differs): another reservation took this file for
+            # its own when its answer was lost. It is this upload's; that one is pending again.
+            self._move(holder, status=Status.PENDING, file_id=None)
+            self._event(
+                Action.SETTLE_UNDONE,
+                account_id=account_id,
+                file_pk=holder,
+                file_id=file_id,
+                reason=f"the file is row {ledger_id}'s upload (its content differs)",
+            )
+            holder = None
         if holder is not None and holder != ledger_id:
             self._move(ledger_id, status=Status.FAILED)
             self._event(
@@ -1003,8 +1030,8 @@ class Writer(Reader):
             files.c.account_id == account_id, files.c.file_id.in_([d.job.file_id for d in done])
         )
         known = {file_id: ledger_id for file_id, ledger_id in self.conn.execute(query)}
-        expired = [known[d.job.file_id] for d in done if d.job.kind == "expired" and d.job.file_id in known]
-        deleted = [known[d.job.file_id] for d in done if d.job.kind != "expired" and d.job.file_id in known]
+        expired = [known[d.job.file_id] for d in done if d.job.kind == DeleteKind.EXPIRED and d.job.file_id in known]
+        deleted = [known[d.job.file_id] for d in done if d.job.kind != DeleteKind.EXPIRED and d.job.file_id in known]
         if expired:
             self.conn.execute(
                 update(files)
@@ -1021,13 +1048,13 @@ class Writer(Reader):
         for d in done:
             job = d.job
             detail: dict[str, Any] = {"settled_after_interrupt": True} if d.settled else {}
-            if job.kind == "expired":
+            if job.kind == DeleteKind.EXPIRED:
                 action = Action.RECONCILE_EXPIRE
-            elif job.kind == "delete":
+            elif job.kind == DeleteKind.DELETE:
                 action, detail["known"] = Action.DELETE, job.file_id in known
             else:
                 action = Action.RECONCILE_DELETE
-                detail.update(orphan=job.kind == "orphan", unclaimed=job.kind == "unclaimed")
+                detail.update(orphan=job.kind == DeleteKind.ORPHAN, unclaimed=job.kind == DeleteKind.UNCLAIMED)
             rows.append(
                 self._event_row(
                     action,

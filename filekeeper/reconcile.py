@@ -54,7 +54,7 @@ from .reconcile_plan import (
     parse_max_delete,
 )
 from .records import DeleteJob, DeleteOutcome, iso
-from .schema import HELD, RunStatus, Status, utcnow
+from .schema import HELD, DeleteKind, RunStatus, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
@@ -444,14 +444,14 @@ def _apply(
     unclaimed += [(rf.id, rf.created_at) for _, rf in plan.unclaimed]
     claimable = _eligible(plan, unclaimed, options.min_age, now) if options.adopt or options.delete_unclaimed else []
     jobs = [
-        DeleteJob(t.file_id, "expired", t.ledger_id)
+        DeleteJob(t.file_id, DeleteKind.EXPIRED, t.ledger_id)
         for t in plan.expired
         if t.file_id and t.file_id in plan.expired_present
     ]
     if not options.adopt:
-        jobs += [DeleteJob(file_id, "orphan") for file_id in orphans]
+        jobs += [DeleteJob(file_id, DeleteKind.ORPHAN) for file_id in orphans]
     if options.delete_unclaimed:
-        jobs += [DeleteJob(file_id, "unclaimed") for file_id in claimable]
+        jobs += [DeleteJob(file_id, DeleteKind.UNCLAIMED) for file_id in claimable]
     if len(jobs) > plan.max_delete:
         raise ReconcileRefused(
             f"{plan.account.name}: the plan would delete {len(jobs)} files, more than --max-delete "
@@ -518,19 +518,25 @@ def _apply_ledger(
             [
                 DeleteOutcome(DeleteJob(i.file_id, i.kind, i.file_pk, i.id), existed=True, settled=True)
                 for i in plan.intents_done
+                if i.kind != DeleteKind.EVICT  # an eviction's event was written when it was marked
             ],
             run_id=run_id,
         )
-        w.void_intents([i.id for i in plan.intents_void])
+        for i in plan.restored:
+            assert i.file_pk is not None
+            w.undo_evict(account_id, i.file_pk, i.file_id, run_id=run_id)
+        # Evictions' journal rows go without a new event (the eviction wrote its own).
+        evictions = [i.id for i in plan.intents_done if i.kind == DeleteKind.EVICT]
+        w.void_intents([i.id for i in plan.intents_void] + evictions)
 
 
 def _still_wanted(job: DeleteJob, status: str | None) -> str | None:
     """Why a delete must not be sent after all (the ledger moved on since the listing), or None."""
-    if job.kind == "orphan" and status in HELD:
+    if job.kind == DeleteKind.ORPHAN and status in HELD:
         return f"became {status} in the ledger since the listing"
-    if job.kind == "expired" and status not in (Status.ACTIVE, Status.GENERATED):
+    if job.kind == DeleteKind.EXPIRED and status not in (Status.ACTIVE, Status.GENERATED):
         return f"no longer active in the ledger ({status})"
-    if job.kind == "unclaimed" and status != Status.UNCLAIMED:
+    if job.kind == DeleteKind.UNCLAIMED and status != Status.UNCLAIMED:
         return f"no longer unclaimed in the ledger ({status})"
     return None
 

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .records import Identity, Intent, Tracked, iso
-from .schema import LISTED, Status
+from .schema import LISTED, DeleteKind, Status
 from .upload import could_be_upload_of, filename_key, same_filename
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ class ReconcilePlan:
     elsewhere: list[tuple[RemoteFile, str]] = field(default_factory=list)
     intents_done: list[Intent] = field(default_factory=list)
     intents_void: list[Intent] = field(default_factory=list)
+    #: files an upload marked for eviction and died before deleting: still there, active again
+    restored: list[Intent] = field(default_factory=list)
     #: ledger ids of the tracked files the listing showed
     seen: set[int] = field(default_factory=set)
     deleted: list[str] = field(default_factory=list)
@@ -146,6 +148,7 @@ class ReconcilePlan:
             or self.failed_pending
             or self.drift
             or self.intents_done
+            or self.restored
         )
 
     def counts(self) -> dict[str, int]:
@@ -166,6 +169,7 @@ class ReconcilePlan:
             "waiting_pending": len(self.waiting_pending),
             "drift": len(self.drift),
             "intents_settled": len(self.intents_done),
+            "restored": len(self.restored),
             "deleted": len(self.deleted),
             "adopted": len(self.adopted),
             "skipped": len(self.skipped),
@@ -229,6 +233,7 @@ class ReconcilePlan:
                 for t, r in self.drift
             ],
             "intents_settled": [{"id": i.file_id, "kind": i.kind, "run_id": i.run_id} for i in self.intents_done],
+            "restored": [i.file_id for i in self.restored],
             "deleted": self.deleted,
             "adopted": self.adopted,
             "skipped": [{"id": i, "reason": why} for i, why in self.skipped],
@@ -278,6 +283,9 @@ def classify(
         intent = intents.pop(rf.id, None)
         if intent is not None:
             plan.intents_void.append(intent)  # the delete did not happen: the file is still there
+            if intent.kind == DeleteKind.EVICT and intent.file_pk is not None:
+                plan.restored.append(intent)  # an upload died before evicting it: it is ours, and there
+                continue
         t = by_id.get(rf.id)
         if t is not None:
             plan.seen.add(t.ledger_id)

@@ -600,17 +600,37 @@ def infer_format(fmt: str | None, output: Path | None, *, terminal: bool) -> str
 
 
 def write_report(query: ReportSource, fmt: str, output: Path | None = None, stdout: TextIO | None = None) -> None:
-    """Render ``query`` as ``fmt`` to ``stdout``, or to ``output`` written aside and renamed, so that
-    a report that fails half-way leaves no half a file."""
+    """Render ``query`` as ``fmt`` to ``stdout``, or to ``output``. A file is written aside and
+    renamed over it (a report that fails half-way leaves no half a file), readable by its owner
+    only: it names every file and who sent it. What is not a plain file (``/dev/stdout``, a pipe,
+    a device) is written into as it is, never replaced; a symbolic link is followed."""
+    import os
+    import stat
+
     render = FORMATS[fmt].render
     if output is None:
         render(query, stdout or sys.stdout)
         return
-    partial = output.with_name(output.name + ".partial")
+    target = output.resolve() if output.is_symlink() else output
     try:
-        with partial.open("w", encoding="utf-8", newline="") as out:
+        mode = target.stat().st_mode if target.exists() else None
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UsageError(f"{output} is a directory; give the report's file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        try:
+            with open(target, "w", encoding="utf-8", newline="") as out:
+                render(query, out)
+        except OSError as e:
+            raise UsageError(f"cannot write {output}: {e.strerror}") from None
+        return
+    partial = target.with_name(target.name + ".partial")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             render(query, out)
-        partial.replace(output)
+        partial.replace(target)
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise UsageError(f"cannot write {output}: {e.strerror}") from None

@@ -82,15 +82,21 @@ class ReportQuery:
 
 
 def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
-    """A date (YYYY-MM-DD, the whole day) or an ISO 8601 time; UTC unless it says otherwise."""
+    """A date (YYYY-MM-DD, the whole day) or an ISO 8601 time; UTC unless it says otherwise.
+    Years 1970 to 9998 only: nothing filekeeper records is older, and arithmetic on the edges of
+    the calendar would overflow."""
     try:
         if len(text) == 10:
             d = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
-            return d + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else d
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+            parsed = d + timedelta(days=1) - timedelta(microseconds=1) if end_of_day else d
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO 8601 time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if not 1970 <= parsed.year <= 9998:
+        raise ValueError(f"{text!r} is out of range (years 1970 to 9998)")
+    return parsed
 
 
 def build(
@@ -403,6 +409,9 @@ def archive_events(ledger: Ledger, before: datetime, archive: Path) -> int:
             out.flush()
             os.fsync(out.fileno())
         partial.replace(archive)
+    except OSError as e:  # a full disk, a lost mount: nothing was pruned
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"cannot write the archive {archive}: {e.strerror}; nothing was removed") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -429,13 +438,26 @@ def import_events(ledger: Ledger, archive: Path) -> tuple[int, int]:
     except (UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{archive} is not a filekeeper events CSV: {e}") from None
     events_in: list[dict[str, Any]] = []
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON value")  # NaN, Infinity: no database stores them as JSON
+
     for n, row in enumerate(rows, start=2):
         try:
             at = parse_when(row["time"])
+            if not 1970 <= at.year <= 9998:
+                raise ValueError(f"time {row['time']!r} is out of range")
             pid = int(row["pid"])
-            detail = json.loads(row["detail"])
-        except (ValueError, TypeError) as e:
-            raise UsageError(f"{archive}, row {n}: {e}") from None
+            if not 0 <= pid < 2**31:
+                raise ValueError(f"pid {row['pid']!r} is out of range")
+            detail = json.loads(row["detail"], parse_constant=no_constants)
+            if not isinstance(detail, dict):
+                raise ValueError("detail is not a JSON object")
+            json.dumps(detail, ensure_ascii=False).encode("utf-8")  # lone surrogates cannot be stored
+            for key in ("actor", "action", "account", "file_id"):
+                row[key].encode("utf-8")
+        except (ValueError, TypeError, OverflowError, UnicodeEncodeError) as e:
+            raise UsageError(f"{archive}, row {n}: {e}; nothing was imported") from None
         events_in.append({**row, "at": at, "pid": pid, "detail": detail})
     with ledger.write() as w:
         return w.import_events(events_in)

@@ -55,6 +55,7 @@ class Action(StrEnum):
     UPLOAD_FAILED = "upload_failed"
     REUSE = "reuse"
     FOUND_MISSING = "found_missing"  # an upload's check found an identical file gone at the provider
+    SETTLE_UNDONE = "settle_undone"  # a lost answer's recovery took another upload's file: pending again
     REFUSE = "refuse"
     EVICT = "evict"
     EVICT_FAILED = "evict_failed"
@@ -73,6 +74,16 @@ class Action(StrEnum):
     RECONCILE_GENERATED = "reconcile_generated"  # a provider-made file, recorded with its own retention
     RECONCILE_GONE = "reconcile_gone"  # an unclaimed file that left the provider
     KEY_ROTATED = "key_rotated"  # a new key, proven to reach the same account
+
+
+class DeleteKind(StrEnum):
+    """Why a delete in the journal (``delete_intents``) was sent: what its outcome records."""
+
+    ORPHAN = "orphan"  # reconcile: at the provider, unknown to the ledger
+    EXPIRED = "expired"  # reconcile: past its expiry
+    UNCLAIMED = "unclaimed"  # reconcile --delete-unclaimed
+    DELETE = "delete"  # filekeeper delete
+    EVICT = "evict"  # upload --evict: making room
 
 
 class RunStatus(StrEnum):

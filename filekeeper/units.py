@@ -35,7 +35,10 @@ def parse_size(value: int | str) -> int:
     unit = match.group(2).upper() if match else None
     if match is None or unit not in _SIZE_UNITS:
         raise ValueError(f"{value!r} is not a size (use bytes or a number with KB, MB, GB, TB, KiB…)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    try:
+        return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    except OverflowError:
+        raise ValueError(f"{value!r} is too large to be a size") from None
 
 
 def parse_duration(value: str) -> int:

@@ -9,6 +9,7 @@ be known (then reconcile settles it). What is sent, and how, is the job's :class
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections import defaultdict
@@ -29,7 +30,7 @@ from .errors import (
 )
 from .quota import EvictMode, Held, Request, Violation, expiry, file_violations, make_room, room_violations
 from .records import FileRecord, UploadResult
-from .schema import utcnow
+from .schema import DeleteKind, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
@@ -41,7 +42,8 @@ ProgressCallback = Callable[[int], None]
 #: how many times an upload whose response was lost (and that did not land) is sent again
 LOST_RESPONSE_ATTEMPTS = 3
 #: a provider's clock and ours may disagree: a landed file may look this much older than its reservation
-CLOCK_SKEW = timedelta(minutes=5)
+#: (kept small: the wider it is, the likelier an older file of the same name and size passes for ours)
+CLOCK_SKEW = timedelta(seconds=60)
 #: without --ttl, an identical file is reused only if it lives at least this much longer
 REUSE_AT_LEAST = timedelta(hours=1)
 
@@ -58,7 +60,10 @@ def filename_key(name: str) -> str:
     import unicodedata
     from urllib.parse import unquote
 
-    return unicodedata.normalize("NFC", unquote(name.replace("\\\\", "\\"), errors="strict"))
+    name = name.replace("\\\\", "\\")
+    with contextlib.suppress(UnicodeDecodeError):  # percent-escapes that are no UTF-8 encode nothing
+        name = unquote(name, errors="strict")
+    return unicodedata.normalize("NFC", name)
 
 
 def could_be_upload_of(remote: RemoteFile, filename: str, size: int, reserved_at: datetime) -> bool:
@@ -137,6 +142,7 @@ class FilePayload:
                 on_progress=on_progress,
                 cancel=cancel,
                 on_sent=on_sent,
+                size=self.size,
             )
         except OSError as e:
             raise UsageError(f"cannot read {self.path}: {e.strerror}") from None
@@ -175,6 +181,30 @@ class UploadJob:
         return now + (timedelta(seconds=self.ttl_seconds) if self.ttl_seconds is not None else REUSE_AT_LEAST)
 
 
+@dataclass
+class Command:
+    """What the jobs of one ``upload`` share: Ctrl-C, the files it handed out (never evicted by a
+    later job of the same command), and the ids that landed but may not be recorded yet (never
+    taken by another job's lost-answer recovery)."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    protected: set[int] = field(default_factory=set)
+    landed: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def protect(self, ledger_id: int) -> None:
+        with self.lock:
+            self.protected.add(ledger_id)
+
+    def land(self, file_id: str) -> None:
+        with self.lock:
+            self.landed.add(file_id)
+
+    def snapshot(self) -> tuple[frozenset[int], frozenset[str]]:
+        with self.lock:
+            return frozenset(self.protected), frozenset(self.landed)
+
+
 @dataclass(frozen=True)
 class Reservation:
     """What reserving one file came to: a new pending row, a reused one, or a refusal."""
@@ -184,9 +214,13 @@ class Reservation:
     #: files marked gone to make room; deleted at the provider before the upload
     evicted: list[Held] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    #: the journal rows of the evictions, in the same order
+    intents: list[int] = field(default_factory=list)
 
 
-def reserve(ledger: Ledger, job: UploadJob, sha256: str | None, twins: Twins | None = None) -> Reservation:
+def reserve(
+    ledger: Ledger, job: UploadJob, sha256: str | None, twins: Twins | None = None, command: Command | None = None
+) -> Reservation:
     """Check one file against the account's policy and, if it fits, reserve it — atomically.
 
     An identical active file that lives long enough is reused instead: the one ``twins`` saw the
@@ -210,13 +244,22 @@ def reserve(ledger: Ledger, job: UploadJob, sha256: str | None, twins: Twins | N
             usage = w.usage([account_id])[account_id]
             violations = room_violations(acct.limits, usage, [request])
             if violations and job.evict:
-                candidates = w.held_files(account_id, expired_by=now if job.evict == "expired" else None)
+                protected = command.snapshot()[0] if command is not None else frozenset()
+                candidates = [  # never a file this same command just handed out
+                    h
+                    for h in w.held_files(account_id, expired_by=now if job.evict == "expired" else None)
+                    if h.ledger_id not in protected
+                ]
                 violations, evicted = make_room(acct.limits, usage, [request], candidates, job.evict, now)
         if violations:
             w.refuse(account_id, request, violations, **job.detail)
             return Reservation(None, violations=violations)
+        intents = []
         for victim in evicted:
             w.evict(account_id, victim, mode=str(job.evict), now=now, for_filename=request.filename)
+            # Journaled like any delete: if this process dies before the provider answers, the next
+            # reconcile finds out whether it happened, and restores the file if it did not.
+            intents += w.add_intents(account_id, [(victim.file_id, victim.ledger_id, DeleteKind.EVICT)], run_id=None)
         record = w.reserve(
             account_id,
             request,
@@ -225,7 +268,7 @@ def reserve(ledger: Ledger, job: UploadJob, sha256: str | None, twins: Twins | N
             expires_at=expiry(now, job.ttl_seconds, acct.limits.retention_days),
             **job.detail,
         )
-        return Reservation(record, evicted=evicted)
+        return Reservation(record, evicted=evicted, intents=intents)
 
 
 def upload_one(
@@ -233,24 +276,27 @@ def upload_one(
     remote: Provider,
     job: UploadJob,
     progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
+    command: Command | None = None,
 ) -> UploadResult:
     """Run one job to its end; failures are returned in the result, not raised."""
+    command = command or Command()
     evicted: list[Held] = []
     try:
-        if cancel is not None and cancel.is_set():
+        if command.cancel.is_set():
             raise Interrupted("not uploaded: interrupted before it started")
         sha = _sha_if_worth_it(ledger, job)
-        reservation = reserve(ledger, job, sha, check_twins(ledger, remote, job, sha))
+        reservation = reserve(ledger, job, sha, check_twins(ledger, remote, job, sha, command), command)
         if reservation.violations:
             raise QuotaExceeded(
                 "refused by quota: " + "; ".join(v.message for v in reservation.violations), reservation.violations
             )
         assert reservation.record is not None
         if reservation.reused:
+            command.protect(reservation.record.ledger_id)
             return UploadResult(job.path, reservation.record)
         _evict(ledger, remote, job, reservation, evicted)
-        record = _send(ledger, remote, job, reservation.record, progress, cancel)
+        record = _send(ledger, remote, job, reservation.record, progress, command)
+        command.protect(record.ledger_id)
         return UploadResult(job.path, record, evicted=evicted)
     except _Failed as f:
         return UploadResult(job.path, error=f.error, evicted=evicted, row=f.row)
@@ -287,7 +333,9 @@ class Twins:
 TWINS_CHECKED = 3
 
 
-def check_twins(ledger: Ledger, remote: Provider, job: UploadJob, sha256: str | None) -> Twins:
+def check_twins(
+    ledger: Ledger, remote: Provider, job: UploadJob, sha256: str | None, command: Command | None = None
+) -> Twins:
     """Make sure an identical file the reservation would reuse is really there.
 
     A reservation of the same file that a crashed run left behind is settled first, if its
@@ -301,10 +349,16 @@ def check_twins(ledger: Ledger, remote: Provider, job: UploadJob, sha256: str | 
         leftovers = r.pending_twins(job.account_id, job.request, sha256)
     for pending in leftovers:
         try:
-            landed = find_landed(ledger, remote, job.account_id, pending)
-        except ProviderError:
-            break  # the listing cannot be read now: the leftover stays pending for reconcile
-        if landed is not None:
+            landed, ambiguous = find_landed(ledger, remote, job.account_id, pending, command)
+        except ProviderError as e:
+            # It may have landed, and nothing can tell now: sending again could make a second copy.
+            raise ProviderError(
+                f"an earlier upload of this file (ledger row #{pending.ledger_id}) was sent whole and may have "
+                f"landed, and the provider's listing could not be read to find out ({e.message}); nothing was "
+                "sent: try again, or pass --force to upload another copy",
+                provider=e.provider,
+            ) from None
+        if landed is not None and not ambiguous:
             with ledger.write() as w:
                 w.activate(pending.ledger_id, file_id=landed.id, size=pending.bytes, sha256=sha256, settled_by="upload")
     for _ in range(TWINS_CHECKED):
@@ -315,7 +369,7 @@ def check_twins(ledger: Ledger, remote: Provider, job: UploadJob, sha256: str | 
         if twin is None or twin.id is None:
             return twins
         try:
-            remote.retrieve(twin.id)
+            found = remote.retrieve(twin.id)
         except FileNotFoundAtProvider:
             with ledger.write() as w:
                 w.found_gone(job.account_id, twin)  # deleted behind our back: it holds no quota now
@@ -323,6 +377,9 @@ def check_twins(ledger: Ledger, remote: Provider, job: UploadJob, sha256: str | 
             continue
         except ProviderError:
             twins.unusable.add(twin.ledger_id)  # cannot tell: upload anew rather than hand out a dead id
+            continue
+        if found.id != twin.id or found.failed or (found.status or "").lower() in ("deleted", "expired"):
+            twins.unusable.add(twin.ledger_id)  # there, but not a file anyone can use
             continue
         return twins
     return twins
@@ -332,22 +389,32 @@ def _evict(ledger: Ledger, remote: Provider, job: UploadJob, reservation: Reserv
     """Delete the files the reservation marked for eviction, adding each to ``done`` once it is
     gone. If the k-th delete fails, the ones already deleted stay deleted (they are gone at the
     provider); only the rest are restored. A delete whose answer never came is checked with one
-    retrieve: if the file is gone, it counts as deleted."""
+    retrieve: if the file is gone, it counts as deleted. Each outcome removes its journal row."""
     assert reservation.record is not None
-    for k, victim in enumerate(reservation.evicted):
+    intents = reservation.intents or [None] * len(reservation.evicted)
+    for k, (victim, intent) in enumerate(zip(reservation.evicted, intents, strict=True)):
         try:
             remote.delete(victim.file_id)
         except ProviderError as e:
             if e.retryable and _gone(remote, victim.file_id):
+                _settled(ledger, intent)
                 done.append(victim)
                 continue
             why = f"could not evict {victim.file_id} to make room: {e.message}"
             with ledger.write() as w:
                 for kept in reservation.evicted[k:]:
                     w.restore_evicted(job.account_id, kept, e.message)
+                w.void_intents([i for i in intents[k:] if i is not None])
                 row = w.fail(reservation.record.ledger_id, why)
             raise _Failed(ProviderError(why, provider=e.provider, status=e.status), row) from None
+        _settled(ledger, intent)
         done.append(victim)
+
+
+def _settled(ledger: Ledger, intent: int | None) -> None:
+    if intent is not None:
+        with ledger.write() as w:
+            w.void_intents([intent])
 
 
 def _gone(remote: Provider, file_id: str) -> bool:
@@ -367,7 +434,7 @@ def _send(
     job: UploadJob,
     reservation: FileRecord,
     progress: ProgressCallback | None,
-    cancel: threading.Event | None,
+    command: Command,
 ) -> FileRecord:
     """Upload a reserved file; settle its row as active, or failed, or leave it pending when unknowable."""
     provider = job.account.provider
@@ -378,6 +445,11 @@ def _send(
         with ledger.write() as w:
             w.note_sent(reservation.ledger_id, sha256)
 
+    def still_pending(error: ProviderError) -> _Failed:
+        with ledger.read() as r:  # as it stands now (the content's sha256 may be recorded since)
+            row = r.record(reservation.ledger_id)
+        return _Failed(error, row)
+
     for attempt in range(1, LOST_RESPONSE_ATTEMPTS + 1):
         try:
             up = job.payload.send(
@@ -385,20 +457,30 @@ def _send(
                 purpose=reservation.purpose,
                 expires_after=job.expires_after(),
                 on_progress=progress,
-                cancel=cancel,
+                cancel=command.cancel,
                 on_sent=sent,
             )
         except ResponseLost as e:
             try:
-                landed = find_landed(ledger, remote, job.account_id, reservation)
+                landed, ambiguous = find_landed(ledger, remote, job.account_id, reservation, command)
             except ProviderError as lookup_error:
-                error = ProviderError(
-                    f"{e.message}, and the provider could not be asked whether it landed "
-                    f"({lookup_error.message}); the reservation stays pending until reconcile settles it",
-                    provider=provider,
-                )
-                raise _Failed(error, reservation) from None
+                raise still_pending(
+                    ProviderError(
+                        f"{e.message}, and the provider could not be asked whether it landed "
+                        f"({lookup_error.message}); the reservation stays pending until reconcile settles it",
+                        provider=provider,
+                    )
+                ) from None
+            if ambiguous:
+                raise still_pending(
+                    ProviderError(
+                        f"{e.message}, and {ambiguous} files at the provider could be this upload (same name and "
+                        "size): none is taken for it; the reservation stays pending until reconcile settles it",
+                        provider=provider,
+                    )
+                ) from None
             if landed is not None:
+                command.land(landed.id)
                 with ledger.write() as w:
                     return w.activate(
                         reservation.ledger_id,
@@ -423,6 +505,7 @@ def _send(
             with ledger.write() as w:
                 row = w.fail(reservation.ledger_id, str(e))
             raise _Failed(e, row) from None
+        command.land(up.remote.id)  # before it is recorded: no other job's recovery may take it
         with ledger.write() as w:
             return w.activate(
                 reservation.ledger_id,
@@ -435,15 +518,25 @@ def _send(
     raise AssertionError("unreachable")
 
 
-def find_landed(ledger: Ledger, remote: Provider, account_id: int, reservation: FileRecord) -> RemoteFile | None:
+def find_landed(
+    ledger: Ledger, remote: Provider, account_id: int, reservation: FileRecord, command: Command | None = None
+) -> tuple[RemoteFile | None, int]:
     """The file an upload with a lost response stored, if it did: same name and size, created
-    after the reservation, and not already another ledger row's."""
+    after the reservation, not already another ledger row's, nor one that another upload of this
+    command has just received. Returns it and 0, or (None, how many could be it) when more than
+    one could: then none is taken (the wrong one would hand out someone else's content)."""
+    taken = command.snapshot()[1] if command is not None else frozenset()
+    found: list[RemoteFile] = []
     for candidate in remote.list_files():
+        if candidate.id in taken:
+            continue
         if could_be_upload_of(candidate, reservation.filename, reservation.bytes, reservation.created_at):
             with ledger.read() as r:
                 if r.ledger_id_of(account_id, candidate.id) is None:
-                    return candidate
-    return None
+                    found.append(candidate)
+    if len(found) > 1:
+        return None, len(found)
+    return (found[0] if found else None), 0
 
 
 def upload_all(
@@ -466,7 +559,7 @@ def upload_all(
     from concurrent.futures import ThreadPoolExecutor, wait
 
     lock = threading.Lock()
-    cancel = threading.Event()
+    command = Command()
 
     def progress(delta: int) -> None:
         if on_progress:
@@ -479,7 +572,7 @@ def upload_all(
     def run_chain(chain: list[int]) -> None:
         for i in chain:
             try:
-                results[i] = upload_one(ledger, remote, jobs[i], progress, cancel)
+                results[i] = upload_one(ledger, remote, jobs[i], progress, command)
             except Exception as e:  # a bug must not hide the other files' outcomes
                 bug = FilekeeperError(f"internal error: {type(e).__name__}: {e}")
                 results[i] = UploadResult(jobs[i].path, error=bug)
@@ -491,7 +584,7 @@ def upload_all(
             while wait(futures, timeout=0.5).not_done:
                 pass
         except KeyboardInterrupt:
-            cancel.set()  # readers stop at their next chunk; the pool's exit waits for them
+            command.cancel.set()  # readers stop at their next chunk; the pool's exit waits for them
     return [results[i] for i in range(len(jobs))]
 
 

@@ -47,7 +47,8 @@ def files_table(records: Sequence[FileRecord], *, local: bool = False, width: in
 def record_line(rec: FileRecord) -> str:
     """One uploaded (or reused) file, as ``upload`` prints it."""
     note = "  (already uploaded: reused)" if rec.reused else ""
-    return f"{rec.id}  {printable(rec.filename)}  {format_size(rec.bytes)}  → {rec.account} ({rec.provider}){note}"
+    shown = f"{printable(rec.id or '')}  {printable(rec.filename)}  {format_size(rec.bytes)}"
+    return f"{shown}  → {rec.account} ({rec.provider}){note}"
 
 
 def show(h: FileHistory, *, local: bool = False) -> str:
@@ -131,7 +132,8 @@ def _advice(r: CheckResult, local: bool) -> list[str]:
         word = "expired" if h.expired(now) else "expires"
         expires = f", {word} {when(h.expires_at, local=local)}" if h.expires_at else ""
         size = format_size(h.bytes)
-        return f"{h.file_id} ({printable(h.filename)}, {size}, uploaded {when(h.created_at, local=local)}{expires})"
+        uploaded = when(h.created_at, local=local)
+        return f"{printable(h.file_id)} ({printable(h.filename)}, {size}, uploaded {uploaded}{expires})"
 
     for title, held in (("expired files that could go", advice.expired), ("or the oldest files", advice.oldest)):
         if held:

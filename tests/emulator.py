@@ -444,6 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
         rel = emu._relative(path)
         auth = self.headers.get("Authorization")
         log = LoggedRequest(self.command, path, query, 0, {}, auth)
+        with emu.lock:
+            emu.arrived.append((self.command, path))  # seen, before it is answered
         if emu.latency > 0:
             time.sleep(emu.latency)
         form: MultipartParser | None = None
@@ -565,6 +567,8 @@ class Emulator:
         # an upload while its body is still on the way.
         self.body_delay = body_delay
         self.requests: list[LoggedRequest] = []
+        #: (method, path) of every request as it arrives, before any latency or answer
+        self.arrived: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.url = ""
         self._family = "openai" if flavor == "compatible" else flavor
@@ -627,10 +631,12 @@ class Emulator:
         created_at: int | None = None,
         expires_at: int | None = None,
         owner: str = MAIN,
+        file_id: str | None = None,
     ) -> StoredFile:
+        """Put a file at the provider, as if uploaded (``file_id``: an id of the test's choosing)."""
         digest = hashlib.sha256(f"{filename}:{size}".encode()).hexdigest()
         with self.lock:
-            return self._insert(filename, size, digest, purpose, created_at, expires_at, None, owner)
+            return self._insert(filename, size, digest, purpose, created_at, expires_at, None, owner, file_id)
 
     def add_key(self, key: str, owner: str) -> None:
         """Accept another API key, opening account ``owner`` (a new one, or ``MAIN`` for a rotated key)."""
@@ -735,9 +741,10 @@ class Emulator:
         expires_at: int | None,
         content: bytes | None,
         owner: str = MAIN,
+        file_id: str | None = None,
     ) -> StoredFile:
         """Store a file; the caller holds self.lock."""
-        fid = self._new_id()
+        fid = file_id or self._new_id()
         stored = StoredFile(
             id=fid,
             filename=filename,

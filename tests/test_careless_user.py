@@ -248,7 +248,7 @@ def test_deleting_an_id_nobody_knows_is_an_error_and_leaves_no_trace(provider_en
     assert result.exit_code == 1 and "no such file file-doesnotexist" in result.stderr
     assert "already gone" not in result.stdout + result.stderr
     assert actions(home) == before
-    for blank in ("", "  ", "a/b"):
+    for blank in ("", "  ", " x", "a\nb"):
         bad = run("delete", blank, "-p", "openai")
         assert bad.exit_code == 2 and "is not a file id" in bad.stderr
     assert actions(home) == before
@@ -496,3 +496,328 @@ def test_any_filename_goes_through_every_command_cleanly(
 
     assert {restore(r["filename"]) for r in rows if r["action"] == "upload"} == set(names)
     agree(home, emu)
+
+
+# --- found by an outside attempt on the above -------------------------------------------------------
+
+
+def test_a_file_reused_by_a_command_is_not_evicted_by_the_same_command(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\nmax_files = 2\n")
+    old0, old1 = (write(tmp_path / f"old{i}.txt", f"old {i}") for i in range(2))
+    assert run("upload", str(old0), str(old1), "-p", "openai", "--concurrency", "1").exit_code == 0
+    new = write(tmp_path / "new.txt", "new")
+    result = run("upload", str(old0), str(new), "-p", "openai", "--evict", "oldest", "--concurrency", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    reused, uploaded = result.json()
+    assert reused["outcome"] == "reused" and reused["id"] in emu.ids()  # the id handed out is there
+    assert uploaded["outcome"] == "uploaded" and [e["filename"] for e in uploaded["evicted"]] == ["old1.txt"]
+    agree(home, emu)
+
+
+def test_a_lost_answer_never_adopts_an_older_file_of_the_same_name(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    foreign = emu.add_file("data.csv", 5000, created_at=int(time.time()) - 120)  # someone's, two minutes old
+    emu.inject("POST", "/files", drop_response=True)  # ours never stored, its answer lost
+    doc = write(tmp_path / "data.csv", "y" * 5000)
+    [result] = run("upload", str(doc), "-p", "openai", "--json").json()
+    assert result["outcome"] == "uploaded" and result["id"] != foreign.id
+    with emu.lock:
+        assert emu.files[result["id"]].sha256 == result["sha256"]  # the file recorded is ours
+    assert foreign.id not in statuses(home)
+
+
+def test_a_wrong_adoption_is_undone_when_the_real_upload_answers(home: Path, provider_env, tmp_path: Path) -> None:
+    provider_env("openai")
+    from filekeeper.quota import Request
+    from filekeeper.schema import utcnow
+
+    with Keeper() as keeper:
+        account_id = keeper.ledger.ensure_account(keeper.account(provider="openai"))
+        now = utcnow()
+        with keeper.ledger.write() as w:
+            a = w.reserve(
+                account_id, Request("data.csv", 5, "assistants"), sha256=None, created_at=now, expires_at=None
+            )
+            b = w.reserve(
+                account_id, Request("data.csv", 5, "assistants"), sha256=None, created_at=now, expires_at=None
+            )
+        with keeper.ledger.write() as w:  # a's answer was lost, and its recovery took b's file for its own
+            w.activate(a.ledger_id, file_id="file-X", size=5, sha256="a" * 64)
+        with keeper.ledger.write() as w:  # then b's answer arrives: the file is b's
+            record = w.activate(b.ledger_id, file_id="file-X", size=5, sha256="b" * 64)
+    assert record.ledger_id == b.ledger_id and not record.reused and record.sha256 == "b" * 64
+    rows = dict(ledger_rows(home, "SELECT id, status FROM files"))
+    assert rows == {a.ledger_id: "pending", b.ledger_id: "active"}
+    assert "settle_undone" in actions(home)
+
+
+def test_a_file_that_grows_before_its_turn_is_not_sent(provider_env, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\nmax_file_bytes = 1000\n")
+    first = write(tmp_path / "first.txt", "x" * 500)
+    grows = write(tmp_path / "grow.log", "y" * 500)
+    grown = []
+
+    def on_progress(_delta: int) -> None:
+        if not grown:  # while the first file is sent, the second grows past the limit
+            grown.append(True)
+            with grows.open("ab") as f:
+                f.write(b"z" * 50_000)
+
+    with Keeper() as keeper:
+        one, two = keeper.upload([first, grows], provider="openai", concurrency=1, on_progress=on_progress)
+    assert one.ok and isinstance(two.error, FileChanged) and "changed since it was checked" in str(two.error)
+    assert len(emu.ids()) == 1 and max(f.bytes for f in emu.files.values()) == 500
+
+
+def test_an_eviction_cut_off_by_a_crash_is_restored_by_reconcile(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\nmax_files = 2\n")
+    upload(run, tmp_path, "openai", "old0.txt", "old1.txt")
+    baseline(run, "-p", "openai")
+    from filekeeper.upload import FilePayload, UploadJob, reserve
+
+    with Keeper() as keeper:
+        acct = keeper.account(provider="openai")
+        account_id = keeper.ledger.ensure_account(acct)
+        path = write(tmp_path / "new.txt", "new")
+        job = UploadJob(acct, account_id, FilePayload(path), "assistants", evict="oldest", path=path)
+        reservation = reserve(keeper.ledger, job, None)  # marked for eviction ... and the process dies here
+    [victim] = reservation.evicted
+    assert statuses(home)[victim.file_id] == "deleted" and victim.file_id in emu.ids()
+    ledger_sql(home, "UPDATE delete_intents SET at = ?", datetime.now(UTC) - timedelta(hours=1))
+    age_everything(home)
+    result = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    body = result.json()
+    assert body["restored"] == [victim.file_id] and body["deleted"] == []
+    assert statuses(home)[victim.file_id] == "active" and victim.file_id in emu.ids()
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
+    agree(home, emu)
+
+
+@pytest.mark.parametrize("answer", ["<html>ok</html>", {"object": "file"}])
+def test_a_success_whose_answer_cannot_be_read_is_looked_for(
+    answer: Any, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    emu.inject("POST", "/files", status=200, body=answer, after_store=True)
+    [result] = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "openai", "--json").json()
+    assert result["outcome"] == "uploaded" and result["id"] in emu.ids() and len(emu.ids()) == 1
+    agree(home, emu)
+
+
+@pytest.mark.parametrize("status", [408, 409])
+def test_an_ambiguous_refusal_of_an_upload_is_looked_into_not_resent(
+    status: int, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    emu.inject("POST", "/files", status=status, after_store=True)
+    [result] = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "openai", "--json").json()
+    assert result["outcome"] == "uploaded" and len(emu.ids()) == 1
+    agree(home, emu)
+
+
+def test_a_report_is_written_into_what_is_not_a_plain_file(provider_env, run, home: Path, tmp_path: Path) -> None:
+    import threading
+
+    provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert run("report", "--format", "csv", "-o", str(fifo)).exit_code == 0
+    reader.join(timeout=30)
+    assert fifo.is_fifo() and got and got[0].startswith(b"time,actor")  # written into, not replaced
+    target = write(tmp_path / "real.csv", "old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert run("report", "-o", str(link)).exit_code == 0
+    assert link.is_symlink() and target.read_text().startswith("time,actor")
+    fresh = tmp_path / "fresh.md"
+    assert run("report", "-o", str(fresh)).exit_code == 0 and fresh.stat().st_mode & 0o777 == 0o600
+
+
+def test_percent_escapes_that_are_no_utf8_do_not_break_recovery(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    emu.add_file("caf%e9.txt", 4, created_at=HOUR_AGO)
+    emu.inject("POST", "/files", drop_response=True, after_store=True)
+    lost = run("upload", str(write(tmp_path / "x%ff.txt", "data")), "-p", "openai", "--json")
+    no_traceback(lost)
+    assert lost.exit_code == 0 and lost.json()[0]["outcome"] == "uploaded"
+    assert run("reconcile", "-p", "openai", "--min-age", "0").exit_code == 0
+
+
+def test_a_rerun_that_cannot_check_for_the_landed_copy_sends_nothing(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[http]\nattempts = 2\nbackoff_seconds = 0.01\n")
+    doc = write(tmp_path / "big.jsonl", "x" * 5000)
+    emu.inject("POST", "/files", drop_response=True, after_store=True)
+    emu.inject("GET", "/files", status=500, times=2)
+    assert run("upload", str(doc), "-p", "openai").exit_code == 1  # landed; the record says pending
+    emu.inject("GET", "/files", status=503, times=2)  # and the listing is down when it is run again
+    rerun = run("upload", str(doc), "-p", "openai", "--json")
+    assert rerun.exit_code == 1 and "may have landed" in rerun.stderr and "--force" in rerun.stderr
+    assert emu.count("POST", "/files") == 1 and len(emu.ids()) == 1
+
+
+def test_a_tampered_archive_is_refused_whole(history_like, run, home: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "all.csv"
+    assert run("db", "prune-events", "--before", "2999-01-01", "--archive", str(archive), "--yes").exit_code == 0
+    rows = list(csv.reader(io.StringIO(archive.read_text(encoding="utf-8"), newline="")))
+    for column, value in (
+        ("detail", '{"bytes": NaN}'),
+        ("detail", '"a string"'),
+        ("pid", "9" * 30),
+        ("time", "0001-01-01"),
+    ):
+        bad = [list(r) for r in rows]
+        bad[1][rows[0].index(column)] = value
+        tampered = tmp_path / f"bad-{column}.csv"
+        with tampered.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\r\n").writerows(bad)
+        result = run("db", "import-events", str(tampered))
+        assert result.exit_code == 2 and "nothing was imported" in result.stderr, (column, result.stderr)
+        no_traceback(result)
+    assert ledger_rows(home, "SELECT count(*) FROM events") == [(0,)]
+    assert run("report", "--format", "json").exit_code == 0
+
+
+@pytest.fixture
+def history_like(provider_env, run, tmp_path: Path) -> None:
+    provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt", "b.txt")
+
+
+def test_check_and_upload_agree_on_what_is_reused(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\nmax_files = 1\n")
+    doc = write(tmp_path / "a.txt", "a")
+    [twin] = run("upload", str(doc), "-p", "openai", "--json").json()
+    soon = datetime.now(UTC) + timedelta(minutes=30)  # lives another half hour: too short to hand out
+    ledger_sql(home, "UPDATE files SET expires_at = ? WHERE file_id = ?", soon, twin["id"])
+    check = run("check", str(doc), "-p", "openai")
+    up = run("upload", str(doc), "-p", "openai")
+    assert (check.exit_code, up.exit_code) == (3, 3)
+
+
+def test_a_twin_the_provider_calls_broken_is_not_reused(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    doc = write(tmp_path / "a.txt", "a")
+    [twin] = run("upload", str(doc), "-p", "openai", "--json").json()
+    with emu.lock:
+        emu.files[twin["id"]].status = "error"  # processing failed at the provider
+    [again] = run("upload", str(doc), "-p", "openai", "--json").json()
+    assert again["outcome"] == "uploaded" and again["id"] != twin["id"]
+
+
+def test_the_same_id_twice_is_one_delete(provider_env, run, home: Path, tmp_path: Path) -> None:
+    provider_env("openai")
+    [a] = upload(run, tmp_path, "openai", "a.txt")
+    result = run("delete", a["id"], a["id"], "--json")
+    assert result.exit_code == 0
+    [done] = result.json()
+    assert done["already_gone"] is False and actions(home).count("delete") == 1
+
+
+def test_ctrl_c_during_delete_says_what_was_done(home: Path, emulators, run, tmp_path: Path) -> None:
+    emu = emulators("openai")
+    env = {**os.environ, "FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
+    paths = [str(write(tmp_path / f"{i}.txt", str(i))) for i in range(3)]
+    made = subprocess.run(
+        [sys.executable, "-m", "filekeeper", "upload", *paths, "-p", "openai", "--json", "--concurrency", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ids = [r["id"] for r in json.loads(made.stdout)]
+    emu.latency = 2.0  # every request now takes two seconds to be answered
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filekeeper", "delete", *ids, "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def deletes_arrived() -> int:
+        with emu.lock:
+            return sum(1 for method, _ in emu.arrived if method == "DELETE")
+
+    deadline = time.monotonic() + 60
+    while deletes_arrived() < 2:  # the first is answered, the second is on its way
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [d["id"] for d in json.loads(out)] == [ids[0]]  # what was done is reported
+    assert "may be deleted or not" in err and ids[1] in err
+    assert "not deleted: interrupted" in err and ids[2] in err
+    assert ids[2] in emu.ids()
+
+
+def test_a_name_that_is_not_utf8_is_refused(provider_env, run, tmp_path: Path) -> None:
+    provider_env("openai")
+    path = os.path.join(os.fsencode(tmp_path), b"bad\xff\xfe.txt")
+    with open(path, "wb") as f:
+        f.write(b"x")
+    result = run("upload", os.fsdecode(path), "-p", "openai", "--json")
+    assert result.exit_code == 2 and "not valid UTF-8" in result.stderr
+    no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('[providers.openai]\nmax_total_bytes = "' + "9" * 400 + 'GB"', "too large"),
+        (
+            '[accounts.x]\nprovider = "compatible"\napi_key_env = "K"\nbase_url = "http://a\\nb/v1"',
+            "control characters",
+        ),
+        ('[accounts.x]\nprovider = "compatible"\napi_key_env = "K"\nbase_url = "https://h/v1?api_key=sk-1"', "?query"),
+    ],
+)
+def test_more_bad_settings_are_usage_errors(config: str, message: str, run, home: Path) -> None:
+    write(home / "config.toml", config)
+    result = run("usage")
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    no_traceback(result)
+
+
+def test_more_bad_input_is_one_line(provider_env, run, home: Path, tmp_path: Path, monkeypatch) -> None:
+    emu = provider_env("openai")
+    assert run("report", "--until", "0001-01-01").exit_code == 2
+    empty = run("upload", "", "-p", "openai")
+    assert empty.exit_code == 2 and "an empty path" in empty.stderr
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://xn--a.com/v1")
+    bad_host = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "openai")
+    assert bad_host.exit_code == 1 and "cannot be used" in bad_host.stderr
+    no_traceback(bad_host)
+    assert ledger_rows(home, "SELECT status FROM files") == [("failed",)]  # holds no quota
+    del emu
+
+
+def test_odd_provider_ids_are_shown_escaped_and_can_be_deleted(provider_env, run, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    emu.add_file("odd.txt", 3, created_at=HOUR_AGO, file_id="files/odd\nid")  # a hostile server's id
+    adopted = run("reconcile", "-p", "openai", "--apply", "--adopt")
+    assert adopted.exit_code == 0 and "files/odd\nid" not in adopted.stdout and "files/odd\\nid" in adopted.stdout
+    gone = run("delete", "files/odd\nid")
+    assert gone.exit_code == 2  # not printable: refused as an id
+    emu.add_file("slashed.txt", 3, created_at=HOUR_AGO, file_id="files/abc123")  # as Gemini names them
+    assert run("reconcile", "-p", "openai", "--apply", "--adopt").exit_code == 0
+    slashed = run("delete", "files/abc123")
+    assert slashed.exit_code == 0, slashed.stderr
+    assert "files/abc123" not in emu.ids()

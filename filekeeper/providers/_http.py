@@ -222,12 +222,16 @@ class HTTP:
             ) from None
         except httpx.HTTPError as e:
             raise ProviderError(f"{method} {path} failed: {_describe(e)}", provider=self.provider) from None
+        except (httpx.InvalidURL, UnicodeError) as e:  # a URL httpx (or IDNA) cannot use: nothing was sent
+            raise ProviderError(f"the base URL cannot be used: {e}", provider=self.provider) from None
         if response.is_success:
             return response
         error = parse_error(self.provider, response, secret=self._secret)
         if error.status in (401, 403) and self._key_hint:
             error.message += f" (check {self._key_hint})"
-        if not idempotent and isinstance(error, RetryableError) and error.status and error.status >= 500:
+        if not idempotent and isinstance(error, RetryableError) and error.status and error.status != 429:
+            # A 5xx, a 408 or a 409 says nothing of whether an upload was stored (a 429 says it was
+            # not, and is retried as it asks).
             # The server may have stored the upload before failing: the caller must look first.
             raise ResponseLost(
                 f"{error.message} (the upload may or may not have been stored)",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from urllib.parse import quote
 
-from ..errors import FileChanged, FileNotFoundAtProvider, IncompleteListing, Interrupted, ProviderError
+from ..errors import FileChanged, FileNotFoundAtProvider, IncompleteListing, Interrupted, ProviderError, ResponseLost
 from ..profiles import Profile
 
 if TYPE_CHECKING:
@@ -194,23 +194,38 @@ class Provider:
         on_progress: ProgressCallback | None = None,
         cancel: Event | None = None,
         on_sent: Callable[[str], None] | None = None,
+        size: int | None = None,
     ) -> Uploaded:
         """Stream one file up; never holds it in memory. Raises ResponseLost when unsure,
         FileChanged if the file changes under it, Interrupted if ``cancel`` is set meanwhile.
-        ``on_sent(sha256)`` is called before the last chunk goes (the file may land from then on)."""
+        ``on_sent(sha256)`` is called before the last chunk goes (the file may land from then on).
+        ``size`` is what the file held when it was checked against the quota: it must still."""
         name = filename or path.name
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            now = os.fstat(f.fileno()).st_size
+            if size is not None and now != size:
+                raise FileChanged(f"the file changed since it was checked ({size:,} bytes then, {now:,} now)")
+            size = now
             reader = _HashingReader(f, size, on_progress, cancel, on_sent)
-            body = self.http.json(
-                "POST",
-                "files",
-                idempotent=False,
-                data={"purpose": purpose, **self.expiry_fields(expires_after)},
-                files={"file": (name, reader, content_type)},
-            )
-        remote = self.parse_file(body)
+            try:
+                body = self.http.json(
+                    "POST",
+                    "files",
+                    idempotent=False,
+                    data={"purpose": purpose, **self.expiry_fields(expires_after)},
+                    files={"file": (name, reader, content_type)},
+                )
+                remote = self.parse_file(body)
+            except ResponseLost:
+                raise
+            except ProviderError as e:
+                if (e.status is not None and 200 <= e.status < 300) or "without an id" in e.message:
+                    # A success whose answer cannot be read: the file may well be stored. Look first.
+                    raise ResponseLost(
+                        f"the answer to the upload could not be read ({e.message})", provider=self.name
+                    ) from None
+                raise
         return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=size)
 
     def expiry_fields(self, seconds: int | None) -> dict[str, str]:
