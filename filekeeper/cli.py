@@ -853,7 +853,8 @@ def db() -> None:
 @db.command(
     "upgrade",
     epilog=examples(
-        "filekeeper db upgrade", "FILEKEEPER_DATABASE_URL=postgresql+psycopg://db/fk filekeeper db upgrade"
+        "filekeeper db upgrade",
+        "filekeeper db upgrade --json        # with FILEKEEPER_DATABASE_URL set: the team's PostgreSQL ledger",
     ),
 )
 @json_option

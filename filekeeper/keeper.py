@@ -270,7 +270,9 @@ class Keeper:
         Changes nothing: a missing ledger is not created, an old one not upgraded."""
         from .doctor import diagnose
 
-        return diagnose(self.settings, online=online, connect=self.connect, ledger_accounts=self.ledger.accounts)
+        return diagnose(
+            self.settings, online=online, connect=self.connect, ledger_accounts=lambda: self.ledger.accounts()
+        )
 
     # --- reconcile --------------------------------------------------------------------------
 

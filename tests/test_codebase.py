@@ -237,3 +237,9 @@ def test_the_lazy_exports_match_all() -> None:
     code = "import sys, filekeeper; print(sorted(m for m in ('sqlalchemy', 'httpx', 'alembic') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"  # importing the package loads no heavy dependency
+
+
+def test_the_cli_sorts_are_the_ledgers() -> None:
+    from filekeeper import cli, records
+
+    assert cli.SORTS == records.SORTS
