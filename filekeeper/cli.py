@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ._version import __version__
-from .display import json_safe, printable, table, used_of
+from .display import json_safe, printable
 from .errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -543,17 +543,9 @@ def usage(state: State, provider: str | None, account: str | None, as_json: bool
     if not rows:
         note("no accounts yet: set a provider's API key or configure one in config.toml")
         return
-    body = [
-        [
-            u.account,
-            u.provider,
-            used_of(u.files, u.limits.max_files),
-            used_of(u.bytes, u.limits.max_total_bytes, format_size),
-            f"{u.limits.retention_days}d" if u.limits.retention_days else "for ever",
-        ]
-        for u in rows
-    ]
-    say(table(["ACCOUNT", "PROVIDER", "FILES", "BYTES", "RETENTION"], body))
+    from .views import usage as usage_view
+
+    say(usage_view(rows))
 
 
 @cli.command(

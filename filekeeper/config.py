@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MissingKeyError, UsageError, register_secret
-from .profiles import Limits, Profile
+from .profiles import Limits, Profile, PurposeLimits
 from .providers import PROFILES, PROVIDERS
 from .quota import Rules
 from .units import parse_size
 
 LIMIT_KEYS = ("max_files", "max_total_bytes", "max_file_bytes", "retention_days")
-_PROVIDER_KEYS = {"base_url", "api_key_env", "purposes", "formats", "generated_retention_days", *LIMIT_KEYS}
+#: the limits one purpose's files may have of their own ([providers.NAME.purpose_limits.PURPOSE])
+PURPOSE_LIMIT_KEYS = ("max_files", "max_total_bytes", "max_file_bytes")
+_PROVIDER_KEYS = {
+    "base_url",
+    "api_key_env",
+    "purposes",
+    "formats",
+    "generated_retention_days",
+    "purpose_limits",
+    *LIMIT_KEYS,
+}
 #: how long files the provider made (batch results) are kept before reconcile deletes them
 GENERATED_RETENTION_DAYS = 30
 _ACCOUNT_KEYS = {"provider", *_PROVIDER_KEYS}
@@ -60,11 +70,34 @@ class Account:
     generated_retention_days: int = GENERATED_RETENTION_DAYS
     #: setting -> where its value came from: "built-in", a config file's section, or an env var
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: variables read for the key when ``api_key_env`` is not set (the provider's SDK reads them too)
+    api_key_fallbacks: tuple[str, ...] = ()
+    #: seconds after upload at which the provider deletes files by itself, per purpose ("*": all)
+    provider_expiry: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def key_variables(self) -> tuple[str, ...]:
+        return (self.api_key_env, *self.api_key_fallbacks)
+
+    def key_is_set(self) -> bool:
+        return any(os.environ.get(name, "").strip() for name in self.key_variables)
 
     def api_key(self) -> str:
-        key = os.environ.get(self.api_key_env, "").strip()
-        if not key:
-            raise MissingKeyError(self.name, self.api_key_env)
+        found = [(name, os.environ.get(name, "").strip()) for name in self.key_variables]
+        found = [(name, value) for name, value in found if value]
+        if not found:
+            raise MissingKeyError(self.name, " or ".join(self.key_variables))
+        for _, value in found:
+            register_secret(value)
+        if len({value for _, value in found}) > 1:
+            # Two keys, maybe of two projects: using one while the provider's SDK uses the other
+            # would track files where they are not. Say which, never what they hold.
+            names = " and ".join(name for name, _ in found)
+            raise ConfigError(
+                f"{names} are both set, to different keys: unset one, or name the one account {self.name!r} "
+                "uses with api_key_env in config.toml"
+            )
+        key = found[0][1]
         register_secret(key)  # from now on no error, log or output can show it
         if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
             # An HTTP header cannot carry it; say which variable, never what is in it.
@@ -177,7 +210,9 @@ class Settings:
             return self.account(name)
         except UsageError:
             profile = PROFILES[provider]
-            return Account(name, provider, "", "", profile.limits, profile.default_purpose)
+            return Account(
+                name, provider, "", "", profile.limits, profile.default_purpose, provider_expiry=profile.expiry
+            )
 
     def resolve(self, provider: str | None = None, account: str | None = None) -> Account:
         """The account a command acts on, from exactly one of --provider and --account."""
@@ -197,7 +232,8 @@ class Settings:
         for name, profile in PROFILES.items():
             section = self.providers.get(name, {})
             key_env = section.get("api_key_env", profile.key_env)
-            if section or (key_env and os.environ.get(key_env)):
+            names = (key_env, *profile.key_env_fallbacks) if "api_key_env" not in section else (key_env,)
+            if section or any(name and os.environ.get(name) for name in names):
                 try:
                     found[name] = self._implicit_account(name)
                 except ConfigError:
@@ -253,10 +289,16 @@ def _build_account(
         raise ConfigError(f"{path}: {where} api_key_env: required for provider {provider!r}")
     limits = profile.limits
     rules = Rules(profile.purposes, profile.formats)
-    for key in (*LIMIT_KEYS, "purposes", "formats", "generated_retention_days"):
+    for key in (*LIMIT_KEYS, "purposes", "formats", "generated_retention_days", "purpose_limits"):
         sources[key] = "built-in"
     for section, source in ((provider_section, in_provider), (own, in_account)):
-        overrides = {k: section[k] for k in LIMIT_KEYS if k in section}
+        overrides: dict[str, Any] = {k: section[k] for k in LIMIT_KEYS if k in section}
+        if "purpose_limits" in section:
+            scoped = dict(limits.by_purpose)
+            for purpose, values in section["purpose_limits"].items():
+                scoped[purpose] = replace(scoped.get(purpose, PurposeLimits()), **values)
+            overrides["by_purpose"] = scoped
+            sources["purpose_limits"] = source
         limits = replace(limits, **overrides)
         rules = replace(rules, **{k: section[k] for k in ("purposes", "formats") if k in section})
         sources.update(
@@ -267,6 +309,8 @@ def _build_account(
         provider=provider,
         base_url=str(base_url).rstrip("/"),
         api_key_env=key_env,
+        api_key_fallbacks=profile.key_env_fallbacks if sources["api_key_env"] == "built-in" else (),
+        provider_expiry=profile.expiry,
         limits=limits,
         default_purpose=profile.default_purpose,
         rules=rules,
@@ -394,6 +438,26 @@ def _validate_section(section: Mapping[str, Any], allowed: set[str], where: str,
     return out
 
 
+def _parse_purpose_limits(value: Any) -> dict[str, dict[str, int | None]]:
+    """``{purpose = {max_files = 100, max_file_bytes = "20MB"}}``: each purpose's own limits."""
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError("expected tables like [providers.NAME.purpose_limits.PURPOSE]")
+    out: dict[str, dict[str, int | None]] = {}
+    for purpose, limits in value.items():
+        if not purpose.strip():
+            raise ValueError("a purpose name cannot be empty")
+        for key, raw in limits.items():
+            if key not in PURPOSE_LIMIT_KEYS:
+                allowed = ", ".join(PURPOSE_LIMIT_KEYS)
+                raise ValueError(f"{purpose}: {key}: unknown key (allowed: {allowed})")
+            try:
+                out.setdefault(purpose, {})[key] = _parse_value(key, raw)
+            except ValueError as e:
+                raise ValueError(f"{purpose}.{key}: {e}") from None
+        out.setdefault(purpose, {})
+    return out
+
+
 def _parse_value(key: str, value: Any) -> Any:
     if key in ("provider", "base_url", "api_key_env"):
         if not isinstance(value, str) or not value.strip():
@@ -403,6 +467,8 @@ def _parse_value(key: str, value: Any) -> Any:
         if key == "api_key_env" and not _ENV_NAME.match(value):
             raise ValueError(f"expected the NAME of an environment variable, got {value!r}")
         return value.strip()
+    if key == "purpose_limits":
+        return _parse_purpose_limits(value)
     if key in ("purposes", "formats"):
         if value == "any":
             return None

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .errors import Interrupted, ProviderError
-from .records import DeleteResult
-from .schema import DeleteKind, Status
+from .records import DeleteResult, FileRecord
+from .schema import DeleteKind, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
@@ -60,6 +60,13 @@ def _delete_each(
         try:
             existed = remote.delete(file_id)  # False: the provider's own "no such file"
         except ProviderError as e:
+            if e.status == 403 and known is not None and _expired_at_provider(known):
+                # Gemini's 403 for a file it no longer has, and it deleted this one itself, on time.
+                with ledger.write() as w:
+                    w.void_intents([intent])
+                    record = w.found_expired(account_id, known)
+                results.append(DeleteResult(file_id, account.name, account.provider, True, record))
+                continue
             if not e.retryable:  # a definite refusal: nothing was deleted
                 with ledger.write() as w:
                     w.void_intents([intent])
@@ -94,6 +101,10 @@ def _delete_unrecorded(ledger: Ledger, remote: Provider, account: Account, file_
     with ledger.write() as w:
         record = w.mark_deleted(account_id, file_id, already_gone=False)
     return DeleteResult(file_id, account.name, account.provider, False, record)
+
+
+def _expired_at_provider(record: FileRecord) -> bool:
+    return record.provider_expires_at is not None and record.provider_expires_at <= utcnow()
 
 
 def _no_such_file(account: Account, file_id: str) -> ProviderError:

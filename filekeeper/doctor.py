@@ -7,7 +7,6 @@ its key and URL work.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ class AccountCheck:
             "provider": a.provider,
             "base_url": a.base_url,
             "api_key_env": a.api_key_env,
+            "api_key_fallbacks": list(a.api_key_fallbacks),
             "key_set": self.key_set,
             "key_fingerprint": self.key_fingerprint,
             "key_problem": self.key_problem,
@@ -172,10 +172,10 @@ def diagnose(
 def _check_account(
     account: Account, *, online: bool, connect: Callable[[Account], Provider] | None, in_ledger: bool
 ) -> AccountCheck:
-    key_set = bool(os.environ.get(account.api_key_env, "").strip())
+    key_set = account.key_is_set()
     fingerprint = problem = None
     if not key_set:
-        problem = f"no API key: set {account.api_key_env}"
+        problem = f"no API key: set {' or '.join(account.key_variables)}"
     else:
         try:
             fingerprint = account.key_fingerprint()

@@ -256,7 +256,10 @@ class Keeper:
         for name in sorted(wanted):
             a = wanted[name]
             used = counts.get(known[name][0], Usage(0, 0)) if name in known else Usage(0, 0)
-            out.append(AccountUsage(a.name, a.provider, used.files, used.bytes, a.limits))
+            by_purpose = {p: used.purpose(p) for p in sorted({*used.by_purpose, *a.limits.by_purpose})}
+            out.append(
+                AccountUsage(a.name, a.provider, used.files, used.bytes, a.limits, by_purpose, a.provider_expiry)
+            )
         return out
 
     def _account_ids(self, provider: str | None, account: str | None) -> list[int] | None:
@@ -313,9 +316,7 @@ class Keeper:
         """(name, base URL, key fingerprints) of every account configured here with its key set,
         and of every account the ledger knows."""
         out = [
-            (a.name, *a.identity()[:1], {a.key_fingerprint()})
-            for a in self.settings.known_accounts()
-            if os.environ.get(a.api_key_env, "").strip()
+            (a.name, *a.identity()[:1], {a.key_fingerprint()}) for a in self.settings.known_accounts() if a.key_is_set()
         ]
         with self.ledger.read() as r:
             return out + r.identities()

@@ -63,6 +63,11 @@ class FileQuery:
     limit: int | None = None
 
 
+def _alive(now: datetime) -> Any:
+    """Rows the provider has not deleted by itself by ``now``."""
+    return files.c.provider_expires_at.is_(None) | (files.c.provider_expires_at > now)
+
+
 #: ledger records: a files row with its account's name and provider
 RECORDS: Select[Any] = select(files, accounts.c.name.label("account"), accounts.c.provider).join(
     accounts, files.c.account_id == accounts.c.id
@@ -189,9 +194,9 @@ class Ledger:
         with self.read() as r:
             return r.find(account_id, file_id)
 
-    def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
+    def usage(self, account_ids: Iterable[int], *, now: datetime | None = None) -> dict[int, Usage]:
         with self.read() as r:
-            return r.usage(account_ids)
+            return r.usage(account_ids, now=now)
 
     # --- accounts ---------------------------------------------------------------------------
 
@@ -320,24 +325,42 @@ class Reader:
             select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
         ).scalar()
 
-    def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
-        """Files and bytes held per account (the rows in :data:`HELD`): the one usage query."""
+    def usage(self, account_ids: Iterable[int], *, now: datetime | None = None) -> dict[int, Usage]:
+        """Files and bytes held per account, and per purpose within it: the one usage query.
+
+        Held are the rows in :data:`HELD`, except those the provider has deleted by itself by
+        ``now`` (a Gemini file after its 48 hours, listed or not, takes no room)."""
         ids = list(account_ids)
-        found = {
-            a: Usage(int(n), int(b))
-            for a, n, b in self.conn.execute(
-                select(files.c.account_id, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
-                .where(files.c.account_id.in_(ids), files.c.status.in_(HELD))
-                .group_by(files.c.account_id)
-            )
+        query = (
+            select(files.c.account_id, files.c.purpose, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
+            .where(files.c.account_id.in_(ids), files.c.status.in_(HELD), _alive(now or utcnow()))
+            .group_by(files.c.account_id, files.c.purpose)
+        )
+        by_account: dict[int, dict[str, Usage]] = {a: {} for a in ids}
+        for a, purpose, n, b in self.conn.execute(query):
+            by_account[a][purpose] = Usage(int(n), int(b))
+        return {
+            a: Usage(sum(u.files for u in parts.values()), sum(u.bytes for u in parts.values()), parts)
+            for a, parts in by_account.items()
         }
-        return {a: found.get(a, Usage(0, 0)) for a in ids}
 
     def held_files(self, account_id: int, *, expired_by: datetime | None = None) -> list[Held]:
-        """Active files that could make room (only those expired by ``expired_by``, if given)."""
+        """Active files that could make room (only those expired by ``expired_by``, if given); not
+        those the provider has already deleted by itself."""
         query = select(
-            files.c.id, files.c.file_id, files.c.filename, files.c.bytes, files.c.created_at, files.c.expires_at
-        ).where(files.c.account_id == account_id, files.c.status == Status.ACTIVE, files.c.file_id.is_not(None))
+            files.c.id,
+            files.c.file_id,
+            files.c.filename,
+            files.c.bytes,
+            files.c.created_at,
+            files.c.expires_at,
+            files.c.purpose,
+        ).where(
+            files.c.account_id == account_id,
+            files.c.status == Status.ACTIVE,
+            files.c.file_id.is_not(None),
+            _alive(utcnow()),
+        )
         if expired_by is not None:
             query = query.where(files.c.expires_at <= expired_by)
         return [Held(*row) for row in self.conn.execute(query)]
@@ -413,6 +436,7 @@ class Reader:
                 files.c.status,
                 files.c.created_at,
                 files.c.expires_at,
+                files.c.purpose,
             ).where(
                 files.c.account_id == account_id,
                 files.c.status.in_([*HELD, Status.MISSING]),
@@ -690,9 +714,11 @@ class Writer(Reader):
         sha256: str | None,
         created_at: datetime,
         expires_at: datetime | None,
+        provider_expires_at: datetime | None = None,
         **detail: Any,
     ) -> FileRecord:
-        """A ``pending`` row: the quota is held from now until the upload lands or fails."""
+        """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
+        provider's own expiry passes)."""
         ledger_id = self.conn.execute(
             insert(files).values(
                 account_id=account_id,
@@ -703,6 +729,7 @@ class Writer(Reader):
                 status=Status.PENDING,
                 created_at=created_at,
                 expires_at=expires_at,
+                provider_expires_at=provider_expires_at,
             )
         ).inserted_primary_key[0]
         self._event(
@@ -752,8 +779,18 @@ class Writer(Reader):
                 run_id=run_id,
             )
 
-    def activate(self, ledger_id: int, *, file_id: str, size: int, sha256: str | None, **detail: Any) -> FileRecord:
-        """A reservation's upload landed: it is ``active`` under the provider's id.
+    def activate(
+        self,
+        ledger_id: int,
+        *,
+        file_id: str,
+        size: int,
+        sha256: str | None,
+        provider_expires_at: datetime | None = None,
+        **detail: Any,
+    ) -> FileRecord:
+        """A reservation's upload landed: it is ``active`` under the provider's id, expiring when
+        the provider says it will (``provider_expires_at``) if that comes before ours.
 
         A provider that deduplicates content may answer with a file it already had, one the
         ledger holds under another row: then that row is the file (``active`` again if need be)
@@ -794,7 +831,8 @@ class Writer(Reader):
                 **detail,
             )
             return record
-        self._move(ledger_id, file_id=file_id, bytes=size, sha256=sha256, status=Status.ACTIVE)
+        expiry = self._provider_expiry(ledger_id, provider_expires_at)
+        self._move(ledger_id, file_id=file_id, bytes=size, sha256=sha256, status=Status.ACTIVE, **expiry)
         self._event(
             Action.UPLOAD,
             account_id=self._account_of(ledger_id),
@@ -805,6 +843,13 @@ class Writer(Reader):
             **detail,
         )
         return self.record(ledger_id)
+
+    def _provider_expiry(self, ledger_id: int, when: datetime | None) -> dict[str, Any]:
+        """The values that record the provider's own expiry of a row: ours moves up to it if later."""
+        if when is None:
+            return {}
+        ours = self.conn.execute(select(files.c.expires_at).where(files.c.id == ledger_id)).scalar()
+        return {"provider_expires_at": when, "expires_at": when if ours is None else min(ours, when)}
 
     def note_sent(self, ledger_id: int, sha256: str) -> None:
         """A reservation's whole content is on its way: it may land from now on (no event: the
@@ -817,6 +862,14 @@ class Writer(Reader):
         """An active file the provider no longer holds (its retrieve said so): ``missing``."""
         if self._move(record.ledger_id, Status.ACTIVE, status=Status.MISSING):
             self._event(Action.FOUND_MISSING, account_id=account_id, file_pk=record.ledger_id, file_id=record.id)
+
+    def found_expired(self, account_id: int, record: FileRecord) -> FileRecord:
+        """A file the provider refused to show after its own expiry had passed: ``expired``, as
+        the provider deleted it then."""
+        when = record.provider_expires_at
+        if self._move(record.ledger_id, (Status.ACTIVE, Status.GENERATED), status=Status.EXPIRED, deleted_at=when):
+            self._event(Action.FOUND_EXPIRED, account_id=account_id, file_pk=record.ledger_id, file_id=record.id)
+        return self.record(record.ledger_id)
 
     def fail(self, ledger_id: int, error: str, **detail: Any) -> FileRecord:
         """A reservation's upload did not land: ``failed``, holding no quota."""
@@ -854,7 +907,8 @@ class Writer(Reader):
         if taken is not None:
             return f"already recorded as ledger row {taken}; reservation not settled"
         size = remote.bytes if remote.bytes is not None else pending.bytes
-        if self._move(pending.ledger_id, Status.PENDING, status=Status.ACTIVE, file_id=remote.id, bytes=size):
+        expiry = self._provider_expiry(pending.ledger_id, remote.expires_at)
+        if self._move(pending.ledger_id, Status.PENDING, status=Status.ACTIVE, file_id=remote.id, bytes=size, **expiry):
             self._event(
                 Action.RECONCILE_SETTLE,
                 account_id=account_id,
@@ -921,6 +975,7 @@ class Writer(Reader):
             "status": Status.ACTIVE,
             "deleted_at": None,
             "expires_at": expires_at,
+            "provider_expires_at": remote.expires_at,
         }
         ledger_id = self.ledger_id_of(account_id, remote.id)
         if ledger_id is not None:
@@ -943,7 +998,7 @@ class Writer(Reader):
             insert(files).values(
                 account_id=account_id,
                 file_id=remote.id,
-                purpose=remote.purpose or "unknown",
+                purpose=remote.purpose if remote.purpose is not None else "unknown",
                 sha256=None,
                 created_at=remote.created_at or utcnow(),
                 **{"filename": remote.filename or remote.id, "bytes": remote.bytes or 0, **values},
@@ -956,7 +1011,9 @@ class Writer(Reader):
         (None: another process recorded the file since the listing; its record stands.)"""
         if self.ledger_id_of(account_id, remote.id) is not None:
             return None
-        ledger_id = self._insert_remote(account_id, remote, status=Status.UNCLAIMED, expires_at=None)
+        ledger_id = self._insert_remote(
+            account_id, remote, status=Status.UNCLAIMED, expires_at=None, provider_expires_at=remote.expires_at
+        )
         self._event(
             Action.RECONCILE_UNCLAIMED, account_id=account_id, file_pk=ledger_id, file_id=remote.id, run_id=run_id
         )
@@ -969,7 +1026,9 @@ class Writer(Reader):
         (None: another process recorded the file since the listing; its record stands.)"""
         if self.ledger_id_of(account_id, remote.id) is not None:
             return None
-        ledger_id = self._insert_remote(account_id, remote, status=Status.GENERATED, expires_at=expires_at)
+        ledger_id = self._insert_remote(
+            account_id, remote, status=Status.GENERATED, expires_at=expires_at, provider_expires_at=remote.expires_at
+        )
         self._event(
             Action.RECONCILE_GENERATED,
             account_id=account_id,

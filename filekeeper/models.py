@@ -49,6 +49,7 @@ class FileRow(Base):
     status: Mapped[str]
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
+    provider_expires_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
 
     account: Mapped[AccountRow] = relationship()

@@ -6,8 +6,8 @@ transaction; ``filekeeper check`` applies it to a read-only snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Any, Literal
@@ -39,6 +39,19 @@ class Request:
 class Usage:
     files: int
     bytes: int
+    #: what each purpose's files hold of it
+    by_purpose: Mapping[str, Usage] = field(default_factory=dict)
+
+    def purpose(self, purpose: str) -> Usage:
+        return self.by_purpose.get(purpose) or Usage(0, 0)
+
+    def without(self, held: Held) -> Usage:
+        """What is held once this file is gone."""
+        by_purpose = dict(self.by_purpose)
+        if held.purpose in by_purpose:
+            left = by_purpose[held.purpose]
+            by_purpose[held.purpose] = Usage(left.files - 1, left.bytes - held.bytes)
+        return Usage(self.files - 1, self.bytes - held.bytes, by_purpose)
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class Held:
     bytes: int
     created_at: datetime
     expires_at: datetime | None
+    purpose: str = ""
 
     def expired(self, now: datetime) -> bool:
         return is_expired(self.expires_at, now)
@@ -63,6 +77,8 @@ class Violation:
     current: int | str | None
     requested: int | str | None
     max: int | str | None
+    #: the purpose whose own limit this is (None: the account's)
+    purpose: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +87,7 @@ class Violation:
             "current": self.current,
             "requested": self.requested,
             "max": self.max,
+            "purpose": self.purpose,
         }
 
 
@@ -105,15 +122,23 @@ def file_violations(limits: Limits, requests: Sequence[Request], ttl_seconds: in
             )
         )
     for r in requests:
-        if limits.max_file_bytes is not None and r.bytes > limits.max_file_bytes:
+        fmt = file_format(r.filename)
+        cap = limits.max_file_bytes_for(r.purpose, fmt)
+        if cap is not None and r.bytes > cap:
+            scoped = limits.by_purpose.get(r.purpose)
+            if scoped is not None and scoped.max_file_bytes == cap and cap != limits.max_file_bytes:
+                which = f"the limit per file of purpose {r.purpose}"
+            elif limits.by_format.get(fmt) == cap and cap != limits.max_file_bytes:
+                which = f"the limit per .{fmt} file"
+            else:
+                which = "the limit per file"
             out.append(
                 Violation(
                     "max_file_bytes",
-                    f"{r.filename} is {format_size(r.bytes)}; "
-                    f"the limit per file is {format_size(limits.max_file_bytes)}",
+                    f"{r.filename} is {format_size(r.bytes)}; {which} is {format_size(cap)}",
                     None,
                     r.bytes,
-                    limits.max_file_bytes,
+                    cap,
                 )
             )
     return out
@@ -123,7 +148,9 @@ def unsupported(provider: str, rules: Rules, requests: Sequence[Request]) -> str
     """Why the provider would reject one of the requests outright (a purpose or a format its
     docs say it does not take), or None. Bad input, not a quota refusal: no room would help."""
     for r in requests:
-        if rules.purposes is not None and r.purpose not in rules.purposes:
+        if rules.purposes is not None and not rules.purposes and r.purpose:
+            return f"{provider} files have no purpose: drop --purpose {r.purpose}"
+        if rules.purposes and r.purpose not in rules.purposes:
             return f"{provider} does not take purpose {r.purpose!r}: use one of {', '.join(sorted(rules.purposes))}"
         fmt = file_format(r.filename)
         if rules.formats is not None and fmt not in rules.formats:
@@ -133,33 +160,54 @@ def unsupported(provider: str, rules: Rules, requests: Sequence[Request]) -> str
 
 
 def room_violations(limits: Limits, usage: Usage, requests: Sequence[Request]) -> list[Violation]:
-    """Whether the requests fit, together, beside what the account already holds."""
+    """Whether the requests fit, together, beside what the account already holds: in the account,
+    and in each of their purposes that has limits of its own."""
+    out = _room(limits.max_files, limits.max_total_bytes, usage, requests, None)
+    for purpose in sorted({r.purpose for r in requests}):
+        scoped = limits.by_purpose.get(purpose)
+        if scoped is not None:
+            mine = [r for r in requests if r.purpose == purpose]
+            out += _room(scoped.max_files, scoped.max_total_bytes, usage.purpose(purpose), mine, purpose)
+    return out
+
+
+def _room(
+    max_files: int | None, max_bytes: int | None, usage: Usage, requests: Sequence[Request], purpose: str | None
+) -> list[Violation]:
     out: list[Violation] = []
     n, size = len(requests), sum(r.bytes for r in requests)
-    if limits.max_files is not None and usage.files + n > limits.max_files:
+    of = f" of purpose {purpose}" if purpose is not None else ""
+    if max_files is not None and usage.files + n > max_files:
         out.append(
             Violation(
                 "max_files",
-                f"{usage.files} files held + {n} new > {limits.max_files} allowed; "
-                f"free {usage.files + n - limits.max_files} file(s)",
+                f"{usage.files} files{of} held + {n} new > {max_files} allowed; free {usage.files + n - max_files} "
+                "file(s)" + (f" of purpose {purpose}" if purpose is not None else ""),
                 usage.files,
                 n,
-                limits.max_files,
+                max_files,
+                purpose,
             )
         )
-    if limits.max_total_bytes is not None and usage.bytes + size > limits.max_total_bytes:
-        need = usage.bytes + size - limits.max_total_bytes
+    if max_bytes is not None and usage.bytes + size > max_bytes:
+        need = usage.bytes + size - max_bytes
         out.append(
             Violation(
                 "max_total_bytes",
-                f"{format_size(usage.bytes)} held + {format_size(size)} new > {format_size(limits.max_total_bytes)} "
-                f"allowed; free {format_size(need)}",
+                f"{format_size(usage.bytes)}{of} held + {format_size(size)} new > {format_size(max_bytes)} allowed; "
+                f"free {format_size(need)}",
                 usage.bytes,
                 size,
-                limits.max_total_bytes,
+                max_bytes,
+                purpose,
             )
         )
     return out
+
+
+def _helps(candidate: Held, violations: Sequence[Violation]) -> bool:
+    """Whether deleting this file frees room any of the violated limits counts."""
+    return any(v.purpose is None or v.purpose == candidate.purpose for v in violations if v.limit in ROOM_LIMITS)
 
 
 def evaluate(
@@ -184,11 +232,16 @@ def choose_evictions(
     """
     chosen: list[Held] = []
     remaining = usage
-    for candidate in [None, *eviction_order(held, mode, now)]:
-        if candidate is not None:
-            chosen.append(candidate)
-            remaining = Usage(remaining.files - 1, remaining.bytes - candidate.bytes)
-        if not room_violations(limits, remaining, requests):
+    violations = room_violations(limits, remaining, requests)
+    if not violations:
+        return chosen
+    for candidate in eviction_order(held, mode, now):
+        if not _helps(candidate, violations):
+            continue  # another purpose's file: deleting it would free nothing this upload needs
+        chosen.append(candidate)
+        remaining = remaining.without(candidate)
+        violations = room_violations(limits, remaining, requests)
+        if not violations:
             return chosen
     return None
 
@@ -213,10 +266,7 @@ def make_room(
     if chosen is not None:
         return [], chosen
     what = "every expired file" if mode == "expired" else "every active file"
-    return [
-        Violation(v.limit, f"{v.message} (evicting {what} would not be enough)", v.current, v.requested, v.max)
-        for v in violations
-    ], []
+    return [replace(v, message=f"{v.message} (evicting {what} would not be enough)") for v in violations], []
 
 
 @dataclass(frozen=True)
@@ -232,9 +282,16 @@ class Advice:
 def advise(limits: Limits, usage: Usage, requests: Sequence[Request], held: Sequence[Held], now: datetime) -> Advice:
     """``check``'s advice: files and bytes to free, the expired files (by expiry) and the oldest
     (by age) whose deletion would make the requests fit."""
-    n, size = len(requests), sum(r.bytes for r in requests)
-    free_files = max(0, usage.files + n - limits.max_files) if limits.max_files is not None else 0
-    free_bytes = max(0, usage.bytes + size - limits.max_total_bytes) if limits.max_total_bytes is not None else 0
+    short = room_violations(limits, usage, requests)
+
+    def need(limit: str) -> int:
+        amounts = [(v.current, v.requested, v.max) for v in short if v.limit == limit]
+        return max(
+            (c + r - m for c, r, m in amounts if isinstance(c, int) and isinstance(r, int) and isinstance(m, int)),
+            default=0,
+        )
+
+    free_files, free_bytes = need("max_files"), need("max_total_bytes")
     expired = [h for h in held if h.expired(now)]
     by_expiry = choose_evictions(limits, usage, requests, expired, "expired", now)
     by_age = choose_evictions(limits, usage, requests, held, "oldest", now)

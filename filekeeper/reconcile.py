@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -272,10 +273,16 @@ def _confirm_absences(plan: ReconcilePlan, remote: Provider, concurrency: int, b
     provider has no retrieve, a second complete listing). Until then it is kept as it is."""
     if not plan.absent:
         return
-    if remote.has_retrieve:
-        outcomes = _retrieve_all(remote, [t.file_id for t in plan.absent if t.file_id], concurrency, beat)
-    else:
-        outcomes = _relist(remote, {t.file_id for t in plan.absent if t.file_id})
+    ids = [t.file_id for t in plan.absent if t.file_id]
+    outcomes: dict[str, str] = {}
+    if remote.retrieve_proves_absence or remote.retrieve_proves_presence:
+        outcomes = _retrieve_all(remote, ids, concurrency, beat)
+    if not remote.retrieve_proves_absence:
+        # A retrieve that finds the file proves it there; anything else it answers proves nothing
+        # (Gemini's 403 for a file that may not exist): a second listing decides those.
+        undecided = {i for i in ids if outcomes.get(i) != "present"}
+        if undecided:
+            outcomes.update(_relist(remote, undecided))
     for t in plan.absent:
         outcome = outcomes.get(t.file_id or "", "not checked")
         if outcome == "gone":
@@ -365,6 +372,9 @@ def reconcile(
     try:
         now = utcnow()
         snap = snapshot(ledger, account, account_id, now)
+        # Files of a purpose the listing cannot show (Z.AI lists four of its seven) are neither
+        # confirmed nor missing: they are left out of the comparison, as they are.
+        snap = replace(snap, tracked=[t for t in snap.tracked if remote.lists_purpose(t.purpose)])
         classify(plan, snap, remote.list_files(on_page=on_page), now, options.min_age)
         _refuse_overlap(plan)
         _check_identity(plan, snap, account, options, now)

@@ -364,8 +364,6 @@ def expected_live(
 
 
 def age(d: timedelta) -> str:
-    seconds = int(d.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    from .units import format_duration
+
+    return format_duration(int(d.total_seconds()))

@@ -5,6 +5,7 @@ Each has ``to_json()``, the one shape ``--json`` prints and scripts read.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +48,8 @@ class FileRecord:
     expires_at: datetime | None
     deleted_at: datetime | None
     reused: bool = False
+    #: when the provider deletes it by itself (not in ``to_json``: ``expires_at`` is never later)
+    provider_expires_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any], *, reused: bool = False) -> FileRecord:
@@ -66,6 +69,7 @@ class FileRecord:
             expires_at=m["expires_at"],
             deleted_at=m["deleted_at"],
             reused=reused,
+            provider_expires_at=m["provider_expires_at"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -97,6 +101,7 @@ class Tracked:
     status: str
     created_at: datetime
     expires_at: datetime | None
+    purpose: str = ""
 
     def expired(self, now: datetime) -> bool:
         return is_expired(self.expires_at, now)
@@ -289,6 +294,10 @@ class AccountUsage:
     files: int
     bytes: int
     limits: Limits = field(repr=False)
+    #: files and bytes per purpose (every purpose held, and every one with limits of its own)
+    by_purpose: Mapping[str, Usage] = field(default_factory=dict)
+    #: seconds after upload at which the provider deletes files by itself, per purpose ("*": all)
+    provider_expiry: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -296,5 +305,7 @@ class AccountUsage:
             "provider": self.provider,
             "files": self.files,
             "bytes": self.bytes,
+            "by_purpose": {p: {"files": u.files, "bytes": u.bytes} for p, u in sorted(self.by_purpose.items())},
             "limits": self.limits.as_dict(),
+            "provider_expiry_seconds": dict(self.provider_expiry),
         }

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 # The newest revision in migrations/versions. Opening a ledger compares against this constant
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 
 class Status(StrEnum):
@@ -55,6 +55,7 @@ class Action(StrEnum):
     UPLOAD_FAILED = "upload_failed"
     REUSE = "reuse"
     FOUND_MISSING = "found_missing"  # an upload's check found an identical file gone at the provider
+    FOUND_EXPIRED = "found_expired"  # a delete found a file gone after the provider's own expiry
     SETTLE_UNDONE = "settle_undone"  # a lost answer's recovery took another upload's file: pending again
     REFUSE = "refuse"
     EVICT = "evict"
@@ -162,7 +163,11 @@ files = Table(
     Column("purpose", String(64), nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # When we consider it expired: the TTL or retention policy, or the provider's own expiry if sooner.
     Column("expires_at", UTCDateTime),
+    # When the provider deletes it by itself (Gemini after 48 hours, OpenAI batch files after 30
+    # days, an expiry the upload asked for): from then on it holds no quota, listed or not.
+    Column("provider_expires_at", UTCDateTime),
     Column("deleted_at", UTCDateTime),
     UniqueConstraint("account_id", "file_id"),
     Index(None, "account_id", "status"),

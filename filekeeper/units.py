@@ -62,3 +62,11 @@ def format_size(n: int | None) -> str:
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     raise AssertionError("unreachable")
+
+
+def format_duration(seconds: int) -> str:
+    """The largest whole unit that says it exactly, as --ttl and --min-age take it: "48h", "30d"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -175,6 +175,23 @@ class UploadJob:
         retention = self.account.limits.retention_days
         return retention * 86400 if retention else None
 
+    def expiries(self, now: datetime) -> tuple[datetime | None, datetime | None]:
+        """When a file uploaded now expires for us, and when the provider deletes it by itself:
+        the lifetime the upload asks for where the provider takes it, else the provider's default
+        for the purpose (OpenAI batch files: 30 days; Gemini: 48 hours). Ours is never later."""
+        from .providers import ADAPTERS
+
+        adapter = ADAPTERS[self.account.provider]
+        asked = self.expires_after()
+        seconds = (
+            asked if asked is not None and adapter.takes_expiry(asked) else adapter.profile.expiry_of(self.purpose)
+        )
+        theirs = now + timedelta(seconds=seconds) if seconds is not None else None
+        ours = expiry(now, self.ttl_seconds, self.account.limits.retention_days)
+        if theirs is not None and (ours is None or theirs < ours):
+            ours = theirs
+        return ours, theirs
+
     def reusable_until(self, now: datetime) -> datetime:
         """An identical file already held is reused only if it lives at least this long: to the
         end of the TTL asked for, or (without one) a while yet."""
@@ -260,12 +277,14 @@ def reserve(
             # Journaled like any delete: if this process dies before the provider answers, the next
             # reconcile finds out whether it happened, and restores the file if it did not.
             intents += w.add_intents(account_id, [(victim.file_id, victim.ledger_id, DeleteKind.EVICT)], run_id=None)
+        expires_at, provider_expires_at = job.expiries(now)
         record = w.reserve(
             account_id,
             request,
             sha256=sha256,
             created_at=now,
-            expires_at=expiry(now, job.ttl_seconds, acct.limits.retention_days),
+            expires_at=expires_at,
+            provider_expires_at=provider_expires_at,
             **job.detail,
         )
         return Reservation(record, evicted=evicted, intents=intents)
@@ -487,6 +506,7 @@ def _send(
                         file_id=landed.id,
                         size=reservation.bytes,
                         sha256=job.payload.sha256(),
+                        provider_expires_at=landed.expires_at,
                         adopted_after=e.message,
                         attempt=attempt,
                     )
@@ -512,6 +532,7 @@ def _send(
                 file_id=up.remote.id,
                 size=up.size,
                 sha256=up.sha256,
+                provider_expires_at=up.remote.expires_at,
                 remote_status=up.remote.status,
                 attempt=attempt,
             )

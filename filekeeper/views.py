@@ -10,17 +10,58 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .display import ago, fit, printable, table, when
-from .units import format_size
+from .display import ago, fit, printable, table, used_of, when
+from .units import format_duration, format_size
 
 if TYPE_CHECKING:
     from .doctor import Diagnosis
     from .quota import Held
     from .reconcile_plan import ReconcilePlan
-    from .records import CheckResult, FileHistory, FileRecord
+    from .records import AccountUsage, CheckResult, FileHistory, FileRecord
 
 #: files listed per category of a reconcile plan before "… and N more"
 PLAN_ROWS = 20
+
+
+# --- usage -------------------------------------------------------------------------------------------
+
+
+def usage(rows: Sequence[AccountUsage]) -> str:
+    """``usage``: one row per account, and under it one per purpose that has limits of its own."""
+    body: list[list[str]] = []
+    for u in rows:
+        body.append(
+            [
+                u.account,
+                u.provider,
+                used_of(u.files, u.limits.max_files),
+                used_of(u.bytes, u.limits.max_total_bytes, format_size),
+                retention(u),
+            ]
+        )
+        for purpose, scoped in sorted(u.limits.by_purpose.items()):
+            held = u.by_purpose.get(purpose)
+            files, size = (held.files, held.bytes) if held is not None else (0, 0)
+            body.append(
+                [
+                    f"  {purpose}",
+                    "",
+                    used_of(files, scoped.max_files),
+                    used_of(size, scoped.max_total_bytes, format_size),
+                    "",
+                ]
+            )
+    return table(["ACCOUNT", "PROVIDER", "FILES", "BYTES", "RETENTION"], body)
+
+
+def retention(u: AccountUsage) -> str:
+    """How long files are kept: our policy, or the provider's own expiry where it comes first."""
+    ours = f"{u.limits.retention_days}d" if u.limits.retention_days else "for ever"
+    theirs = u.provider_expiry.get("*")
+    if theirs is not None and (not u.limits.retention_days or theirs < u.limits.retention_days * 86400):
+        return f"{format_duration(theirs)} (the provider deletes them)"
+    extra = [f"{p}: {format_duration(sec)}" for p, sec in sorted(u.provider_expiry.items()) if p != "*"]
+    return f"{ours} ({', '.join(extra)} by the provider)" if extra else ours
 
 
 # --- files -------------------------------------------------------------------------------------------
@@ -258,9 +299,11 @@ def _section(lines: list[str], title: str, items: Sequence[Row], now: datetime) 
     if not items:
         return
     lines.append(f"  {title} ({len(items)}):")
+    # Oldest first, then by name: the same plan reads the same whatever order the provider lists in.
+    ordered = sorted(items, key=lambda i: (i[3] or datetime.max.replace(tzinfo=UTC), i[1], i[0]))
     rows = [
         ["   " + file_id, printable(name) or "-", format_size(size), ago(created, now), why]
-        for file_id, name, size, created, why in items[:PLAN_ROWS]
+        for file_id, name, size, created, why in ordered[:PLAN_ROWS]
     ]
     lines.append(table(["   ID", "NAME", "SIZE", "AGE", "WHY"], rows))
     if len(items) > PLAN_ROWS:
@@ -297,10 +340,33 @@ def doctor(d: Diagnosis) -> str:
             f"  base URL        {a.base_url}   [{a.sources.get('base_url', 'built-in')}]",
             f"  key             {a.api_key_env}: {key}",
         ]
-        for name, value in a.limits.as_dict().items():
+        if a.api_key_fallbacks:
+            lines.append(f"                  (or {', '.join(a.api_key_fallbacks)}, which the provider's SDK reads)")
+        limits = a.limits
+        for name, value in (
+            ("max_files", limits.max_files),
+            ("max_total_bytes", limits.max_total_bytes),
+            ("max_file_bytes", limits.max_file_bytes),
+            ("retention_days", limits.retention_days),
+        ):
             lines.append(f"  {name:<15} {_limit(name, value)}   [{a.sources.get(name, 'built-in')}]")
+        for purpose, scoped in sorted(limits.by_purpose.items()):
+            own = ", ".join(f"{k} {_limit(k, v)}" for k, v in scoped.as_dict().items() if v is not None)
+            lines.append(
+                f"  purpose {purpose:<7} {own or 'no limits of its own'}   "
+                f"[{a.sources.get('purpose_limits', 'built-in')}]"
+            )
+        if limits.by_format:
+            caps: dict[int, list[str]] = {}
+            for fmt, cap in sorted(limits.by_format.items()):
+                caps.setdefault(cap, []).append(fmt)
+            for cap, fmts in sorted(caps.items()):
+                lines.append(f"  per file, .{fmts[0]:<4}  {format_size(cap)} (and {' '.join(fmts[1:])})   [built-in]")
+        for purpose, seconds in sorted(a.provider_expiry.items()):
+            which = "every file" if purpose == "*" else f"{purpose} files"
+            lines.append(f"  {'provider expiry':<15} {which} after {format_duration(seconds)}, by the provider itself")
         for name, values in (("purposes", a.rules.purposes), ("formats", a.rules.formats)):
-            shown = "any" if values is None else ", ".join(sorted(values))
+            shown = "any" if values is None else ", ".join(sorted(values)) or "none (its files have no purpose)"
             if len(shown) > 60:
                 shown = shown[:59] + "…"
             lines.append(f"  {name:<15} {shown}   [{a.sources.get(name, 'built-in')}]")

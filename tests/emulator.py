@@ -1,11 +1,16 @@
 """A real-socket HTTP emulator of the providers' Files APIs, one flavor per instance.
 
-Flavors: ``moonshot``, ``zai``, ``xai``, ``openai`` and ``compatible`` (an OpenAI-shaped service).
-Each models the quirks listed in ``PROVIDERS.md`` that a client has to survive: Moonshot's list
-that ignores cursors, Z.AI's two error envelopes and millisecond timestamps, xAI's two list
-styles, OpenAI's ``expires_after[...]`` fields, per-flavor quotas and error shapes.  Faults
-(status codes, Retry-After headers, responses lost before or after the file was stored) are
-queued with :meth:`Emulator.inject`.
+Flavors: ``moonshot``, ``zai``, ``xai``, ``openai``, ``deepseek``, ``compatible`` (an
+OpenAI-shaped service), ``anthropic`` and ``gemini``. Each models the quirks a client has to
+survive: Moonshot's list that ignores cursors, Z.AI's two error envelopes, millisecond timestamps
+and a list that shows nothing without a purpose, xAI's two list styles and its 413 above 50 MB,
+OpenAI's ``expires_after[...]`` fields, DeepSeek's ``purpose`` that must come before the file,
+Anthropic's headers and newest-first ``after_id`` pages, Gemini's resumable two-step upload, its
+``{}`` for an empty project, its 403 for a file that does not exist and its 48-hour expiry;
+per-flavor quotas and error shapes. Faults (status codes, Retry-After headers, responses lost
+before or after the file was stored) are queued with :meth:`Emulator.inject`. The request that
+stores a file is ``POST /files`` for every flavor (Gemini's: the ``upload, finalize`` step; its
+``start`` step is ``POST /upload/files``).
 
 Standard library only, so benchmarks can run it in a separate process with no extra installs::
 
@@ -38,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-FLAVORS = ("moonshot", "zai", "xai", "openai", "compatible")
+FLAVORS = ("moonshot", "zai", "xai", "openai", "deepseek", "anthropic", "gemini", "compatible")
 #: the account the emulator's own ``api_key`` opens; :meth:`Emulator.add_key` adds others
 MAIN = "main"
 
@@ -55,14 +60,21 @@ _PURPOSES: dict[str, tuple[str, ...] | None] = {
         "fine-tune",
     ),
     "openai": ("assistants", "batch", "fine-tune", "vision", "user_data", "evals"),
+    "deepseek": ("user_data", "text_recognition", "rich_layout_recognition"),
     "xai": None,
 }
+# Z.AI's list call takes these purposes (and shows nothing without one).
+_ZAI_LISTED = ("agent", "batch", "file-extract", "code-interpreter")
 # What the CLI seeds, so seeded files look like something the flavor would have accepted.
 _SEED_PURPOSE = {
     "moonshot": "file-extract",
     "zai": "file-extract",
     "openai": "assistants",
+    "compatible": "assistants",
+    "deepseek": "user_data",
     "xai": "assistants",
+    "anthropic": "",
+    "gemini": "",
 }
 
 _EXPIRY_MIN, _EXPIRY_MAX = 3600, 2_592_000
@@ -73,7 +85,39 @@ _LOWER_ALNUM = string.ascii_lowercase + string.digits
 _ALNUM = string.ascii_letters + string.digits
 # Z.AI answers with string business codes; these are the documented ones for each status.
 _ZAI_CODES = {400: "1210", 401: "1000", 429: "1302", 500: "500"}
-_EXTRA_REASONS = {435: "File Too Large"}
+_EXTRA_REASONS = {435: "File Too Large", 529: "Overloaded"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+ANTHROPIC_VERSION = "2023-06-01"
+ANTHROPIC_BETA = "files-api-2025-04-14"
+#: Gemini deletes every file this long after its upload
+GEMINI_LIFETIME = 48 * 3600
+#: OpenAI expires batch files this long after upload unless the upload says otherwise
+OPENAI_BATCH_LIFETIME = 30 * 86400
+#: xAI's live API refuses files above this with a 413
+XAI_MAX_FILE_BYTES = 50 * 10**6
 
 
 @dataclass
@@ -89,6 +133,9 @@ class StoredFile:
     content: bytes | None = None
     #: the provider account holding it (whose key sees it): "main" is the emulator's own key's
     owner: str = MAIN
+    #: made by the provider (Anthropic's downloadable tool output, Gemini's GENERATED files)
+    generated: bool = False
+    mime_type: str = "text/plain"
 
 
 @dataclass
@@ -98,7 +145,11 @@ class LoggedRequest:
     query: dict[str, str]
     status: int
     form: dict[str, str]
+    #: the credential as presented (Authorization, x-api-key or x-goog-api-key)
     authorization: str | None
+    #: the path as the flavor's routes see it ("/files"): see :meth:`Emulator.count`
+    rel: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,6 +248,8 @@ class MultipartParser:
         self._data = bytearray()
         self.fields: dict[str, str] = {}
         self.file: UploadedPart | None = None
+        #: the text fields that came before the file part (DeepSeek reads purpose only there)
+        self.fields_before_file: frozenset[str] = frozenset()
         self.error: str | None = None
 
     @property
@@ -293,6 +346,8 @@ class MultipartParser:
         self._raw_filename = raw.group(1) if raw else self._filename
         if "filename" in params:
             self._kind = "file" if self._name == "file" and self.file is None else "skip"
+            if self._kind == "file":
+                self.fields_before_file = frozenset(self.fields)
         else:
             self._kind = "field"
         self._hasher = hashlib.sha256()
@@ -436,23 +491,46 @@ class _Handler(BaseHTTPRequestHandler):
             parser.close()
         return parser
 
+    def _read_raw(self) -> UploadedPart:
+        """A raw request body (Gemini's upload step), hashed and counted as it streams."""
+        hasher, size = hashlib.sha256(), 0
+        kept = bytearray() if self.server.emulator.keep_content else None
+        for chunk in self._body_chunks():
+            hasher.update(chunk)
+            size += len(chunk)
+            if kept is not None:
+                kept += chunk
+        return UploadedPart("", size, hasher.hexdigest(), bytes(kept) if kept is not None else None)
+
+    def _read_json(self) -> Any:
+        raw = bytearray()
+        for chunk in self._body_chunks():
+            if len(raw) + len(chunk) > _MAX_FIELD_BYTES:
+                raise _BodyError("JSON body too large")
+            raw += chunk
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
     def _dispatch(self) -> None:
         emu = self.server.emulator
         split = urlsplit(self.path)
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
-        rel = emu._relative(path)
-        auth = self.headers.get("Authorization")
-        log = LoggedRequest(self.command, path, query, 0, {}, auth)
+        rel = emu._relative(path, query)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        log = LoggedRequest(self.command, path, query, 0, {}, emu._credential(headers, query), rel, headers)
         with emu.lock:
             emu.arrived.append((self.command, path))  # seen, before it is answered
         if emu.latency > 0:
             time.sleep(emu.latency)
-        form: MultipartParser | None = None
-        is_upload = self.command == "POST" and rel == "/files"
+        body: Any = None
         try:
-            if is_upload:
-                form = self._read_form()
+            if self.command == "POST" and rel == "/files":
+                body = self._read_raw() if emu._family == "gemini" else self._read_form()
+            elif self.command == "POST" and rel == "/upload/files":
+                body = self._read_json()
             else:
                 for _ in self._body_chunks():
                     pass
@@ -460,10 +538,10 @@ class _Handler(BaseHTTPRequestHandler):
             emu._log(log)
             self.close_connection = True
             return
-        if form is not None:
-            log.form = dict(form.fields)
+        if isinstance(body, MultipartParser):
+            log.form = dict(body.fields)
         try:
-            reply = emu._respond(self.command, rel, path, query, form, auth)
+            reply = emu._respond(self.command, rel, path, query, body, headers)
         except Exception:
             traceback.print_exc()
             reply = emu._err(500, "emulator internal error")
@@ -571,8 +649,14 @@ class Emulator:
         self.arrived: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.url = ""
-        self._family = "openai" if flavor == "compatible" else flavor
-        self._prefix = "/api/paas/v4" if flavor == "zai" else "/v1"
+        self._family = "openai" if flavor in ("compatible", "deepseek") else flavor
+        self._prefix = {"zai": "/api/paas/v4", "gemini": "/v1beta", "deepseek": ""}.get(flavor, "/v1")
+        # Anthropic, Gemini and DeepSeek are reached at the API's root, the others at /v1 (or Z.AI's).
+        self._url_path = "" if flavor in ("anthropic", "gemini", "deepseek") else self._prefix
+        #: Z.AI: a list without a purpose answers with an empty list, as the live API does
+        self.zai_list_needs_purpose = True
+        #: Gemini upload sessions: upload_id -> (display name, declared size, mime type, owner)
+        self.sessions: dict[str, tuple[str, int, str, str]] = {}
         self._faults: list[_Fault] = []
         # Sort keys of every id ever stored: a cursor naming a file deleted in the meantime
         # must still resume at its place rather than end the listing early.
@@ -591,7 +675,7 @@ class Emulator:
             return self
         server = _Server(("127.0.0.1", self._bind_port), self)
         port = server.server_address[1]
-        self.url = f"http://127.0.0.1:{port}{self._prefix}"
+        self.url = f"http://127.0.0.1:{port}{self._url_path}"
         # A short poll interval keeps stop() fast; the cost is a few idle wakeups a second.
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -627,16 +711,22 @@ class Emulator:
         filename: str,
         size: int,
         *,
-        purpose: str = "assistants",
+        purpose: str | None = None,
         created_at: int | None = None,
         expires_at: int | None = None,
         owner: str = MAIN,
         file_id: str | None = None,
+        generated: bool = False,
     ) -> StoredFile:
-        """Put a file at the provider, as if uploaded (``file_id``: an id of the test's choosing)."""
+        """Put a file at the provider, as if uploaded (``file_id``: an id of the test's choosing;
+        ``purpose``: the flavor's usual one; ``generated``: made by the provider's own tools).
+        A Gemini file expires 48 hours after ``created_at`` unless ``expires_at`` says otherwise."""
         digest = hashlib.sha256(f"{filename}:{size}".encode()).hexdigest()
+        purpose = _SEED_PURPOSE[self.flavor] if purpose is None else purpose
         with self.lock:
-            return self._insert(filename, size, digest, purpose, created_at, expires_at, None, owner, file_id)
+            stored = self._insert(filename, size, digest, purpose, created_at, expires_at, None, owner, file_id)
+            stored.generated = generated
+            return stored
 
     def add_key(self, key: str, owner: str) -> None:
         """Accept another API key, opening account ``owner`` (a new one, or ``MAIN`` for a rotated key)."""
@@ -691,8 +781,7 @@ class Emulator:
         for req in logged:
             if method not in ("*", req.method):
                 continue
-            rel = self._relative(req.path)
-            if req.path.startswith(path_prefix) or (rel is not None and rel.startswith(path_prefix)):
+            if req.path.startswith(path_prefix) or (req.rel is not None and req.rel.startswith(path_prefix)):
                 n += 1
         return n
 
@@ -712,9 +801,12 @@ class Emulator:
         with self.lock:
             self.requests.append(entry)
 
-    def _relative(self, path: str) -> str | None:
+    def _relative(self, path: str, query: dict[str, str] | None = None) -> str | None:
+        if self._family == "gemini" and path.rstrip("/") == "/upload/v1beta/files":
+            # The step that stores the file is POST /files, as for every flavor; starting is not.
+            return "/files" if "upload_id" in (query or {}) else "/upload/files"
         prefix = self._prefix
-        if path != prefix and not path.startswith(prefix + "/"):
+        if prefix and path != prefix and not path.startswith(prefix + "/"):
             return None
         return path[len(prefix) :].rstrip("/") or "/"
 
@@ -722,6 +814,12 @@ class Emulator:
         while True:
             if self._family == "moonshot":
                 fid = "".join(secrets.choice(_LOWER_ALNUM) for _ in range(20))
+            elif self.flavor == "deepseek":
+                fid = "file-api-" + secrets.token_hex(16)
+            elif self._family == "anthropic":
+                fid = "file_011" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+            elif self._family == "gemini":
+                fid = "files/" + "".join(secrets.choice(_LOWER_ALNUM) for _ in range(12))
             elif self._family == "openai":
                 fid = "file-" + "".join(secrets.choice(_ALNUM) for _ in range(24))
             elif self._family == "xai":
@@ -745,6 +843,8 @@ class Emulator:
     ) -> StoredFile:
         """Store a file; the caller holds self.lock."""
         fid = file_id or self._new_id()
+        if self._family == "gemini" and expires_at is None:
+            expires_at = (int(time.time()) if created_at is None else created_at) + GEMINI_LIFETIME
         stored = StoredFile(
             id=fid,
             filename=filename,
@@ -778,22 +878,30 @@ class Emulator:
         rel: str | None,
         path: str,
         query: dict[str, str],
-        form: MultipartParser | None,
-        auth: str | None,
+        body: Any,
+        headers: dict[str, str],
     ) -> _Reply | None:
         """The reply to send, or None to drop the connection without answering."""
         if rel is None:
             return self._err(404, f"Invalid URL ({method} {path})")
-        owner = self._check_auth(auth)
+        owner = self._check_auth(headers, query, rel)
         if isinstance(owner, _Reply):
             return owner
         fault = self._take_fault(method, rel)
         if fault is None:
-            return self._route(method, rel, path, query, form, owner)
+            return self._route(method, rel, path, query, body, owner, headers)
         if fault.after_store:
             # The operation really happens; only its answer is replaced or lost.
-            self._route(method, rel, path, query, form, owner)
+            self._route(method, rel, path, query, body, owner, headers)
         return None if fault.drop_response else self._fault_reply(fault)
+
+    def _credential(self, headers: dict[str, str], query: dict[str, str]) -> str | None:
+        """The key as the request presents it, in the flavor's own header."""
+        if self._family == "anthropic":
+            return headers.get("x-api-key")
+        if self._family == "gemini":
+            return headers.get("x-goog-api-key") or query.get("key")
+        return headers.get("authorization")
 
     def _fault_reply(self, fault: _Fault) -> _Reply:
         headers = {k: v for k, v in fault.headers.items() if k.lower() != "content-length"}
@@ -806,9 +914,20 @@ class Emulator:
             return _Reply(fault.status, fault.body.encode(), ctype or "text/plain; charset=utf-8", headers)
         return _Reply(fault.status, _json(fault.body), ctype or "application/json", headers)
 
-    def _check_auth(self, auth: str | None) -> _Reply | str:
-        """The account the request's key opens, or the 401 to answer."""
-        value = (auth or "").strip()
+    def _check_auth(self, headers: dict[str, str], query: dict[str, str], rel: str) -> _Reply | str:
+        """The account the request's key opens, or the error to answer."""
+        if self._family == "anthropic":
+            return self._anthropic_auth(headers)
+        if self._family == "gemini":
+            if rel == "/files" and "upload_id" in query:
+                return MAIN  # an upload URL authenticates itself: its session knows the account
+            key = (self._credential(headers, query) or "").strip()
+            if not key:
+                return self._err(403, "Method doesn't allow unregistered callers. Please use an API Key.")
+            if key not in self.keys:
+                return self._err(400, "API key not valid. Please pass a valid API key.")
+            return self.keys[key]
+        value = (headers.get("authorization") or "").strip()
         if not value:
             return self._err(
                 401,
@@ -823,6 +942,19 @@ class Emulator:
         presented = key if scheme.lower() == "bearer" else value
         return self._err(401, f"Incorrect API key provided: {presented}", zai_code="1002")
 
+    def _anthropic_auth(self, headers: dict[str, str]) -> _Reply | str:
+        key = (headers.get("x-api-key") or "").strip()
+        if not key:
+            return self._err(401, "x-api-key header is required")
+        if key not in self.keys:
+            return self._err(401, "invalid x-api-key")
+        if headers.get("anthropic-version") != ANTHROPIC_VERSION:
+            return self._err(400, "anthropic-version: header is required")
+        betas = {b.strip() for b in headers.get("anthropic-beta", "").split(",")}
+        if ANTHROPIC_BETA not in betas:
+            return self._err(400, f"The Files API is in beta: send anthropic-beta: {ANTHROPIC_BETA}")
+        return self.keys[key]
+
     def _envelope(
         self,
         status: int,
@@ -835,6 +967,15 @@ class Emulator:
         zai_code: str | None = None,
     ) -> dict[str, Any]:
         family = self._family
+        if family == "anthropic":
+            return {
+                "type": "error",
+                "error": {"type": type_ or _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+                "request_id": "req_" + secrets.token_hex(12),
+            }
+        if family == "gemini":
+            status_name = code or _GOOGLE_STATUS.get(status, "UNKNOWN")
+            return {"error": {"code": status, "message": message, "status": status_name}}
         if family == "zai":
             zcode = code or zai_code or _ZAI_CODES.get(status, str(status))
             if self.zai_envelope == "seed":
@@ -883,6 +1024,32 @@ class Emulator:
         return _Reply(200, _json(payload))
 
     def _serve(self, f: StoredFile) -> dict[str, Any]:
+        if self._family == "anthropic":
+            return {
+                "type": "file",
+                "id": f.id,
+                "filename": f.filename,
+                "mime_type": f.mime_type,
+                "size_bytes": f.bytes,
+                "created_at": _rfc3339(f.created_at, digits=3),
+                "downloadable": f.generated,
+            }
+        if self._family == "gemini":
+            obj = {
+                "name": f.id,
+                "displayName": f.filename,
+                "mimeType": f.mime_type,
+                "sizeBytes": str(f.bytes),  # Google's JSON encoding of an int64
+                "createTime": _rfc3339(f.created_at, digits=9),
+                "updateTime": _rfc3339(f.created_at, digits=9),
+                "expirationTime": _rfc3339(f.expires_at or f.created_at + GEMINI_LIFETIME, digits=9),
+                # base64 of the hex digest's text, as the live API sends it
+                "sha256Hash": base64.b64encode(f.sha256.encode()).decode(),
+                "uri": f"{self.url}/v1beta/{f.id}",
+                "state": "ACTIVE" if f.status != "error" else "FAILED",
+                "source": "GENERATED" if f.generated else "UPLOADED",
+            }
+            return obj
         obj: dict[str, Any] = {
             "id": f.id,
             "object": "file",
@@ -897,6 +1064,9 @@ class Emulator:
         elif self._family == "zai":
             if self.ms_timestamps:
                 obj["created_at"] = f.created_at * 1000
+        elif self.flavor == "deepseek":
+            if f.expires_at is not None:  # present only when the upload asked for an expiry
+                obj["expires_at"] = f.expires_at
         else:
             obj["status"] = f.status
             obj["expires_at"] = f.expires_at
@@ -910,17 +1080,28 @@ class Emulator:
         rel: str,
         path: str,
         query: dict[str, str],
-        form: MultipartParser | None,
+        body: Any,
         owner: str = MAIN,
+        headers: dict[str, str] | None = None,
     ) -> _Reply:
         parts = rel.split("/")
+        headers = headers or {}
+        if self._family == "gemini":
+            with self.lock:
+                self._expire_due()
+            if rel == "/upload/files" and method == "POST":
+                return self._gemini_start(body, headers, owner)
+            if rel == "/files" and method == "POST":
+                return self._gemini_finalize(query, headers, body)
         if rel == "/files":
             if method == "GET":
                 return self._list(query, owner)
             if method == "POST":
-                return self._upload(form, owner)
+                return self._upload(body, owner)
         elif len(parts) == 3 and parts[1] == "files" and parts[2]:
             file_id = unquote(parts[2])
+            if self._family == "gemini":
+                file_id = "files/" + file_id
             if method == "GET":
                 return self._retrieve(file_id, owner)
             if method == "DELETE":
@@ -930,6 +1111,10 @@ class Emulator:
         return self._err(404, f"Invalid URL ({method} {path})")
 
     def _not_found(self, file_id: str) -> _Reply:
+        if self._family == "gemini":
+            # Google's answer for a file that does not exist, has expired, or is another project's.
+            short = file_id.removeprefix("files/")
+            return self._err(403, f"You do not have permission to access the File {short} or it may not exist.")
         if self._family == "openai":
             return self._err(404, f"No such File object: {file_id}", param="id")
         if self._family == "xai":
@@ -959,6 +1144,10 @@ class Emulator:
             return self._not_found(file_id)
         if self._family == "xai":
             return self._ok({"id": file_id, "deleted": True})
+        if self._family == "anthropic":
+            return self._ok({"id": file_id, "type": "file_deleted"})
+        if self._family == "gemini":
+            return self._ok({})  # google.protobuf.Empty
         return self._ok({"id": file_id, "object": "file", "deleted": True})
 
     def _content(self, file_id: str, owner: str = MAIN) -> _Reply:
@@ -1033,15 +1222,20 @@ class Emulator:
 
     def _list(self, query: dict[str, str], owner: str = MAIN) -> _Reply:
         family = self._family
+        if family == "anthropic":
+            return self._list_anthropic(query, owner)
+        if family == "gemini":
+            return self._list_gemini(query, owner)
         if family == "moonshot":
             # Everything at once; cursors, limits and page_size are all ignored.
             data, _ = self._page(purpose=None, desc=False, after=None, limit=sys.maxsize, owner=owner)
             return self._ok({"object": "list", "data": data})
         if family == "openai":
-            order = query.get("order") or "desc"
+            deepseek = self.flavor == "deepseek"
+            order = query.get("order") or ("asc" if deepseek else "desc")
             if order not in ("asc", "desc"):
                 return self._err(400, f"Invalid 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
-            limit = self._limit(query, 10_000, 1, 10_000)
+            limit = self._limit(query, 1000, 1, 1000) if deepseek else self._limit(query, 10_000, 1, 10_000)
             if isinstance(limit, _Reply):
                 return limit
             data, more = self._page(
@@ -1064,6 +1258,9 @@ class Emulator:
             limit = self._limit(query, 20, 1, 100 if family == "zai" else None)
             if isinstance(limit, _Reply):
                 return limit
+            if family == "zai" and self.zai_list_needs_purpose and not query.get("purpose"):
+                # The live API: purpose is required, and a list without one is empty, not an error.
+                return self._ok({"object": "list", "data": [], "has_more": False})
             data, more = self._page(
                 purpose=query.get("purpose") or None,
                 desc=query.get("order") == "desc",
@@ -1073,6 +1270,52 @@ class Emulator:
             )
             return self._ok({"object": "list", "data": data, "has_more": more})
         return self._list_xai_token(query, owner)
+
+    def _list_anthropic(self, query: dict[str, str], owner: str) -> _Reply:
+        """Newest first, ``after_id`` to go on (to older files), ``before_id`` to go back."""
+        limit = self._limit(query, 20, 1, 1000)
+        if isinstance(limit, _Reply):
+            return limit
+        after, before = query.get("after_id") or None, query.get("before_id") or None
+        if after and before:
+            return self._err(400, "after_id and before_id cannot be used together")
+        if before:
+            data, more = self._page(purpose=None, desc=False, after=before, limit=self._cap(limit), owner=owner)
+            data.reverse()
+        else:
+            data, more = self._page(purpose=None, desc=True, after=after, limit=self._cap(limit), owner=owner)
+        return self._ok(
+            {
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": more,
+            }
+        )
+
+    def _list_gemini(self, query: dict[str, str], owner: str) -> _Reply:
+        """``pageSize`` (10 by default, at most 100: more is taken as 100), an opaque ``pageToken``;
+        empty fields left out, so an empty project answers ``{}``."""
+        raw = query.get("pageSize") or "10"
+        try:
+            size = min(int(raw), 100)
+        except ValueError:
+            return self._err(400, f"Invalid value at 'page_size' (TYPE_INT32), {raw!r}")
+        if size < 1:
+            size = 10
+        after = None
+        token = query.get("pageToken")
+        if token:
+            after = _decode_token(token)
+            if after is None:
+                return self._err(400, "Invalid page token.")
+        data, more = self._page(purpose=None, desc=True, after=after, limit=self._cap(size), owner=owner)
+        body: dict[str, Any] = {}
+        if data:
+            body["files"] = data
+        if more and data:
+            body["nextPageToken"] = _encode_token(data[-1]["name"])
+        return self._ok(body)
 
     def _list_xai_token(self, query: dict[str, str], owner: str = MAIN) -> _Reply:
         limit = self._limit(query, 100, 1, 100)
@@ -1110,11 +1353,15 @@ class Emulator:
             return self._err(400, "Missing required parameter: 'file'.", param="file")
         fields = form.fields if form is not None else {}
         purpose = fields.get("purpose", "")
-        if not purpose:
+        if family == "anthropic":
+            purpose = ""  # its files have none; a purpose field is ignored
+        elif not purpose:
             if family != "xai":
                 return self._err(400, "Missing required parameter: 'purpose'.", param="purpose")
             purpose = "assistants"
-        allowed = _PURPOSES[family]
+        elif self.flavor == "deepseek" and form is not None and "purpose" not in form.fields_before_file:
+            return self._err(400, "'purpose' must come before 'file' in the form", param="purpose")
+        allowed = _PURPOSES.get(self.flavor, _PURPOSES.get(family)) if family != "anthropic" else None
         if allowed is not None and purpose not in allowed:
             choices = ", ".join(repr(p) for p in allowed)
             return self._err(
@@ -1125,11 +1372,25 @@ class Emulator:
         expiry = self._expiry(fields)
         if isinstance(expiry, _Reply):
             return expiry
+        if expiry is None and self.flavor == "openai" and purpose == "batch":
+            expiry = OPENAI_BATCH_LIFETIME  # "files with purpose=batch expire after 30 days" by default
         if part.size == 0:
             message = "File size is zero" if family == "moonshot" else "File is empty."
             return self._err(400, message, param="file")
-        if self.max_file_bytes is not None and part.size > self.max_file_bytes:
-            return self._too_large(self.max_file_bytes)
+        too_large = self._too_large_for(part.size)
+        if too_large is not None:
+            return too_large
+        return self._store(part, purpose, expiry, owner, self._stored_name(part))
+
+    def _too_large_for(self, size: int) -> _Reply | None:
+        limit = self.max_file_bytes
+        if limit is None and self._family == "xai" and self.xai_style == "token":
+            limit = XAI_MAX_FILE_BYTES
+        return self._too_large(limit) if limit is not None and size > limit else None
+
+    def _store(
+        self, part: UploadedPart, purpose: str, expiry: int | None, owner: str, name: str, mime: str = "text/plain"
+    ) -> _Reply:
         failure: _Reply | None = None
         stored: StoredFile | None = None
         with self.lock:
@@ -1144,7 +1405,7 @@ class Emulator:
             else:
                 now = int(time.time())
                 stored = self._insert(
-                    self._stored_name(part),
+                    name,
                     part.size,
                     part.sha256,
                     purpose,
@@ -1153,9 +1414,58 @@ class Emulator:
                     part.content,
                     owner,
                 )
+                stored.mime_type = mime
         if stored is None:
             return failure or self._err(500, "upload not stored")
-        return self._ok(self._serve(stored))
+        served = self._serve(stored)
+        if self._family == "gemini":
+            return _Reply(200, _json({"file": served}), headers={"X-Goog-Upload-Status": "final"})
+        return self._ok(served)
+
+    # ------------------------------------------------------------------ Gemini's resumable upload
+
+    def _gemini_start(self, body: Any, headers: dict[str, str], owner: str) -> _Reply:
+        if headers.get("x-goog-upload-protocol") != "resumable" or headers.get("x-goog-upload-command") != "start":
+            return self._err(400, "Expected X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start")
+        try:
+            size = int(headers.get("x-goog-upload-header-content-length", ""))
+        except ValueError:
+            return self._err(400, "X-Goog-Upload-Header-Content-Length is required")
+        meta = body.get("file") if isinstance(body, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        name = meta.get("display_name") or meta.get("displayName") or ""
+        mime = headers.get("x-goog-upload-header-content-type") or "application/octet-stream"
+        upload_id = secrets.token_urlsafe(24)
+        with self.lock:
+            self.sessions[upload_id] = (str(name), size, mime, owner)
+        url = f"{self.url}/upload/v1beta/files?upload_id={upload_id}&upload_protocol=resumable"
+        return _Reply(200, b"", "text/plain", {"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"})
+
+    def _gemini_finalize(self, query: dict[str, str], headers: dict[str, str], part: Any) -> _Reply:
+        upload_id = query.get("upload_id", "")
+        with self.lock:
+            session = self.sessions.pop(upload_id, None)
+        if session is None:
+            return self._err(404, "No such upload session (it was finalized, or never started)", code="NOT_FOUND")
+        name, declared, mime, owner = session
+        command = {c.strip() for c in headers.get("x-goog-upload-command", "").split(",")}
+        if command != {"upload", "finalize"} or headers.get("x-goog-upload-offset") != "0":
+            return self._err(400, "Expected one X-Goog-Upload-Command: upload, finalize at X-Goog-Upload-Offset: 0")
+        if not isinstance(part, UploadedPart) or part.size != declared:
+            got = part.size if isinstance(part, UploadedPart) else 0
+            return self._err(400, f"Upload size {got} does not match the declared {declared}")
+        if part.size == 0:
+            return self._err(400, "File is empty.")
+        too_large = self._too_large_for(part.size)
+        if too_large is not None:
+            return too_large
+        return self._store(part, "", None, owner, name, mime)
+
+    def _expire_due(self) -> None:
+        """Gemini deletes every file at its expirationTime; the caller holds the lock."""
+        now = time.time()
+        for fid in [fid for fid, f in self.files.items() if f.expires_at is not None and f.expires_at <= now]:
+            del self.files[fid]
 
     def _stored_name(self, part: UploadedPart) -> str:
         if self.filenames == "raw":
@@ -1173,11 +1483,17 @@ class Emulator:
         if family == "zai":
             return self._err(435, f"File size exceeds the limit of {limit} bytes")
         if family == "xai":
+            if self.xai_style == "token":
+                return self._err(413, f"file exceeds {limit // 10**6} MB")
             return self._err(
                 400,
                 f"File size exceeds the maximum allowed size of {limit} bytes",
                 xai_code="file_too_large",
             )
+        if family == "anthropic":
+            return self._err(413, f"File size exceeds the maximum of {limit} bytes")
+        if family == "gemini":
+            return self._err(400, f"File size exceeds the limit of {limit} bytes")
         return self._err(400, f"File is too large. The maximum file size is {limit} bytes.", param="file")
 
     def _quota_error(self, what: str) -> _Reply:
@@ -1225,6 +1541,12 @@ class Emulator:
                 param=param,
             )
         return seconds
+
+
+def _rfc3339(seconds: int, *, digits: int) -> str:
+    """Unix seconds as RFC 3339 in UTC with a Z, and ``digits`` fractional digits (Google: 9)."""
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{'0' * digits}Z" if digits else f"{text}Z"
 
 
 def _json(payload: Any) -> bytes:
@@ -1282,7 +1604,7 @@ def main(argv: list[str] | None = None) -> int:
         zai_envelope=args.zai_envelope,
     )
     emu._bind_port = args.port
-    purpose = _SEED_PURPOSE[emu._family]
+    purpose = _SEED_PURPOSE[emu.flavor]
     for i in range(args.seed_files):
         emu.add_file(f"seed-{i:06d}.txt", 1024 + i, purpose=purpose)
 

@@ -260,6 +260,8 @@ def test_has_more_pages_follow_after_and_a_short_page_does_not_hide_the_rest() -
     pages = {None: ([0, 1], True), "file-1": ([2], True), "file-2": ([3, 4], False)}
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("purpose") != "agent":  # Z.AI is listed once per purpose
+            return response(200, {"object": "list", "data": [], "has_more": False})
         ids, more = pages[request.url.params.get("after")]
         return response(200, {"object": "list", "data": [fobj(i) for i in ids], "has_more": more})
 
@@ -344,7 +346,8 @@ def test_xai_seed_style_pages_with_after() -> None:
 
 def test_zai_millisecond_timestamps_are_detected() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return response(200, {"object": "list", "data": [fobj(1, created_at=1_700_000_000_123)], "has_more": False})
+        data = [fobj(1, created_at=1_700_000_000_123)] if request.url.params.get("purpose") == "batch" else []
+        return response(200, {"object": "list", "data": data, "has_more": False})
 
     [f] = adapter("zai", handler).list_files()
     assert f.created_at == datetime.fromtimestamp(1_700_000_000.123, UTC)

@@ -12,7 +12,7 @@ import pytest
 from filekeeper import Keeper, QuotaExceeded
 from tests.conftest import KEY_VARS, SECRET, URL_VARS, actions, as_json, ledger_rows, ledger_sql, write
 
-VIOLATION_KEYS = {"limit", "message", "current", "requested", "max"}
+VIOLATION_KEYS = {"limit", "message", "current", "requested", "max", "purpose"}
 
 
 def config(home: Path, text: str) -> None:
@@ -33,6 +33,8 @@ def test_check_ok_and_its_json(provider_env, run, tmp_path: Path) -> None:
         "max_total_bytes": 10**10,
         "max_file_bytes": 10**8,
         "retention_days": 180,
+        "by_purpose": {},
+        "by_format": {},
     }
     assert emu.count("*") == 0  # nothing left the machine
     human = run("check", *docs, "-p", "moonshot")

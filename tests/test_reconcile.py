@@ -395,6 +395,9 @@ class RacingProvider:
     def delete(self, file_id: str) -> bool:
         return self.real.delete(file_id)
 
+    def lists_purpose(self, purpose: str) -> bool:
+        return self.real.lists_purpose(purpose)
+
 
 def test_each_delete_is_rechecked_and_404_is_success(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai")

@@ -398,7 +398,7 @@ def test_the_heartbeat_is_written_while_deleting(
         remote = keeper.connect(acct)
 
         class Watching:
-            has_retrieve = True
+            retrieve_proves_absence = True
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(remote, name)

@@ -1,7 +1,9 @@
 """Provider adapters: one module per provider, each carrying its :class:`~filekeeper.profiles.Profile`.
 
 :data:`REGISTRY` is the one list of providers: the CLI's choices, the built-in accounts, the test
-suite and CI all derive from it. Adding a provider is a new adapter module and one line there.
+suite and CI all derive from it. Adding a provider is a new adapter module and one line there
+(plus its quirks in the test emulator). An OpenAI-shaped provider subclasses
+:class:`~.openai.OpenAIShaped` and is little more than its profile (see :mod:`.deepseek`).
 
 Importing this package does not import httpx; :func:`connect` does, when a command talks to a provider.
 """
@@ -11,13 +13,16 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..profiles import Profile
+from .anthropic import Anthropic
 from .base import Page, Provider, RemoteFile, Uploaded
+from .deepseek import DeepSeek
+from .gemini import Gemini
 from .moonshot import Moonshot
 from .openai import Compatible, OpenAI
 from .xai import XAI
 from .zai import ZAI
 
-REGISTRY: tuple[type[Provider], ...] = (Moonshot, ZAI, XAI, OpenAI, Compatible)
+REGISTRY: tuple[type[Provider], ...] = (Moonshot, ZAI, XAI, OpenAI, DeepSeek, Anthropic, Gemini, Compatible)
 
 ADAPTERS: dict[str, type[Provider]] = {cls.profile.name: cls for cls in REGISTRY}
 PROFILES: dict[str, Profile] = {name: cls.profile for name, cls in ADAPTERS.items()}
@@ -62,10 +67,17 @@ def connect(account: Credentials, http: HttpOptions | None = None, **overrides: 
             ),
             "timeouts": Timeouts(read=http.timeout_seconds, write=http.timeout_seconds),
         }
+    adapter = ADAPTERS[account.provider]
+    key = account.api_key()
     client = HTTP(
-        account.provider, account.base_url, account.api_key(), key_hint=account.api_key_env, **{**options, **overrides}
+        account.provider,
+        account.base_url,
+        key,
+        key_hint=account.api_key_env,
+        headers=adapter.auth_headers(key),
+        **{**options, **overrides},
     )
-    return ADAPTERS[account.provider](client)
+    return adapter(client)
 
 
 __all__ = ["ADAPTERS", "PROFILES", "PROVIDERS", "REGISTRY", "Page", "Provider", "RemoteFile", "Uploaded", "connect"]

@@ -12,7 +12,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +32,22 @@ log = logging.getLogger("filekeeper.http")
 
 # A 429 that means "pay or raise your limit", not "slow down": retrying only burns time.
 # Z.AI business codes 1113 (balance) and 1308 (usage cap); OpenAI/xAI/Moonshot wording and types.
-_EXHAUSTED_CODES = {"1113", "1308", "insufficient_quota", "exceeded_current_quota_error", "billing_hard_limit_reached"}
+# Anthropic's tier spend cap (enforced_spend_limit_reached) and Google's per-day quotas too.
+_EXHAUSTED_CODES = {
+    "1113",
+    "1308",
+    "insufficient_quota",
+    "exceeded_current_quota_error",
+    "billing_hard_limit_reached",
+    "enforced_spend_limit_reached",
+}
 _EXHAUSTED_TEXT = re.compile(
-    r"balance|credit|spending limit|billing|insufficient[_ ]quota|exceeded your current quota|usage cap|arrear",
+    r"balance|credit|spending limit|spend limit|billing|insufficient[_ ]quota|exceeded your current quota|usage cap"
+    r"|arrear|per ?day|PerDay",
     re.IGNORECASE,
 )
+# Google's RetryInfo.retryDelay: "38s", "1.5s".
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 # A 404 about the URL, not the file: what servers say for a route they do not have.
 _ROUTE_NOT_FOUND = re.compile(
     r"invalid url|unknown (request )?url|no route|route not found|cannot (get|post|delete) |^not found$|<html",
@@ -96,25 +107,45 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _google_retry_delay(details: Any) -> float | None:
+    """The wait a Google error asks for in its details (``google.rpc.RetryInfo``), if any."""
+    for item in details if isinstance(details, list) else ():
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("RetryInfo"):
+            m = _DURATION.match(str(item.get("retryDelay", "")))
+            if m:
+                return float(m.group(1))
+    return None
+
+
 def parse_error(provider: str, response: httpx.Response, *, secret: str = "") -> ProviderError:
     """One ProviderError from any provider's error envelope (both shapes where docs disagree).
 
-    Shapes: ``{"error": {"message", "type", "code"}}`` (OpenAI, Moonshot, xAI seed, Z.AI live),
-    ``{"code", "message"}`` (Z.AI seed) and ``{"code": "<status text>", "error": "<message>"}``
-    (xAI live). Anything else falls back to the body's text or the reason phrase.
+    Shapes: ``{"error": {"message", "type", "code"}}`` (OpenAI, Moonshot, xAI seed, Z.AI live,
+    Anthropic's inside ``{"type": "error"}``), ``{"error": {"code", "message", "status"}}``
+    (Google, sometimes wrapped in a one-item list), ``{"code", "message"}`` (Z.AI seed) and
+    ``{"code": "<status text>", "error": "<message>"}`` (xAI live). Anything else falls back to the
+    body's text or the reason phrase.
     """
     status = response.status_code
     message: Any = None
     code: Any = None
     type_: Any = None
+    retry_after = parse_retry_after(response.headers)
     try:
         body = response.json()
     except ValueError:
         body = None
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
-            message, code, type_ = err.get("message"), err.get("code"), err.get("type")
+            message, code, type_ = err.get("message"), err.get("code"), err.get("type") or err.get("status")
+            details = err.get("details")
+            if isinstance(details, dict) and details.get("error_code"):
+                code = details["error_code"]  # Anthropic: why a 429 will not pass by waiting
+            if retry_after is None:
+                retry_after = _google_retry_delay(details)
         elif isinstance(err, str):
             message, code = err, body.get("code")
         else:
@@ -138,10 +169,30 @@ def parse_error(provider: str, response: httpx.Response, *, secret: str = "") ->
     if status == 429:
         exhausted = code in _EXHAUSTED_CODES or type_ in _EXHAUSTED_CODES or _EXHAUSTED_TEXT.search(message)
         if not exhausted:
-            return RetryableError(message, retry_after=parse_retry_after(response.headers), **kw)
+            return RetryableError(message, retry_after=retry_after, **kw)
     if status in (408, 409) or status >= 500:
-        return RetryableError(message, retry_after=parse_retry_after(response.headers), **kw)
+        return RetryableError(message, retry_after=retry_after, **kw)
+    if status == 413:
+        return ProviderError(f"{message} (the provider refused the file as too large)", **kw)
     return ProviderError(message, **kw)
+
+
+def should_retry_header(error: ProviderError, headers: httpx.Headers, provider: str) -> ProviderError:
+    """``x-should-retry: true|false``, which overrides the status's own verdict (as the official
+    SDKs do; only those two exact words count)."""
+    verdict = headers.get("x-should-retry")
+    if verdict == "false" and isinstance(error, RetryableError):
+        return ProviderError(error.message, provider=provider, status=error.status, code=error.code, type=error.type)
+    if verdict == "true" and not isinstance(error, RetryableError):
+        return RetryableError(
+            error.message,
+            retry_after=parse_retry_after(headers),
+            provider=provider,
+            status=error.status,
+            code=error.code,
+            type=error.type,
+        )
+    return error
 
 
 class HTTP:
@@ -154,6 +205,7 @@ class HTTP:
         api_key: str,
         *,
         key_hint: str = "",
+        headers: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -173,7 +225,10 @@ class HTTP:
         t = timeouts or Timeouts()
         self.client = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"filekeeper/{__version__}"},
+            headers={
+                **(headers if headers is not None else {"Authorization": f"Bearer {api_key}"}),
+                "User-Agent": f"filekeeper/{__version__}",
+            },
             timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
             transport=transport,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
@@ -226,13 +281,16 @@ class HTTP:
             raise ProviderError(f"the base URL cannot be used: {e}", provider=self.provider) from None
         if response.is_success:
             return response
-        error = parse_error(self.provider, response, secret=self._secret)
-        if error.status in (401, 403) and self._key_hint:
+        error = should_retry_header(
+            parse_error(self.provider, response, secret=self._secret), response.headers, self.provider
+        )
+        if (error.status in (401, 403) or "api key not valid" in error.message.lower()) and self._key_hint:
             error.message += f" (check {self._key_hint})"
-        if not idempotent and isinstance(error, RetryableError) and error.status and error.status != 429:
+        if not idempotent and error.status and (error.status in (408, 409) or error.status >= 500):
             # A 5xx, a 408 or a 409 says nothing of whether an upload was stored (a 429 says it was
-            # not, and is retried as it asks).
-            # The server may have stored the upload before failing: the caller must look first.
+            # not, and is retried as it asks; so is a 4xx the server marks x-should-retry: true).
+            # The server may have stored the upload before failing: the caller must look first,
+            # whatever x-should-retry says (a duplicate costs more than one listing).
             raise ResponseLost(
                 f"{error.message} (the upload may or may not have been stored)",
                 provider=self.provider,

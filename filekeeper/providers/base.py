@@ -1,23 +1,30 @@
-"""The small interface every provider adapter implements, and the behaviour they share.
+"""The small interface every provider adapter implements, and what all of them share.
 
-An adapter differs from another only where its provider does: how a listing pages, which
-extra upload fields express an expiry, whether retrieve exists. Everything else (multipart
-streaming, hashing, the list loop's safety stops, error envelopes) lives here or in ``_http``.
+An adapter answers four questions in its provider's own terms: how to upload one file, how to
+fetch one page of the listing, how to retrieve and how to delete one file. What no adapter should
+get wrong on its own lives here: the list loop's safety stops (a cursor seen twice, a page
+repeated, an id listed twice, a listing that never ends), streaming a file from disk while hashing
+it, and reading an upload's answer that cannot be parsed as "it may have landed". Transport, auth,
+retries and error envelopes are ``_http``'s. The OpenAI shape is one family of adapters
+(:mod:`.openai`); Anthropic and Gemini are others.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import hashlib
 import mimetypes
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
-from urllib.parse import quote
 
-from ..errors import FileChanged, FileNotFoundAtProvider, IncompleteListing, Interrupted, ProviderError, ResponseLost
+from ..errors import FileChanged, IncompleteListing, Interrupted, ProviderError, ResponseLost
 from ..profiles import Profile
 
 if TYPE_CHECKING:
@@ -45,10 +52,13 @@ class RemoteFile:
     expires_at: datetime | None
     #: made by the provider (a batch's output, a tool's file), not uploaded by anyone
     generated: bool = False
+    #: the content's sha256 (hex), where the provider reports it (Gemini)
+    sha256: str | None = None
 
     @property
     def failed(self) -> bool:
-        return self.status == "error"
+        """Stored, but unusable: its processing failed (OpenAI-shaped ``error``, Gemini ``FAILED``)."""
+        return (self.status or "").lower() in ("error", "failed")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class Page:
     files: list[RemoteFile]
     next_cursor: str | None  # None: this was the last page
     claims_more: bool = False  # the provider said more follows (has_more: true)
+
+
+# RFC 3339 with any number of fractional digits (Google sends nanoseconds) and Z or an offset.
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:?\d{2})?")
 
 
 def to_datetime(value: Any) -> datetime | None:
@@ -80,24 +94,58 @@ def to_datetime(value: Any) -> datetime | None:
     return datetime.fromtimestamp(number, UTC)
 
 
-def parse_file(obj: Any, provider: str, generated_purposes: frozenset[str] = frozenset()) -> RemoteFile:
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
+def from_rfc3339(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp (``2025-03-31T12:39:16.139536164Z``) as an aware datetime, or None."""
+    if not isinstance(value, str):
+        return None
+    m = _RFC3339.fullmatch(value.strip())
+    if m is None:
+        return None
+    day, clock, fraction, zone = m.groups()
+    zone = "+00:00" if zone in (None, "Z", "z") else zone
+    text = f"{day}T{clock}.{(fraction or '0')[:6].ljust(6, '0')}{zone}"
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def to_int(value: Any) -> int | None:
+    """A size as the provider sent it: an integer, or (Google's int64 encoding) a string of digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def sha256_of(value: Any) -> str | None:
+    """A provider's content hash as hex: Gemini's ``sha256Hash`` is base64, of the hex digest's
+    text in practice and of the raw 32 bytes by its docs; either is read, anything else is None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) == 32:
+        return raw.hex()
+    with contextlib.suppress(UnicodeDecodeError):
+        text = raw.decode("ascii").lower()
+        if re.fullmatch(r"[0-9a-f]{64}", text):
+            return text
+    return None
+
+
+def require_id(obj: Any, key: str, provider: str) -> str:
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), str) or not obj[key]:
         raise ProviderError(f"the provider sent a file object without an id: {str(obj)[:120]}", provider=provider)
-    size = obj.get("bytes")
-    purpose = obj.get("purpose")
-    return RemoteFile(
-        id=obj["id"],
-        filename=str(obj.get("filename") or ""),
-        bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
-        created_at=to_datetime(obj.get("created_at")),
-        purpose=purpose,
-        status=obj.get("status"),
-        expires_at=to_datetime(obj.get("expires_at")),
-        generated=purpose in generated_purposes,
-    )
+    return str(obj[key])
 
 
-class _HashingReader:
+class HashingReader:
     """Feeds httpx's multipart encoder from disk, hashing and counting on the way.
 
     httpx seeks to 0 before each attempt, so a retried request hashes from scratch. It finds
@@ -123,6 +171,10 @@ class _HashingReader:
         self._on_sent = on_sent
         self.hash = hashlib.sha256()
         self.count = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def fileno(self) -> int:
         return self._f.fileno()
@@ -157,23 +209,44 @@ class _HashingReader:
             self._on_progress(len(chunk))
         return chunk
 
+    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
+        while chunk := self.read(size):
+            yield chunk
+
+
+class RawBody:
+    """A :class:`HashingReader` as a raw request body (not multipart): every attempt httpx makes
+    starts again from the first byte. Send it with an explicit Content-Length."""
+
+    def __init__(self, reader: HashingReader) -> None:
+        self._reader = reader
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._reader.seek(0)
+        return self._reader.chunks()
+
 
 class Provider:
-    """Base adapter: an OpenAI-shaped Files API. Subclasses override what their provider changes."""
+    """Base adapter. A subclass says how its provider uploads, pages, retrieves and deletes;
+    the list loop and the streaming of files are shared."""
 
     #: what filekeeper knows of this provider before any config: its name, key, URL, limits
     profile: ClassVar[Profile]
-    #: items per list request we ask for (providers cap it themselves too)
-    page_limit: ClassVar[int] = 100
     #: the lifetimes (seconds) the provider accepts as an expiry of its own; None: it takes none
     expires_after_range: ClassVar[tuple[int, int] | None] = None
-    #: purposes of the files the provider writes itself (batch results): never orphans
-    generated_purposes: ClassVar[frozenset[str]] = frozenset()
-    #: whether GET files/{id} exists; without it an absence is confirmed by a second listing
-    has_retrieve: ClassVar[bool] = True
+    #: whether a retrieve's "not found" proves a file gone; where it cannot (no retrieve, or an
+    #: answer that also means "not yours"), an absence is confirmed by a second listing
+    retrieve_proves_absence: ClassVar[bool] = True
+    #: whether a retrieve that finds a file is one request (Z.AI's falls back to a whole listing)
+    retrieve_proves_presence: ClassVar[bool] = True
 
     def __init__(self, http: HTTP) -> None:
         self.http = http
+
+    @classmethod
+    def auth_headers(cls, api_key: str) -> dict[str, str]:
+        """The headers every request carries: the key, and whatever version the API insists on."""
+        return {"Authorization": f"Bearer {api_key}"}
 
     @property
     def name(self) -> str:
@@ -182,7 +255,7 @@ class Provider:
     def close(self) -> None:
         self.http.close()
 
-    # --- upload ---------------------------------------------------------------------------
+    # --- what each adapter says in its provider's terms -----------------------------------------
 
     def upload(
         self,
@@ -199,52 +272,95 @@ class Provider:
         """Stream one file up; never holds it in memory. Raises ResponseLost when unsure,
         FileChanged if the file changes under it, Interrupted if ``cancel`` is set meanwhile.
         ``on_sent(sha256)`` is called before the last chunk goes (the file may land from then on).
-        ``size`` is what the file held when it was checked against the quota: it must still."""
-        name = filename or path.name
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        with path.open("rb") as f:
-            now = os.fstat(f.fileno()).st_size
-            if size is not None and now != size:
-                raise FileChanged(f"the file changed since it was checked ({size:,} bytes then, {now:,} now)")
-            size = now
-            reader = _HashingReader(f, size, on_progress, cancel, on_sent)
-            try:
-                body = self.http.json(
-                    "POST",
-                    "files",
-                    idempotent=False,
-                    data={"purpose": purpose, **self.expiry_fields(expires_after)},
-                    files={"file": (name, reader, content_type)},
-                )
-                remote = self.parse_file(body)
-            except ResponseLost:
-                raise
-            except ProviderError as e:
-                if (e.status is not None and 200 <= e.status < 300) or "without an id" in e.message:
-                    # A success whose answer cannot be read: the file may well be stored. Look first.
-                    raise ResponseLost(
-                        f"the answer to the upload could not be read ({e.message})", provider=self.name
-                    ) from None
-                raise
-        return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=size)
+        ``size`` is what the file held when it was checked against the quota: it must still.
+        ``expires_after`` is asked of the provider only where :attr:`expires_after_range` allows."""
+        with self.reading(path, size, on_progress, cancel, on_sent) as reader:
+            remote = self.send(reader, name=filename or path.name, purpose=purpose, expires_after=expires_after)
+        return Uploaded(remote=remote, sha256=reader.hash.hexdigest(), size=reader.size)
+
+    def send(self, reader: HashingReader, *, name: str, purpose: str, expires_after: int | None) -> RemoteFile:
+        """Send one file's bytes from ``reader`` as the provider takes them, and read back what it
+        stored. The request that stores the file goes inside :meth:`answer`."""
+        raise NotImplementedError
+
+    def list_page(self, cursor: str | None, scope: str | None = None) -> Page:
+        """One list request: the page after ``cursor`` (None: the first) of ``scope`` (see
+        :meth:`list_scopes`). Raises ProviderError; a body it cannot read is IncompleteListing."""
+        raise NotImplementedError
+
+    def retrieve(self, file_id: str) -> RemoteFile:
+        """One file's metadata; FileNotFoundAtProvider only on the provider's own "no such file"."""
+        raise NotImplementedError
+
+    def delete(self, file_id: str) -> bool:
+        """Delete a file; False when the provider said it no longer had it (its own not-found)."""
+        raise NotImplementedError
+
+    def list_scopes(self) -> Iterable[str | None]:
+        """The separate listings that together show everything (None: one listing of it all)."""
+        return (None,)
+
+    def lists_purpose(self, purpose: str) -> bool:
+        """Whether a listing shows files of this purpose (a reconcile judges no other's absence)."""
+        return True
+
+    # --- shared ------------------------------------------------------------------------------------
+
+    @classmethod
+    def takes_expiry(cls, seconds: int) -> bool:
+        """Whether the provider can be asked to delete a file by itself after this many seconds."""
+        bounds = cls.expires_after_range
+        return bounds is not None and bounds[0] <= seconds <= bounds[1]
 
     def expiry_fields(self, seconds: int | None) -> dict[str, str]:
-        """Multipart fields that ask the provider to expire the file itself, when it takes that lifetime."""
-        bounds = self.expires_after_range
-        if seconds is None or bounds is None or not bounds[0] <= seconds <= bounds[1]:
+        """Upload fields that ask the provider to expire the file itself, when it takes that lifetime."""
+        if seconds is None or not self.takes_expiry(seconds):
             return {}
         return self.expiry_form(seconds)
 
     def expiry_form(self, seconds: int) -> dict[str, str]:
-        """How this provider spells an expiry in an upload's form (with ``expires_after_range``)."""
+        """How this provider spells an expiry in an upload (with ``expires_after_range``)."""
         raise NotImplementedError
 
-    # --- list -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reading(
+        self,
+        path: Path,
+        size: int | None,
+        on_progress: ProgressCallback | None,
+        cancel: Event | None,
+        on_sent: Callable[[str], None] | None,
+    ) -> Iterator[HashingReader]:
+        """The file opened for one upload, as a hashing reader of exactly the size it was checked at."""
+        with path.open("rb") as f:
+            now = os.fstat(f.fileno()).st_size
+            if size is not None and now != size:
+                raise FileChanged(f"the file changed since it was checked ({size:,} bytes then, {now:,} now)")
+            yield HashingReader(f, now, on_progress, cancel, on_sent)
+
+    @contextlib.contextmanager
+    def answer(self) -> Iterator[None]:
+        """Around reading an upload's answer: a success that cannot be read means the file may
+        well be stored, so it is a lost response (look first), not a failure."""
+        try:
+            yield
+        except ResponseLost:
+            raise
+        except ProviderError as e:
+            if (e.status is not None and 200 <= e.status < 300) or "without an id" in e.message:
+                raise ResponseLost(
+                    f"the answer to the upload could not be read ({e.message})", provider=self.name
+                ) from None
+            raise
+
+    @staticmethod
+    def content_type(name: str) -> str:
+        return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
     def list_files(
         self, *, on_page: Callable[[int, int], None] | None = None, track_ids: bool = True
     ) -> Iterator[RemoteFile]:
-        """Everything the account holds, page by page, or IncompleteListing.
+        """Everything the account holds, page by page (scope by scope), or IncompleteListing.
 
         Stops on an empty page or a page that names no next cursor (no ``has_more``, no token).
         Raises on a cursor seen before, a page repeated, a file id listed twice (``track_ids``;
@@ -252,26 +368,39 @@ class Provider:
         pages: a listing that cannot be read to its end must never pass for complete, and one
         that cycles must end rather than run for ever.
         """
-        seen: set[str] = set()
         listed: set[str] = set()
+        totals = [0, 0]  # pages, files
+        for scope in self.list_scopes():
+            yield from self._walk(scope, listed, totals, on_page, track_ids)
+
+    def _walk(
+        self,
+        scope: str | None,
+        listed: set[str],
+        totals: list[int],
+        on_page: Callable[[int, int], None] | None,
+        track_ids: bool,
+    ) -> Iterator[RemoteFile]:
+        seen: set[str] = set()
         cursor: str | None = None
         previous_ids: set[str] = set()
-        pages = count = 0
+        pages = 0
         while True:
             if pages >= MAX_PAGES:
                 raise IncompleteListing(
-                    f"the listing went on past {MAX_PAGES:,} pages ({count:,} files); stopped", provider=self.name
+                    f"the listing went on past {MAX_PAGES:,} pages ({totals[1]:,} files); stopped", provider=self.name
                 )
             try:
-                body = self.http.json("GET", "files", params=self.list_params(cursor))
+                page = self.list_page(cursor, scope)
+            except IncompleteListing:
+                raise
             except ProviderError as e:
                 raise IncompleteListing(
-                    f"listing failed after {pages} page(s): {e.message}",
+                    f"listing failed after {totals[0]} page(s): {e.message}",
                     provider=self.name,
                     status=e.status,
                     code=e.code,
                 ) from None
-            page = self.parse_page(body)
             ids = {f.id for f in page.files}
             if ids and ids <= previous_ids:
                 # A server that ignores the cursor but hands out fresh ones would loop for ever.
@@ -279,16 +408,17 @@ class Provider:
             for f in page.files if track_ids else ():
                 if f.id in listed:
                     raise IncompleteListing(
-                        f"the provider listed file {f.id} twice (page {pages + 1}); the listing cannot be trusted, "
-                        "stopped",
+                        f"the provider listed file {f.id} twice (page {totals[0] + 1}); the listing cannot be "
+                        "trusted, stopped",
                         provider=self.name,
                     )
                 listed.add(f.id)
             previous_ids = ids
             pages += 1
-            count += len(page.files)
+            totals[0] += 1
+            totals[1] += len(page.files)
             if on_page:
-                on_page(pages, count)
+                on_page(totals[0], totals[1])
             yield from page.files
             if not page.files:
                 if page.claims_more:
@@ -307,49 +437,7 @@ class Provider:
 
     def first_page(self) -> Page:
         """One list request, the first page: enough to know the key and URL work (`doctor --online`)."""
-        return self.parse_page(self.http.json("GET", "files", params=self.list_params(None)))
+        return self.list_page(None, next(iter(self.list_scopes())))
 
-    def list_params(self, cursor: str | None) -> dict[str, str | int]:
-        params: dict[str, str | int] = {"limit": self.page_limit}
-        if cursor:
-            params["after"] = cursor
-        return params
-
-    def parse_page(self, body: Any) -> Page:
-        """``{data, has_more, last_id?}``: follow ``has_more``; a missing ``has_more`` ends it."""
-        files = self._data(body)
-        has_more = body.get("has_more")
-        if has_more is not True or not files:
-            return Page(files, None, claims_more=has_more is True)
-        # has_more is trusted over a short page: a server that caps the page size below our
-        # limit still says has_more, and stopping there would hide files.
-        last = body.get("last_id") if isinstance(body.get("last_id"), str) else None
-        return Page(files, last or files[-1].id, claims_more=True)
-
-    def _data(self, body: Any) -> list[RemoteFile]:
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise IncompleteListing(f"unexpected listing shape: {str(body)[:120]}", provider=self.name)
-        return [self.parse_file(item) for item in body["data"]]
-
-    # --- one file -------------------------------------------------------------------------
-
-    def retrieve(self, file_id: str) -> RemoteFile:
-        return self.parse_file(self.http.json("GET", f"files/{quote(file_id, safe='')}"))
-
-    def parse_file(self, obj: Any) -> RemoteFile:
-        return parse_file(obj, self.name, self.generated_purposes)
-
-    def delete(self, file_id: str) -> bool:
-        """Delete a file; False when the provider no longer had it (its own not-found answer).
-        Any 2xx is a delete done, whatever its body says, unless it says ``deleted: false``."""
-        try:
-            response = self.http.request("DELETE", f"files/{quote(file_id, safe='')}")
-        except FileNotFoundAtProvider:
-            return False
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and body.get("deleted") is False:
-            raise ProviderError(f"the provider refused to delete {file_id}", provider=self.name)
-        return True
+    def shape_error(self, body: Any) -> IncompleteListing:
+        return IncompleteListing(f"unexpected listing shape: {str(body)[:120]}", provider=self.name)

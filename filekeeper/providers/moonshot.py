@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..profiles import DEFAULT_LIMITS, Profile, words
-from .base import Page, Provider
+from .base import Page
+from .openai import OpenAIShaped
 
 
-class Moonshot(Provider):
+class Moonshot(OpenAIShaped):
     profile = Profile(
         name="moonshot",
         key_env="MOONSHOT_API_KEY",
@@ -21,7 +22,7 @@ class Moonshot(Provider):
         formats=None,
     )
 
-    def list_params(self, cursor: str | None) -> dict[str, str | int]:
+    def list_params(self, cursor: str | None, scope: str | None = None) -> dict[str, str | int]:
         return {}
 
     def parse_page(self, body: Any) -> Page:
