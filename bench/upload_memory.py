@@ -1,4 +1,5 @@
-"""Peak RSS of a 100 MB upload: filekeeper against the official OpenAI SDK, same emulator.
+"""Peak RSS of a 100 MB upload: filekeeper, the official OpenAI SDK, and the SDK with
+filekeeper.http_client() (every upload checked and recorded), same emulator.
 
     python bench/upload_memory.py [--size-mb 100]
 
@@ -43,6 +44,22 @@ def child(client: str, url: str, path: str) -> None:
         with filekeeper.Keeper() as keeper:
             [record] = keeper.upload_files([path], provider="openai")
         uploaded = record.bytes
+    elif client == "openai-sdk+filekeeper":
+        from openai import OpenAI
+
+        import filekeeper
+        import filekeeper.keeper
+        import filekeeper.providers._http
+        import filekeeper.sdk
+
+        after_imports = rss_now_kb()
+        os.environ["OPENAI_BASE_URL"] = url  # the account the client records: the one the SDK sends to
+        sdk = OpenAI(api_key=KEY, base_url=url, http_client=filekeeper.http_client(provider="openai"))
+        with open(path, "rb") as f:
+            uploaded = sdk.files.create(file=f, purpose="assistants").bytes
+        with filekeeper.Keeper() as keeper:  # it really went through the ledger
+            [record] = keeper.files(provider="openai")
+            assert record.status == "active" and record.bytes == uploaded, record
     else:
         from openai import OpenAI
 
@@ -78,7 +95,7 @@ def main() -> int:
             except ImportError:
                 print("openai SDK not installed: pip install openai to compare", file=sys.stderr)
             else:
-                clients.append("openai-sdk")
+                clients += ["openai-sdk", "openai-sdk+filekeeper"]
                 print(f"(openai SDK {openai.__version__})")
             print(f"upload of {args.size_mb} MiB to the emulator (python {sys.version.split()[0]})")
             for client in clients:
@@ -102,7 +119,7 @@ def main() -> int:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 growth = (r["peak_kb"] - r["after_imports_kb"]) / 1024
                 print(
-                    f"  {client:<11} RSS after imports {r['after_imports_kb'] / 1024:7.1f} MiB   "
+                    f"  {client:<21} RSS after imports {r['after_imports_kb'] / 1024:7.1f} MiB   "
                     f"peak {r['peak_kb'] / 1024:7.1f} MiB   growth {growth:+7.1f} MiB"
                 )
     finally:

@@ -53,6 +53,8 @@ _EXPORTS = {
     "FORMATS": "report_formats",
     "AuditReport": "report_formats",
     "write_report": "report_formats",
+    "http_client": "sdk",
+    "async_http_client": "sdk",
 }
 
 __all__ = [
@@ -94,6 +96,8 @@ __all__ = [
     "UsageError",
     "Violation",
     "__version__",
+    "async_http_client",
+    "http_client",
     "load_settings",
     "write_report",
 ]
@@ -139,3 +143,4 @@ if TYPE_CHECKING:
     from .reconcile_plan import ReconcileOptions, ReconcilePlan
     from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, PruneResult, UploadResult
     from .report_formats import FORMATS, AuditReport, FileHistory, write_report
+    from .sdk import async_http_client, http_client

@@ -74,6 +74,13 @@ class Account:
     api_key_fallbacks: tuple[str, ...] = ()
     #: seconds after upload at which the provider deletes files by itself, per purpose ("*": all)
     provider_expiry: Mapping[str, int] = field(default_factory=dict)
+    #: the key itself, when it comes with a request (the OpenAI SDK's) rather than the environment
+    given_key: str | None = field(default=None, repr=False, compare=False)
+
+    def with_key(self, key: str) -> Account:
+        """This account, reached with ``key`` (never written anywhere: only its fingerprint is)."""
+        register_secret(key)
+        return replace(self, given_key=key)
 
     @property
     def key_variables(self) -> tuple[str, ...]:
@@ -82,7 +89,14 @@ class Account:
     def key_is_set(self) -> bool:
         return any(os.environ.get(name, "").strip() for name in self.key_variables)
 
+    @property
+    def key_variable(self) -> str:
+        """The variable the key is read from now (a fallback when only it is set): the one to check."""
+        return next((n for n in self.key_variables if os.environ.get(n, "").strip()), self.api_key_env)
+
     def api_key(self) -> str:
+        if self.given_key is not None:
+            return _usable(self.given_key, "the request's API key")
         found = [(name, os.environ.get(name, "").strip()) for name in self.key_variables]
         found = [(name, value) for name, value in found if value]
         if not found:
@@ -97,15 +111,7 @@ class Account:
                 f"{names} are both set, to different keys: unset one, or name the one account {self.name!r} "
                 "uses with api_key_env in config.toml"
             )
-        key = found[0][1]
-        register_secret(key)  # from now on no error, log or output can show it
-        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-            # An HTTP header cannot carry it; say which variable, never what is in it.
-            raise ConfigError(
-                f"the API key in {self.api_key_env} holds characters an API key cannot have (non-ASCII, spaces or "
-                "control characters): check that variable"
-            )
-        return key
+        return _usable(found[0][1], f"the API key in {found[0][0]}", "check that variable")
 
     def key_fingerprint(self) -> str:
         """A short, one-way identity of the key: enough to notice a change, useless to an attacker."""
@@ -114,6 +120,16 @@ class Account:
     def identity(self) -> tuple[str, str]:
         """Where and as whom this account is reached: its base URL (normalised) and key fingerprint."""
         return identity_url(self.base_url), self.key_fingerprint()
+
+
+def _usable(key: str, what: str, fix: str = "check it") -> str:
+    register_secret(key)  # from now on no error, log or output can show it
+    if not key or not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+        # An HTTP header cannot carry it; say which variable, never what is in it.
+        raise ConfigError(
+            f"{what} holds characters an API key cannot have (non-ASCII, spaces or control characters): {fix}"
+        )
+    return key
 
 
 def check_base_url(url: str) -> None:
@@ -304,6 +320,15 @@ def _build_account(
         sources.update(
             {k: source for k in (*LIMIT_KEYS, "purposes", "formats", "generated_retention_days") if k in section}
         )
+    configured = {p for section in (provider_section, own) for p in section.get("purpose_limits", {})}
+    for purpose in sorted(configured):
+        # A misspelt purpose would be a limit that never applies: the user believes they are covered.
+        if rules.purposes is not None and purpose not in rules.purposes:
+            known = ", ".join(sorted(rules.purposes)) or "none: its files have no purpose"
+            raise ConfigError(
+                f"{path}: {where} purpose_limits.{purpose}: {provider} has no purpose {purpose!r} "
+                f"(its purposes: {known})"
+            )
     return Account(
         name=name,
         provider=provider,

@@ -9,7 +9,7 @@ and leaves no trace.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import Interrupted, ProviderError
 from .records import DeleteResult, FileRecord
@@ -18,10 +18,17 @@ from .schema import DeleteKind, Status, utcnow
 if TYPE_CHECKING:
     from .config import Account
     from .ledger import Ledger
-    from .providers import Provider
 
 
-def delete_files(ledger: Ledger, remote: Provider, account: Account, file_ids: Sequence[str]) -> list[DeleteResult]:
+class Deleter(Protocol):
+    """What sends one delete: a provider adapter, or the OpenAI SDK's own request (:mod:`.sdk`)."""
+
+    def delete(self, file_id: str) -> bool:
+        """True if deleted; False on the provider's own "no such file"; ProviderError otherwise."""
+        ...
+
+
+def delete_files(ledger: Ledger, remote: Deleter, account: Account, file_ids: Sequence[str]) -> list[DeleteResult]:
     """Delete each file at the provider and record it; one result per id, in order. An account the
     ledger has never seen is recorded only once a delete there is done (an id nobody knows leaves
     no trace). Ctrl-C stops it: what was done is returned as done, the delete in flight as
@@ -43,7 +50,7 @@ def delete_files(ledger: Ledger, remote: Provider, account: Account, file_ids: S
 
 
 def _delete_each(
-    ledger: Ledger, remote: Provider, account: Account, file_ids: Sequence[str], results: list[DeleteResult]
+    ledger: Ledger, remote: Deleter, account: Account, file_ids: Sequence[str], results: list[DeleteResult]
 ) -> None:
     with ledger.read() as r:
         row = r.account_row(account.name)
@@ -88,7 +95,7 @@ def _delete_each(
         results.append(DeleteResult(file_id, account.name, account.provider, not existed, record))
 
 
-def _delete_unrecorded(ledger: Ledger, remote: Provider, account: Account, file_id: str) -> DeleteResult:
+def _delete_unrecorded(ledger: Ledger, remote: Deleter, account: Account, file_id: str) -> DeleteResult:
     """A delete in an account the ledger has no row for (so none of its files): sent without a
     journal entry (there is no ledger row it could leave wrong), recorded if it was done."""
     try:

@@ -49,6 +49,7 @@ class AccountCheck:
             "base_url": a.base_url,
             "api_key_env": a.api_key_env,
             "api_key_fallbacks": list(a.api_key_fallbacks),
+            "api_key_env_used": a.key_variable if self.key_set else None,
             "key_set": self.key_set,
             "key_fingerprint": self.key_fingerprint,
             "key_problem": self.key_problem,
@@ -56,6 +57,7 @@ class AccountCheck:
             "limits": {k: {"value": v, "from": a.sources.get(k, "built-in")} for k, v in limits.items()},
             "purposes": _listed(a.rules.purposes, a.sources.get("purposes")),
             "formats": _listed(a.rules.formats, a.sources.get("formats")),
+            "provider_expiry_seconds": dict(sorted(a.provider_expiry.items())),
             "generated_retention_days": {
                 "value": a.generated_retention_days,
                 "from": a.sources.get("generated_retention_days", "built-in"),

@@ -162,6 +162,8 @@ class ProviderError(FilekeeperError):
 
     def __str__(self) -> str:
         where = f"{self.provider}: " if self.provider else ""
+        if self.message.startswith(where):  # a wrapped error already says where
+            where = ""
         status = f"HTTP {self.status}: " if self.status else ""
         return redact(f"{where}{status}{self.message}")
 

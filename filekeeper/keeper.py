@@ -226,12 +226,15 @@ class Keeper:
     def show(self, ref: str, *, provider: str | None = None, account: str | None = None) -> FileHistory:
         """One file's record and its whole event history, oldest first. ``ref`` is the provider's
         id, or ``#N`` for ledger row N (a reservation has no provider id)."""
+        from .providers import spellings
         from .report_formats import FileHistory
         from .reports import event_out
 
         ids = self._account_ids(provider, account)
         with self.ledger.read() as r:
-            found = r.records_named(ref.strip(), ids)
+            found = []
+            for spelled in spellings(ref.strip()):  # "abc" for Gemini's "files/abc"
+                found = found or r.records_named(spelled, ids)
             if not found:
                 raise UsageError(f"no file {ref!r} in the ledger" + (" of that account" if ids is not None else ""))
             if len(found) > 1:
@@ -407,9 +410,16 @@ class Keeper:
         for file_id in ids:
             if not file_id.strip() or file_id != file_id.strip() or not file_id.isprintable():
                 raise UsageError(f"{file_id!r} is not a file id")
-        with self.ledger.read() as r:
-            owners = r.owners_of(ids)
+        from .providers import ADAPTERS, spellings
+
         given = self.account(provider, account) if provider or account else None
+        with self.ledger.read() as r:
+            if given is not None:
+                ids = list(dict.fromkeys(ADAPTERS[given.provider].canonical_id(i) for i in ids))
+            else:  # an id typed as no provider spells it ("abc" for Gemini's "files/abc"), if recorded so
+                known = r.owners_of([s for i in ids for s in spellings(i)])
+                ids = list(dict.fromkeys(next((s for s in spellings(i) if s in known), i) for i in ids))
+            owners = r.owners_of(ids)
         groups: dict[str, list[str]] = {}
         for file_id in ids:
             names = owners.get(file_id, [])

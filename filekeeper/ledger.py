@@ -17,13 +17,13 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Row, Select, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Select, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .engine import WRITE, database_errors, db_message, owner_only, prepare, read_revision, use_wal
 from .errors import LedgerConflict, LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
-from .records import SORTS, DeleteOutcome, FileRecord, Identity, Intent, Tracked
+from .records import LAPSING, SORTS, DeleteOutcome, FileRecord, Identity, Intent, Tracked
 from .schema import (
     HELD,
     LISTED,
@@ -66,6 +66,24 @@ class FileQuery:
 def _alive(now: datetime) -> Any:
     """Rows the provider has not deleted by itself by ``now``."""
     return files.c.provider_expires_at.is_(None) | (files.c.provider_expires_at > now)
+
+
+def lapsed(now: datetime) -> Any:
+    """Held files past the provider's own expiry: readers see them ``expired`` (as
+    :meth:`FileRecord.from_row` shows them), whatever their row says until a reconcile records it."""
+    return files.c.status.in_(LAPSING) & ~_alive(now)
+
+
+def shown_status(now: datetime) -> Any:
+    """A row's status as readers see it (see :func:`lapsed`)."""
+    return case((lapsed(now), Status.EXPIRED.value), else_=files.c.status)
+
+
+def _with_status(statuses: Iterable[str], now: datetime) -> Any:
+    """``shown_status(now) IN statuses``, spelled so that the index on status still serves it."""
+    wanted = set(statuses)
+    shown = files.c.status.in_(list(wanted)) & ~lapsed(now)
+    return (shown | lapsed(now)) if Status.EXPIRED in wanted else shown
 
 
 #: ledger records: a files row with its account's name and provider
@@ -258,7 +276,7 @@ class Reader:
         if q.account_ids is not None:
             query = query.where(files.c.account_id.in_(list(q.account_ids)))
         if q.statuses:
-            query = query.where(files.c.status.in_(list(q.statuses)))
+            query = query.where(_with_status(q.statuses, utcnow()))
         if q.purpose is not None:
             query = query.where(files.c.purpose == q.purpose)
         if q.created_before is not None:

@@ -135,13 +135,19 @@ def file_violations(limits: Limits, requests: Sequence[Request], ttl_seconds: in
             out.append(
                 Violation(
                     "max_file_bytes",
-                    f"{r.filename} is {format_size(r.bytes)}; {which} is {format_size(cap)}",
+                    f"{r.filename} is {_apart(r.bytes, cap)}; {which} is {_apart(cap, r.bytes)}",
                     None,
                     r.bytes,
                     cap,
                 )
             )
     return out
+
+
+def _apart(size: int, other: int) -> str:
+    """A size as people read it, or to the byte where rounding would show it equal to ``other``."""
+    shown = format_size(size)
+    return shown if shown != format_size(other) else f"{size:,} bytes"
 
 
 def unsupported(provider: str, rules: Rules, requests: Sequence[Request]) -> str | None:

@@ -53,6 +53,7 @@ from .reconcile_plan import (
     delete_limit,
     expected_live,
     parse_max_delete,
+    unlisted,
 )
 from .records import DeleteJob, DeleteOutcome, iso
 from .schema import HELD, DeleteKind, RunStatus, Status, utcnow
@@ -374,8 +375,10 @@ def reconcile(
         snap = snapshot(ledger, account, account_id, now)
         # Files of a purpose the listing cannot show (Z.AI lists four of its seven) are neither
         # confirmed nor missing: they are left out of the comparison, as they are.
+        unseen = [t for t in snap.tracked if not remote.lists_purpose(t.purpose)]
         snap = replace(snap, tracked=[t for t in snap.tracked if remote.lists_purpose(t.purpose)])
         classify(plan, snap, remote.list_files(on_page=on_page), now, options.min_age)
+        unlisted(plan, unseen, now)
         _refuse_overlap(plan)
         _check_identity(plan, snap, account, options, now)
         _hold_listing(plan, snap, options, now)
@@ -511,8 +514,9 @@ def _apply_ledger(
         for rf in plan.unclaimed_new:
             w.record_unclaimed(account_id, rf, run_id=run_id)
         for rf in plan.generated_new:
-            created = rf.created_at or now
-            keep_until = created + timedelta(days=generated_days) if generated_days else None
+            # From when it was found, not made: a first reconcile must not delete at once what the
+            # provider made long ago, which may be results someone still needs.
+            keep_until = now + timedelta(days=generated_days) if generated_days else None
             w.record_generated(account_id, rf, expires_at=rf.expires_at or keep_until, run_id=run_id)
         if options.adopt:
             remotes = {rf.id: rf for rf in [*plan.orphans, *plan.unclaimed_new, *(rf for _, rf in plan.unclaimed)]}

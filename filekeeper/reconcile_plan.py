@@ -95,6 +95,8 @@ class ReconcilePlan:
     settled: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)
     failed_pending: list[Tracked] = field(default_factory=list)
     waiting_pending: list[Tracked] = field(default_factory=list)
+    #: reservations of a purpose the listing cannot show: whether they landed only a person can see
+    unknowable_pending: list[Tracked] = field(default_factory=list)
     drift: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)
     #: listed files the ledger tracks under another account of the provider
     elsewhere: list[tuple[RemoteFile, str]] = field(default_factory=list)
@@ -146,6 +148,7 @@ class ReconcilePlan:
             or self.expired
             or self.settled
             or self.failed_pending
+            or self.unknowable_pending
             or self.drift
             or self.intents_done
             or self.restored
@@ -156,6 +159,7 @@ class ReconcilePlan:
             "listed": self.listed,
             "orphans": len(self.orphans),
             "young": len(self.young),
+            "not_yet_listed": len(self.not_yet_listed),
             "unclaimed_new": len(self.unclaimed_new),
             "unclaimed": len(self.unclaimed),
             "generated_new": len(self.generated_new),
@@ -167,6 +171,7 @@ class ReconcilePlan:
             "settled": len(self.settled),
             "failed_pending": len(self.failed_pending),
             "waiting_pending": len(self.waiting_pending),
+            "unknowable_pending": len(self.unknowable_pending),
             "drift": len(self.drift),
             "intents_settled": len(self.intents_done),
             "restored": len(self.restored),
@@ -214,6 +219,7 @@ class ReconcilePlan:
             "key": self.key,
             "orphans": [remote(r) for r in self.orphans],
             "young": [remote(r) for r in self.young],
+            "not_yet_listed": [tracked(t) for t in self.not_yet_listed],
             "unclaimed": [remote(r) for r in self.unclaimed_new] + [tracked(t) for t, _ in self.unclaimed],
             "generated": [remote(r) for r in self.generated_new],
             "missing": [tracked(t) for t in self.missing],
@@ -223,7 +229,8 @@ class ReconcilePlan:
             "expired": [tracked(t, at_provider=t.file_id in self.expired_present) for t in self.expired],
             "pending": [tracked(t, outcome="settled", settled_as=r.id) for t, r in self.settled]
             + [tracked(t, outcome="failed") for t in self.failed_pending]
-            + [tracked(t, outcome="waiting") for t in self.waiting_pending],
+            + [tracked(t, outcome="waiting") for t in self.waiting_pending]
+            + [tracked(t, outcome="unknowable") for t in self.unknowable_pending],
             "drift": [
                 {
                     "id": t.file_id,
@@ -328,6 +335,18 @@ def classify(
     for p in pending:
         if p.ledger_id not in claimed:
             (plan.failed_pending if p.created_at <= old_enough else plan.waiting_pending).append(p)
+
+
+def unlisted(plan: ReconcilePlan, tracked: Iterable[Tracked], now: datetime) -> None:
+    """Tracked files of a purpose the provider's listing cannot show (Z.AI lists four of its seven):
+    neither confirmed nor missing. Past their expiry they are deleted all the same (a delete of a
+    file already gone is recorded as such); a reservation among them cannot be settled by a listing."""
+    for t in tracked:
+        if t.status == Status.PENDING:
+            plan.unknowable_pending.append(t)
+        elif t.file_id and t.status == Status.ACTIVE and t.expired(now):
+            plan.expired.append(t)
+            plan.expired_present.add(t.file_id)
 
 
 def _listed_tracked(plan: ReconcilePlan, t: Tracked, rf: RemoteFile, now: datetime) -> None:

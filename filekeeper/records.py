@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,10 @@ SORTS = ("created", "size", "name", "expires")
 def iso(d: datetime | None) -> str | None:
     """ISO 8601 UTC with a Z, as every JSON output shows times."""
     return None if d is None else d.isoformat().replace("+00:00", "Z")
+
+
+#: the statuses of files held at the provider, which lapse at its own expiry (schema.HELD without pending)
+LAPSING = ("active", "generated", "unclaimed")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class FileRecord:
     def from_row(cls, row: Row[Any], *, reused: bool = False) -> FileRecord:
         """From a row of :data:`filekeeper.ledger.RECORDS` (a files row joined to its account)."""
         m = row._mapping
+        status = m["status"]
+        if status in LAPSING and is_expired(m["provider_expires_at"], datetime.now(UTC)):
+            status = "expired"  # the provider deleted it by itself (Gemini's 48 hours) and holds it no more
         return cls(
             ledger_id=m["id"],
             id=m["file_id"],
@@ -64,7 +71,7 @@ class FileRecord:
             bytes=m["bytes"],
             sha256=m["sha256"],
             purpose=m["purpose"],
-            status=m["status"],
+            status=status,
             created_at=m["created_at"],
             expires_at=m["expires_at"],
             deleted_at=m["deleted_at"],

@@ -19,7 +19,7 @@ from sqlalchemy import Text, cast, func, select
 
 from .config import Settings
 from .errors import UsageError
-from .ledger import RECORDS, Ledger
+from .ledger import RECORDS, Ledger, lapsed, shown_status
 from .records import FileRecord, iso
 from .report_formats import DAILY_COLUMNS, AccountNow, AuditReport, EventOut, write_csv
 from .schema import HELD, Action, Status, accounts, events, files, reconcile_runs, utcnow
@@ -113,15 +113,27 @@ def build(
         names = {a.id: a.name for a in known}
         status_counts: dict[int, dict[str, int]] = defaultdict(dict)
         held: dict[int, tuple[int, int]] = {}
-        for account_id, status, n, size in conn.execute(
-            select(files.c.account_id, files.c.status, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
-            .where(files.c.account_id.in_(ids))
-            .group_by(files.c.account_id, files.c.status)
-        ):
-            status_counts[account_id][status] = int(n)
+
+        def by_status(*where: Any) -> Iterator[tuple[int, str, int, int]]:
+            for account_id, status, n, size in conn.execute(
+                select(files.c.account_id, files.c.status, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
+                .where(files.c.account_id.in_(ids), *where)
+                .group_by(files.c.account_id, files.c.status)
+            ):
+                yield account_id, status, int(n), int(size)
+
+        for account_id, status, n, size in by_status():
+            status_counts[account_id][status] = n
             if status in HELD:
                 f, b = held.get(account_id, (0, 0))
-                held[account_id] = (f + int(n), b + int(size))
+                held[account_id] = (f + n, b + size)
+        # Files the provider deleted by itself on schedule (Gemini's 48 hours) hold nothing: expired.
+        for account_id, status, n, size in by_status(lapsed(now)):
+            counts = status_counts[account_id]
+            counts[status] -= n
+            counts[Status.EXPIRED] = counts.get(Status.EXPIRED, 0) + n
+            f, b = held[account_id]
+            held[account_id] = (f - n, b - size)
 
         def records(*where: Any, order: Any, limit: int = LIST_LIMIT) -> dict[int, list[FileRecord]]:
             out: dict[int, list[FileRecord]] = defaultdict(list)
@@ -132,18 +144,19 @@ def build(
                 out[account_id] = [FileRecord.from_row(r) for r in rows]
             return out
 
+        shown = shown_status(now)
         expiring = records(
-            files.c.status == Status.ACTIVE,
+            shown == Status.ACTIVE,
             files.c.expires_at > now,
             files.c.expires_at <= now + EXPIRING_WITHIN,
             order=files.c.expires_at,
         )
-        largest = records(files.c.status == Status.ACTIVE, order=files.c.bytes.desc(), limit=10)
-        pending = records(files.c.status == Status.PENDING, order=files.c.created_at)
-        failed = records(files.c.status == Status.FAILED, order=files.c.created_at.desc())
-        missing = records(files.c.status == Status.MISSING, order=files.c.created_at.desc())
-        generated = records(files.c.status == Status.GENERATED, order=files.c.created_at.desc())
-        unclaimed = records(files.c.status == Status.UNCLAIMED, order=files.c.created_at.desc())
+        largest = records(shown == Status.ACTIVE, order=files.c.bytes.desc(), limit=10)
+        pending = records(shown == Status.PENDING, order=files.c.created_at)
+        failed = records(shown == Status.FAILED, order=files.c.created_at.desc())
+        missing = records(shown == Status.MISSING, order=files.c.created_at.desc())
+        generated = records(shown == Status.GENERATED, order=files.c.created_at.desc())
+        unclaimed = records(shown == Status.UNCLAIMED, order=files.c.created_at.desc())
 
         daily: dict[tuple[date, str], dict[str, Any]] = {}
 

@@ -30,7 +30,7 @@ from .errors import (
 )
 from .quota import EvictMode, Held, Request, Violation, expiry, file_violations, make_room, room_violations
 from .records import FileRecord, UploadResult
-from .schema import DeleteKind, utcnow
+from .schema import DeleteKind, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
@@ -77,13 +77,16 @@ def could_be_upload_of(remote: RemoteFile, filename: str, size: int, reserved_at
 
 
 class Payload(Protocol):
-    """The bytes of one upload and how to send them."""
+    """The bytes of one upload and how to send them: a file on disk (:class:`FilePayload`), or
+    a request the OpenAI SDK built (:mod:`filekeeper.sdk`)."""
 
     filename: str
     size: int
+    #: after a lost answer that did not land, send again here (False: the sender retries itself)
+    resend_after_loss: bool
 
-    def sha256(self) -> str:
-        """The content's sha256 (may read the content once)."""
+    def sha256(self) -> str | None:
+        """The content's sha256 (may read the content once; None if it cannot be known)."""
         ...
 
     def send(
@@ -110,6 +113,7 @@ class FilePayload:
     filename: str = ""
     size: int = 0
     _sha256: str | None = field(default=None, repr=False)
+    resend_after_loss: bool = True
 
     def __post_init__(self) -> None:
         self.filename = self.filename or self.path.name
@@ -163,6 +167,9 @@ class UploadJob:
     detail: dict[str, Any] = field(default_factory=dict)
     #: where the result says it came from
     path: Path = Path()
+    #: whether the provider is asked to expire the file at the retention policy's end too (not
+    #: when the SDK sent the request: it asks for the expiry it was given, if any, and no other)
+    asks_retention_expiry: bool = True
 
     @property
     def request(self) -> Request:
@@ -170,7 +177,7 @@ class UploadJob:
 
     def expires_after(self) -> int | None:
         """The lifetime to ask the provider for: the TTL, else the retention policy (None: for ever)."""
-        if self.ttl_seconds is not None:
+        if self.ttl_seconds is not None or not self.asks_retention_expiry:
             return self.ttl_seconds
         retention = self.account.limits.retention_days
         return retention * 86400 if retention else None
@@ -373,8 +380,8 @@ def check_twins(
             # It may have landed, and nothing can tell now: sending again could make a second copy.
             raise ProviderError(
                 f"an earlier upload of this file (ledger row #{pending.ledger_id}) was sent whole and may have "
-                f"landed, and the provider's listing could not be read to find out ({e.message}); nothing was "
-                "sent: try again, or pass --force to upload another copy",
+                f"landed, and the provider could not tell whether it did ({e.message}); nothing was sent: try "
+                "again, or pass --force to upload another copy",
                 provider=e.provider,
             ) from None
         if landed is not None and not ambiguous:
@@ -469,7 +476,8 @@ def _send(
             row = r.record(reservation.ledger_id)
         return _Failed(error, row)
 
-    for attempt in range(1, LOST_RESPONSE_ATTEMPTS + 1):
+    attempts = LOST_RESPONSE_ATTEMPTS if job.payload.resend_after_loss else 1
+    for attempt in range(1, attempts + 1):
         try:
             up = job.payload.send(
                 remote,
@@ -501,7 +509,7 @@ def _send(
             if landed is not None:
                 command.land(landed.id)
                 with ledger.write() as w:
-                    return w.activate(
+                    record = w.activate(
                         reservation.ledger_id,
                         file_id=landed.id,
                         size=reservation.bytes,
@@ -510,10 +518,13 @@ def _send(
                         adopted_after=e.message,
                         attempt=attempt,
                     )
-            if attempt == LOST_RESPONSE_ATTEMPTS:
+                return _usable(landed, record, provider)
+            if attempt == attempts:
                 with ledger.write() as w:
                     row = w.fail(reservation.ledger_id, e.message, status=e.status, attempts=attempt)
-                gave_up = ProviderError(f"{e.message}; gave up after {attempt} attempts", provider=provider)
+                gave_up = ProviderError(
+                    f"{e.message}; not found at the provider after {attempt} attempt(s)", provider=provider
+                )
                 raise _Failed(gave_up, row) from None
             continue
         except ProviderError as e:
@@ -527,7 +538,7 @@ def _send(
             raise _Failed(e, row) from None
         command.land(up.remote.id)  # before it is recorded: no other job's recovery may take it
         with ledger.write() as w:
-            return w.activate(
+            record = w.activate(
                 reservation.ledger_id,
                 file_id=up.remote.id,
                 size=up.size,
@@ -536,7 +547,23 @@ def _send(
                 remote_status=up.remote.status,
                 attempt=attempt,
             )
+        return _usable(up.remote, record, provider)
     raise AssertionError("unreachable")
+
+
+def _usable(remote: RemoteFile, record: FileRecord, provider: str) -> FileRecord:
+    """The record of a stored file, unless the provider stored it and failed to process it
+    (Gemini's FAILED, OpenAI's error): then it is recorded, as it holds quota, and an error."""
+    if not remote.failed:
+        return record
+    raise _Failed(
+        ProviderError(
+            f"{remote.id} was stored, but the provider could not process it (status {remote.status}): it is "
+            f"recorded and holds quota until deleted (`filekeeper delete {remote.id}`)",
+            provider=provider,
+        ),
+        record,
+    )
 
 
 def find_landed(
@@ -546,6 +573,13 @@ def find_landed(
     after the reservation, not already another ledger row's, nor one that another upload of this
     command has just received. Returns it and 0, or (None, how many could be it) when more than
     one could: then none is taken (the wrong one would hand out someone else's content)."""
+    if not remote.lists_purpose(reservation.purpose):
+        # Not in the listing does not mean not stored: only a person can look now.
+        raise ProviderError(
+            f"{remote.name} does not list files of purpose {reservation.purpose!r}, so whether it landed cannot be "
+            "seen; check at the provider",
+            provider=remote.name,
+        )
     taken = command.snapshot()[1] if command is not None else frozenset()
     found: list[RemoteFile] = []
     for candidate in remote.list_files():
@@ -558,6 +592,35 @@ def find_landed(
     if len(found) > 1:
         return None, len(found)
     return (found[0] if found else None), 0
+
+
+def settle_unknown(ledger: Ledger, remote: Provider, account_id: int, ledger_id: int) -> FileRecord | None:
+    """A reservation whose upload's fate was left unknown (its answer lost, and the listing then
+    unreadable or ambiguous), settled now that it is about to be sent again: the file it stored,
+    activated; or None, the row failed, when the listing shows it did not land. Raises
+    ProviderError when the listing still cannot tell (then nothing may be sent again)."""
+    with ledger.read() as r:
+        row = r.record(ledger_id)
+    if row.status != Status.PENDING:  # settled meanwhile (a reconcile): as it stands
+        return row if row.status == Status.ACTIVE else None
+    landed, ambiguous = find_landed(ledger, remote, account_id, row)
+    if ambiguous:
+        raise ProviderError(
+            f"{ambiguous} files at the provider could be the earlier attempt of this upload (same name and size)",
+            provider=remote.name,
+        )
+    with ledger.write() as w:
+        if landed is None:
+            w.fail(ledger_id, "not at the provider when its upload was sent again")
+            return None
+        return w.activate(
+            ledger_id,
+            file_id=landed.id,
+            size=row.bytes,
+            sha256=row.sha256,
+            provider_expires_at=landed.expires_at,
+            adopted_after="its answer was lost; found in the listing when it was sent again",
+        )
 
 
 def upload_all(

@@ -218,7 +218,12 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     remote_rows(
         "unclaimed", [*r.unclaimed_new, *(rf for _, rf in r.unclaimed)] if acting else r.unclaimed_new, unclaimed_why
     )
-    remote_rows("generated", r.generated_new, "made by the provider: kept for its own retention")
+    kept = (
+        f"kept {format_duration(r.account.generated_retention_days * 86400)} from now"
+        if r.account.generated_retention_days
+        else "kept for ever"
+    )
+    remote_rows("generated", r.generated_new, f"made by the provider: record, {kept}")
     tracked_rows("missing", r.missing, "proven gone at the provider: mark missing")
     _section(
         lines,
@@ -240,6 +245,7 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     pending = [(t, f"landed as {rf.id}: settle") for t, rf in r.settled] + [
         (t, "never landed: mark failed") for t in r.failed_pending
     ]
+    pending += [(t, "its purpose is not listed: left pending, look at the provider") for t in r.unknowable_pending]
     _section(
         lines,
         "pending",
@@ -257,13 +263,16 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     )
     journal = [(i.file_id, "", None, i.at, f"a {i.kind} delete a killed run sent: record it") for i in r.intents_done]
     _section(lines, "journal", journal, now)
-    if r.young or r.waiting_pending:
-        held = [(f.id, f.filename, f.bytes, f.created_at, "younger than --min-age: left alone") for f in r.young]
-        held += [
-            (t.file_id or f"#{t.ledger_id}", t.filename, t.bytes, t.created_at, "reservation younger than --min-age")
-            for t in r.waiting_pending
-        ]
-        _section(lines, "held back", held, now)
+    held = [(f.id, f.filename, f.bytes, f.created_at, "younger than --min-age: left alone") for f in r.young]
+    held += [
+        (t.file_id or f"#{t.ledger_id}", t.filename, t.bytes, t.created_at, "reservation younger than --min-age")
+        for t in r.waiting_pending
+    ]
+    held += [
+        (t.file_id or "", t.filename, t.bytes, t.created_at, "uploaded a moment ago, not listed yet: kept")
+        for t in r.not_yet_listed
+    ]
+    _section(lines, "held back", held, now)
     if not r.applied:
         adopting = f", {r.to_adopt} to adopt" if r.adopt else ""
         lines.append(
@@ -338,10 +347,11 @@ def doctor(d: Diagnosis) -> str:
             "",
             f"account {a.name} ({a.provider})" + ("" if c.in_ledger else "  (not in the ledger yet)"),
             f"  base URL        {a.base_url}   [{a.sources.get('base_url', 'built-in')}]",
-            f"  key             {a.api_key_env}: {key}",
+            f"  key             {a.key_variable if c.key_fingerprint else a.api_key_env}: {key}",
         ]
         if a.api_key_fallbacks:
-            lines.append(f"                  (or {', '.join(a.api_key_fallbacks)}, which the provider's SDK reads)")
+            others = [n for n in a.key_variables if n != (a.key_variable if c.key_fingerprint else a.api_key_env)]
+            lines.append(f"                  (or {', '.join(others)}, which the provider's SDK reads)")
         limits = a.limits
         for name, value in (
             ("max_files", limits.max_files),
@@ -349,7 +359,10 @@ def doctor(d: Diagnosis) -> str:
             ("max_file_bytes", limits.max_file_bytes),
             ("retention_days", limits.retention_days),
         ):
-            lines.append(f"  {name:<15} {_limit(name, value)}   [{a.sources.get(name, 'built-in')}]")
+            shown = _limit(name, value)
+            if name == "retention_days" and not value and "*" in a.provider_expiry:
+                shown = "none of ours: the provider's own expiry (below) comes first"
+            lines.append(f"  {name:<15} {shown}   [{a.sources.get(name, 'built-in')}]")
         for purpose, scoped in sorted(limits.by_purpose.items()):
             own = ", ".join(f"{k} {_limit(k, v)}" for k, v in scoped.as_dict().items() if v is not None)
             lines.append(

@@ -625,6 +625,8 @@ class Emulator:
         #: ids the list endpoint leaves out though the files are there (a lagging index, a proxy
         #: that truncates): retrieve and delete still find them
         self.hidden: set[str] = set()
+        #: filenames whose processing fails once stored (OpenAI-shaped status "error", Gemini FAILED)
+        self.failing: set[str] = set()
         # xAI token style: every page hands out a fresh token, but the pages only alternate
         # between the first two (a server that cycles; a client must notice the repeated files).
         self.cycling_tokens = cycling_tokens
@@ -1415,6 +1417,8 @@ class Emulator:
                     owner,
                 )
                 stored.mime_type = mime
+                if name in self.failing:
+                    stored.status = "error"  # stored, and its processing failed (Gemini: FAILED)
         if stored is None:
             return failure or self._err(500, "upload not stored")
         served = self._serve(stored)

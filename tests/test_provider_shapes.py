@@ -22,10 +22,12 @@ from tests.conftest import (
     PROVIDERS,
     SECRET,
     actions,
+    age_everything,
     baseline,
     files_count,
     ledger_rows,
     ledger_sql,
+    upload,
     write,
 )
 from tests.emulator import ANTHROPIC_BETA, ANTHROPIC_VERSION, GEMINI_LIFETIME, Emulator
@@ -347,6 +349,15 @@ def test_gemini_a_wrong_key_is_named(provider_env, run, tmp_path: Path, monkeypa
     assert result.exit_code == 1
     assert "API key not valid" in result.stderr and "check GEMINI_API_KEY" in result.stderr
     assert "AIza-wrong-key" not in result.stderr
+    monkeypatch.delenv("GEMINI_API_KEY")
+    monkeypatch.setenv("GOOGLE_API_KEY", "AIza-wrong-key-0123456789")
+    result = run("upload", str(tmp_path / "a.txt"), "-p", "gemini")
+    assert result.exit_code == 1 and "check GOOGLE_API_KEY" in result.stderr  # the variable it came from
+    doctor = run("doctor", "--json").json()
+    [gemini] = [a for a in doctor["accounts"] if a["provider"] == "gemini"]
+    assert gemini["api_key_env_used"] == "GOOGLE_API_KEY" and gemini["provider_expiry_seconds"] == {"*": 48 * 3600}
+    text = run("doctor").stdout
+    assert "GOOGLE_API_KEY: set" in text and "the provider's own expiry (below) comes first" in text
 
 
 # --- DeepSeek ----------------------------------------------------------------------------------------
@@ -514,3 +525,168 @@ def test_every_flavor_serves_its_own_error_envelope() -> None:
             shapes[flavor] = emu.error_body(404, "nope")
     assert shapes["anthropic"]["type"] == "error" and shapes["anthropic"]["error"]["type"] == "not_found_error"
     assert shapes["gemini"] == {"error": {"code": 404, "message": "nope", "status": "NOT_FOUND"}}
+
+
+# --- what an outside attempt found ---------------------------------------------------------------------
+
+
+def test_zai_a_twin_its_listing_cannot_show_is_not_called_missing(provider_env, run, tmp_path: Path, home) -> None:
+    emu = provider_env("zai")
+    voice = write(tmp_path / "v.mp3", "voice")
+    first = run("upload", str(voice), "-p", "zai", "--purpose", "voice-clone-input", "--json")
+    assert first.exit_code == 0, first.stderr
+    again = run("upload", str(voice), "-p", "zai", "--purpose", "voice-clone-input", "--json")
+    assert again.exit_code == 0, again.stderr
+    # Z.AI cannot say whether the first is still there (no retrieve, and its purpose is not listed):
+    # it is not reused, and not marked missing either.
+    rows = ledger_rows(home, "SELECT file_id, status FROM files ORDER BY id")
+    assert rows == [(first.json()[0]["id"], "active"), (again.json()[0]["id"], "active")]
+    assert "missing" not in actions(home) and len(emu.files) == 2
+
+
+def test_zai_a_lost_answer_for_a_purpose_it_cannot_list_is_never_sent_again(
+    provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    emu = provider_env("zai")
+    baseline(run, "-p", "zai")
+    voice = write(tmp_path / "v.mp3", "voice")
+    emu.inject("POST", "/files", drop_response=True, after_store=True)
+    lost = run("upload", str(voice), "-p", "zai", "--purpose", "voice-clone-input")
+    assert lost.exit_code == 1 and "does not list files of purpose 'voice-clone-input'" in lost.stderr
+    assert len(emu.files) == 1 and emu.count("POST", "/files") == 1  # sent once: it landed, unseen
+    assert ledger_rows(home, "SELECT status FROM files") == [("pending",)]
+    again = run("upload", str(voice), "-p", "zai", "--purpose", "voice-clone-input")
+    assert again.exit_code == 1 and "nothing was sent" in again.stderr
+    assert len(emu.files) == 1 and emu.count("POST", "/files") == 1
+    ledger_sql(home, "UPDATE files SET created_at = ?", datetime.now(UTC) - timedelta(hours=2))
+    plan = run("reconcile", "-p", "zai", "--json").json()
+    assert [(p["outcome"], p["filename"]) for p in plan["pending"]] == [("unknowable", "v.mp3")]
+    text = run("reconcile", "-p", "zai").stdout
+    assert "its purpose is not listed" in text
+    assert run("reconcile", "-p", "zai", "--apply").exit_code == 0
+    assert ledger_rows(home, "SELECT status FROM files") == [("pending",)]  # never failed on no evidence
+
+
+def test_zai_an_expired_file_its_listing_cannot_show_is_deleted_all_the_same(
+    provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    emu = provider_env("zai")
+    baseline(run, "-p", "zai")
+    [kept] = upload(run, tmp_path, "zai", "kept.txt")
+    voice = run("upload", str(write(tmp_path / "v.mp3", "voice")), "-p", "zai", "--purpose", "voice-clone-input")
+    [record] = run("ls", "-p", "zai", "--purpose", "voice-clone-input", "--json").json()
+    assert voice.exit_code == 0 and record["id"] in emu.files
+    ledger_sql(home, "UPDATE files SET expires_at = ? WHERE purpose = 'voice-clone-input'", datetime.now(UTC))
+    result = run("reconcile", "-p", "zai", "--apply", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["deleted"] == [record["id"]] and set(emu.files) == {kept["id"]}
+    assert ledger_rows(home, "SELECT filename, status FROM files ORDER BY id") == [
+        ("kept.txt", "active"),
+        ("v.mp3", "expired"),
+    ]
+
+
+def test_gemini_ids_are_taken_without_their_files_prefix(provider_env, run, tmp_path: Path, home: Path) -> None:
+    emu = provider_env("gemini")
+    [record] = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "gemini", "--json").json()
+    short = record["id"].removeprefix("files/")
+    assert record["id"].startswith("files/") and short != record["id"]
+    shown = run("show", short)
+    assert shown.exit_code == 0 and record["id"] in shown.stdout
+    gone = run("delete", short, "--json")  # no --provider: found in the ledger as files/…
+    assert gone.exit_code == 0, gone.stderr
+    assert gone.json()[0]["id"] == record["id"] and emu.files == {}
+    assert ledger_rows(home, "SELECT file_id, status FROM files") == [(record["id"], "deleted")]
+    [other] = run("upload", str(write(tmp_path / "b.txt", "b")), "-p", "gemini", "--json").json()
+    assert run("delete", other["id"].removeprefix("files/"), "-p", "gemini").exit_code == 0
+    assert emu.files == {} and ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'deleted'") == [(2,)]
+
+
+def test_gemini_files_google_expired_read_as_expired_before_any_reconcile(
+    provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    provider_env("gemini")
+    upload(run, tmp_path, "gemini", "old.txt", "new.txt")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    ledger_sql(home, "UPDATE files SET provider_expires_at = ?, expires_at = ? WHERE filename = 'old.txt'", past, past)
+    assert [r["filename"] for r in run("ls", "--json").json()] == ["new.txt"]  # holds no quota: not listed
+    every = {r["filename"]: r["status"] for r in run("ls", "--status", "all", "--json").json()}
+    assert every == {"old.txt": "expired", "new.txt": "active"}
+    assert [r["filename"] for r in run("ls", "--status", "expired", "--json").json()] == ["old.txt"]
+    assert [r["filename"] for r in run("ls", "--status", "active", "--json").json()] == ["new.txt"]
+    [account] = run("report", "-p", "gemini", "--json").json()["accounts"]
+    assert account["statuses"]["expired"] == 1 and account["statuses"]["active"] == 1 and account["files"] == 1
+    assert [f["filename"] for f in account["largest"]] == ["new.txt"]
+    assert ledger_rows(home, "SELECT status FROM files ORDER BY id") == [("active",), ("active",)]  # a reader only
+
+
+def test_purpose_limits_for_a_purpose_the_provider_has_not_are_refused(provider_env, run, home: Path) -> None:
+    provider_env("zai")
+    write(home / "config.toml", "[providers.zai.purpose_limits.agnet]\nmax_files = 5\n")
+    result = run("usage", "-p", "zai")
+    assert result.exit_code == 2 and "no purpose 'agnet'" in result.stderr and "agent" in result.stderr
+    write(home / "config.toml", "[providers.gemini.purpose_limits.batch]\nmax_files = 5\n")
+    result = run("usage", "-p", "gemini")
+    assert result.exit_code == 2 and "its files have no purpose" in result.stderr
+    write(home / "config.toml", "[providers.zai.purpose_limits.agent]\nmax_files = 5\n")
+    assert run("usage", "-p", "zai").exit_code == 0
+
+
+@pytest.mark.parametrize("flavor", ["gemini", "openai"])
+def test_a_file_stored_but_failed_in_processing_is_recorded_and_told(
+    flavor: str, provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    emu = provider_env(flavor)
+    emu.failing.add("broken.txt")
+    result = run("upload", str(write(tmp_path / "broken.txt", "x")), "-p", flavor)
+    assert result.exit_code == 1 and "could not process it" in result.stderr
+    [stored] = emu.files
+    assert ledger_rows(home, "SELECT file_id, status FROM files") == [(stored, "active")]  # it holds quota
+    assert f"filekeeper delete {stored}" in result.stderr
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["after-store", "before-store"])
+def test_gemini_a_finalize_whose_session_is_gone_is_looked_for_not_failed(
+    stored: bool, provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    emu = provider_env("gemini")
+    # A 404 at finalize says the session is gone, which it also is when it finished: not "no such file".
+    emu.inject("POST", "/files", status=404, after_store=stored)
+    result = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "gemini", "--json")
+    assert result.exit_code == 0, result.stderr
+    [record] = result.json()
+    assert list(emu.files) == [record["id"]]  # one copy, found in the listing or sent again
+    assert emu.count("POST", "/files") == (1 if stored else 2)
+    assert ledger_rows(home, "SELECT status, file_id FROM files") == [("active", record["id"])]
+
+
+def test_gemini_an_error_answered_as_a_success_is_no_empty_page(provider_env, run, tmp_path: Path) -> None:
+    emu = provider_env("gemini")
+    baseline(run, "-p", "gemini")
+    upload(run, tmp_path, "gemini", "a.txt")
+    emu.inject("GET", "/files", status=200, body={"error": {"code": 500, "message": "backend", "status": "INTERNAL"}})
+    remote = adapter("gemini")
+    try:
+        with pytest.raises(IncompleteListing):
+            list(remote.list_files())
+    finally:
+        remote.close()
+
+
+def test_a_file_uploaded_a_moment_ago_and_not_listed_yet_is_shown_held_back(
+    provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    upload(run, tmp_path, "openai", "listed.txt")
+    age_everything(home)
+    [record] = upload(run, tmp_path, "openai", "fresh.txt")
+    emu.hidden.add(record["id"])  # a list endpoint a moment behind the upload
+    plan = run("reconcile", "-p", "openai", "--json").json()
+    assert [t["id"] for t in plan["not_yet_listed"]] == [record["id"]] and plan["missing"] == []
+    assert run("reconcile", "-p", "openai").stdout == ""  # nothing to do: quiet for cron, as with young orphans
+    emu.add_file("orphan.txt", 3, created_at=HOUR_AGO)
+    text = run("reconcile", "-p", "openai").stdout  # with work to show, what is held back is shown too
+    assert "held back (1)" in text and "not listed yet: kept" in text and record["id"] in text
+    assert run("reconcile", "-p", "openai", "--apply").exit_code == 0
+    assert ledger_rows(home, "SELECT status FROM files") == [("active",), ("active",)]

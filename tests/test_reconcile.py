@@ -61,6 +61,7 @@ JSON_KEYS = {
     "to_delete",
     "to_adopt",
     "young",
+    "not_yet_listed",
     "restored",
 }
 

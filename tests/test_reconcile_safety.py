@@ -320,8 +320,15 @@ def test_provider_made_files_are_kept_for_their_own_retention(provider_env, run,
     first = run("reconcile", "-p", "openai", "--apply", "--json").json()
     assert first["deleted"] == [] and statuses(home)[output.id] == "generated"
     assert run("usage", "-p", "openai", "--json").json()[0]["bytes"] == ours["bytes"] + 750
-    second = run("reconcile", "-p", "openai", "--apply", "--json").json()  # past 30 days: expired
-    assert second["deleted"] == [old.id] and emu.ids() == {ours["id"], output.id}
+    # 31 days old when found, but kept 30 days from then: a first reconcile deletes nothing it found.
+    found = {r["id"]: r for r in run("ls", "-p", "openai", "--json").json()}
+    kept_until = datetime.fromisoformat(found[old.id]["expires_at"])
+    assert timedelta(days=29) < kept_until - datetime.now(UTC) <= timedelta(days=30)
+    second = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert second["deleted"] == [] and emu.ids() == {ours["id"], output.id, old.id}
+    past_retention(home, old.id)
+    third = run("reconcile", "-p", "openai", "--apply", "--json").json()
+    assert third["deleted"] == [old.id] and emu.ids() == {ours["id"], output.id}
     report = run("report", "-p", "openai", "--json").json()
     assert [g["id"] for g in report["accounts"][0]["generated"]] == [output.id]
     text = run("reconcile", "-p", "openai").stdout  # nothing to do now: quiet
@@ -329,8 +336,24 @@ def test_provider_made_files_are_kept_for_their_own_retention(provider_env, run,
 
     write(home / "config.toml", "[providers.openai]\ngenerated_retention_days = 1\n")
     newer = emu.add_file("batch_out2.jsonl", 9, purpose="batch_output", created_at=now - 2 * DAY)
+    assert "kept 1d from now" in run("reconcile", "-p", "openai").stdout
     run("reconcile", "-p", "openai", "--apply")
+    found = {r["id"]: r for r in run("ls", "-p", "openai", "--json").json()}
+    assert datetime.fromisoformat(found[newer.id]["expires_at"]) - datetime.now(UTC) <= timedelta(days=1)
+    past_retention(home, newer.id)
     assert run("reconcile", "-p", "openai", "--apply", "--json").json()["deleted"] == [newer.id]
+
+
+def past_retention(home: Path, file_id: str) -> None:
+    from sqlalchemy import update
+
+    from filekeeper.schema import files
+    from tests.conftest import ledger_connection
+
+    with ledger_connection(home) as conn:
+        conn.execute(
+            update(files).where(files.c.file_id == file_id).values(expires_at=datetime.now(UTC) - timedelta(hours=1))
+        )
 
 
 # --- 4. listings that cannot be trusted --------------------------------------------------------------

@@ -380,6 +380,11 @@ def test_retrieve_and_list_over_the_socket(flavor: str, provider_env, tmp_path: 
             with pytest.raises(ProviderError, match="may not exist") as denied:
                 remote.retrieve("no-such-file")
             assert denied.value.status == 403 and not isinstance(denied.value, FileNotFoundAtProvider)
+        elif flavor == "zai":
+            # No retrieve, and a listing of four purposes of seven: absence there proves nothing.
+            with pytest.raises(ProviderError, match="cannot tell") as unknown:
+                remote.retrieve("no-such-file")
+            assert not isinstance(unknown.value, FileNotFoundAtProvider)
         else:
             with pytest.raises(FileNotFoundAtProvider):
                 remote.retrieve("no-such-file")

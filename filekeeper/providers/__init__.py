@@ -29,6 +29,11 @@ PROFILES: dict[str, Profile] = {name: cls.profile for name, cls in ADAPTERS.item
 PROVIDERS: tuple[str, ...] = tuple(ADAPTERS)
 
 
+def spellings(file_id: str) -> list[str]:
+    """The ids ``file_id`` may stand for at some provider (itself first)."""
+    return list(dict.fromkeys([file_id, *(cls.canonical_id(file_id) for cls in REGISTRY)]))
+
+
 class Credentials(Protocol):
     """Where an account is and how to sign in (:class:`filekeeper.config.Account` is one)."""
 
@@ -73,11 +78,22 @@ def connect(account: Credentials, http: HttpOptions | None = None, **overrides: 
         account.provider,
         account.base_url,
         key,
-        key_hint=account.api_key_env,
+        key_hint=getattr(account, "key_variable", account.api_key_env),
         headers=adapter.auth_headers(key),
         **{**options, **overrides},
     )
     return adapter(client)
 
 
-__all__ = ["ADAPTERS", "PROFILES", "PROVIDERS", "REGISTRY", "Page", "Provider", "RemoteFile", "Uploaded", "connect"]
+__all__ = [
+    "ADAPTERS",
+    "PROFILES",
+    "PROVIDERS",
+    "REGISTRY",
+    "Page",
+    "Provider",
+    "RemoteFile",
+    "Uploaded",
+    "connect",
+    "spellings",
+]

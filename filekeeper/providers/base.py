@@ -304,6 +304,11 @@ class Provider:
         """Whether a listing shows files of this purpose (a reconcile judges no other's absence)."""
         return True
 
+    @classmethod
+    def canonical_id(cls, file_id: str) -> str:
+        """A file id as the provider spells it, from the way a person may type it."""
+        return file_id
+
     # --- shared ------------------------------------------------------------------------------------
 
     @classmethod

@@ -16,8 +16,8 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ..errors import FileNotFoundAtProvider, ProviderError
-from ..profiles import GIB, HOUR, Limits, Profile
+from ..errors import FileNotFoundAtProvider, ProviderError, ResponseLost
+from ..profiles import GB, HOUR, Limits, Profile
 from .base import Page, Provider, RawBody, RemoteFile, from_rfc3339, require_id, sha256_of, to_int
 
 if TYPE_CHECKING:
@@ -34,9 +34,10 @@ class Gemini(Provider):
         base_url_env="GEMINI_BASE_URL",
         default_base_url="https://generativelanguage.googleapis.com",
         default_purpose="",
-        # 2 GB per file and 20 GB per project (Google's GB are GiB); no retention policy of ours
+        # 2 GB per file and 20 GB per project, read as decimal: if Google means GiB, the decimal
+        # reading refuses a little early, never lets an upload fail. No retention policy of ours
         # is needed: the provider's own 48 hours come first.
-        limits=Limits(max_files=None, max_total_bytes=20 * GIB, max_file_bytes=2 * GIB, retention_days=0),
+        limits=Limits(max_files=None, max_total_bytes=20 * GB, max_file_bytes=2 * GB, retention_days=0),
         purposes=frozenset(),
         expiry={"*": 48 * HOUR},
     )
@@ -46,6 +47,11 @@ class Gemini(Provider):
     @classmethod
     def auth_headers(cls, api_key: str) -> dict[str, str]:
         return {"x-goog-api-key": api_key}
+
+    @classmethod
+    def canonical_id(cls, file_id: str) -> str:
+        # Google's own tools print "abc123" as often as "files/abc123": both name one file.
+        return file_id if file_id.startswith("files/") or not _ID.fullmatch(file_id) else f"files/{file_id}"
 
     def send(self, reader: HashingReader, *, name: str, purpose: str, expires_after: int | None) -> RemoteFile:
         # Step 1 stores nothing (an unused upload session expires by itself): safe to repeat.
@@ -65,18 +71,25 @@ class Gemini(Provider):
             raise ProviderError("no upload was started: the answer named no X-Goog-Upload-URL", provider=self.name)
         # Step 2 stores the file: never repeated blindly, and its answer is read with care.
         with self.answer():
-            body = self.http.json(
-                "POST",
-                self._same_host(target),
-                idempotent=False,
-                content=RawBody(reader),
-                headers={
-                    "X-Goog-Upload-Command": "upload, finalize",
-                    "X-Goog-Upload-Offset": "0",
-                    "Content-Length": str(reader.size),
-                    "Content-Type": self.content_type(name),
-                },
-            )
+            try:
+                body = self.http.json(
+                    "POST",
+                    self._same_host(target),
+                    idempotent=False,
+                    content=RawBody(reader),
+                    headers={
+                        "X-Goog-Upload-Command": "upload, finalize",
+                        "X-Goog-Upload-Offset": "0",
+                        "Content-Length": str(reader.size),
+                        "Content-Type": self.content_type(name),
+                    },
+                )
+            except ProviderError as e:
+                if e.status != 404:
+                    raise
+                # A session that is gone may be one that finished (a finalize repeated after its
+                # answer was lost): whether the file is stored only the listing can say.
+                raise ResponseLost(f"the upload session is gone ({e.message})", provider=self.name) from None
             return self.parse_file(body.get("file") if isinstance(body, dict) else body)
 
     def _same_host(self, url: str) -> str:
@@ -91,7 +104,7 @@ class Gemini(Provider):
         if cursor:
             params["pageToken"] = cursor
         body = self.http.json("GET", "v1beta/files", params=params)
-        if not isinstance(body, dict):
+        if not isinstance(body, dict) or "error" in body:  # an error answered as a success is no page
             raise self.shape_error(body)
         # Google leaves empty fields out: an empty project is {}, the last page has no token.
         raw = body.get("files", [])

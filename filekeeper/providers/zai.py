@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..errors import FileNotFoundAtProvider, ProviderError
+from ..errors import ProviderError
 from ..profiles import MB, Limits, Profile, PurposeLimits, words
 from .base import RemoteFile
 from .openai import OpenAIShaped
@@ -65,4 +65,9 @@ class ZAI(OpenAIShaped):
         for remote in self.list_files():
             if remote.id == file_id:
                 return remote
-        raise FileNotFoundAtProvider(f"no file {file_id}", provider=self.name, status=404)
+        # Not proof of absence: the listing shows four purposes of seven, and the file may be of another.
+        raise ProviderError(
+            f"{file_id} is not in the listing of its {', '.join(LISTED)} files, and it has no retrieve to ask: "
+            "cannot tell whether it exists",
+            provider=self.name,
+        )
