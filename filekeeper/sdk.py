@@ -320,6 +320,9 @@ def read_form(request: Any, lib: ModuleType) -> Form | str:
     size: int | None
     if isinstance(content, bytes | bytearray | str):
         size = len(content.encode() if isinstance(content, str) else content)
+    elif not _regular_or_seekable(content):
+        # A pipe's or a socket's fstat says 0 bytes, and the HTTP library built its Content-Length on that.
+        return "the file's size cannot be known before sending (a pipe or a socket): pass a file or bytes"
     else:
         size = import_module(f"{lib.__name__}._utils").peek_filelike_length(content)
     if size is None:
@@ -334,6 +337,16 @@ def read_form(request: Any, lib: ModuleType) -> Form | str:
     except ValueError:
         expires_after = None  # the provider judges it
     return Form(str(file_field.filename or "upload"), size, data.get("purpose"), expires_after, file_field)
+
+
+def _regular_or_seekable(content: Any) -> bool:
+    import os
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(content.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return True  # no file descriptor: its tell/seek, if any, decide
 
 
 @dataclass

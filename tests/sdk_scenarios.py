@@ -19,7 +19,6 @@ from typing import Any
 import openai
 
 import filekeeper
-from filekeeper.providers import ADAPTERS
 
 
 def _error(e: BaseException) -> dict[str, Any]:
@@ -34,21 +33,24 @@ def _file(f: Any) -> dict[str, Any]:
     return {"id": f.id, "filename": f.filename, "bytes": f.bytes}
 
 
+def _where(provider: str) -> dict[str, str]:
+    """``moonshot`` names a provider's implicit account; ``account:NAME`` an account in config.toml."""
+    return {"account": provider[len("account:") :]} if provider.startswith("account:") else {"provider": provider}
+
+
 def _client(provider: str, base_url: str, **kw: Any) -> openai.OpenAI:
     kw.setdefault("max_retries", 2)
     return openai.OpenAI(
-        base_url=base_url, api_key=_key(provider), http_client=filekeeper.http_client(provider=provider), **kw
+        base_url=base_url, api_key=_key(provider), http_client=filekeeper.http_client(**_where(provider)), **kw
     )
 
 
 def _key(provider: str) -> str:
-    import os
-
-    return os.environ[ADAPTERS[provider].profile.key_env]
+    return filekeeper.load_settings().resolve(**_where(provider)).api_key()
 
 
 def _purpose(provider: str) -> str:
-    return ADAPTERS[provider].profile.default_purpose
+    return filekeeper.load_settings().resolve(**_where(provider)).default_purpose
 
 
 def upload_and_delete(provider: str, base_url: str, work: Path) -> dict[str, Any]:
@@ -95,6 +97,38 @@ def refused(provider: str, base_url: str, work: Path) -> dict[str, Any]:
     return out
 
 
+def unsized(provider: str, base_url: str, work: Path) -> dict[str, Any]:
+    """Uploads of streams whose size cannot be known before sending: a pipe, a reader with no seek."""
+    import io
+    import os
+
+    class Reader(io.RawIOBase):
+        def __init__(self) -> None:
+            self.left = b"streamed bytes\n"
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            n = min(len(b), len(self.left))
+            b[:n], self.left = self.left[:n], self.left[n:]
+            return n
+
+    r, w = os.pipe()
+    os.write(w, b"piped bytes\n")
+    os.close(w)
+    client = _client(provider, base_url)
+    out: dict[str, Any] = {}
+    for name, source in (("pipe", os.fdopen(r, "rb")), ("reader", Reader())):
+        try:
+            client.files.create(file=(f"{name}.txt", source), purpose=_purpose(provider))  # type: ignore[arg-type]
+            out[name] = "uploaded"
+        except openai.APIStatusError as e:
+            out[name] = _error(e)
+    client.close()
+    return out
+
+
 def expires(provider: str, base_url: str, work: Path) -> dict[str, Any]:
     client = _client(provider, base_url)
     f = client.files.create(
@@ -112,7 +146,7 @@ def async_upload_and_delete(provider: str, base_url: str, work: Path) -> dict[st
         client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=_key(provider),
-            http_client=filekeeper.async_http_client(provider=provider),
+            http_client=filekeeper.async_http_client(**_where(provider)),
             max_retries=2,
         )
         # Two at once: each is its own reservation, and the event loop is not held while they are written.
@@ -137,7 +171,7 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-SCENARIOS = {f.__name__: f for f in (upload_and_delete, upload, refused, expires, async_upload_and_delete)}
+SCENARIOS = {f.__name__: f for f in (upload_and_delete, upload, refused, unsized, expires, async_upload_and_delete)}
 
 if __name__ == "__main__":
     name, provider, base_url, work = sys.argv[1:5]

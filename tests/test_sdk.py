@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ledger_rows, write
+from tests.conftest import SECRET, ledger_rows, write
 
 OPENAI2 = "openai>=2.0,<3"
 FLAVORS = ("moonshot", "zai", "xai", "openai", "deepseek")
@@ -103,6 +103,22 @@ def test_uploads_and_deletes_are_recorded(flavor: str, sdk, provider_env, home: 
     assert run("ls", "--status", "all", "--json").json()[0]["id"] == file_id
 
 
+def test_an_openai_compatible_account_from_config_works_the_same(
+    sdk, emulators, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = emulators("compatible")
+    monkeypatch.setenv("LOCAL_LLM_KEY", SECRET)
+    write(
+        home / "config.toml",
+        f'[accounts.local]\nprovider = "compatible"\nbase_url = "{emu.url}"\napi_key_env = "LOCAL_LLM_KEY"\n',
+    )
+    out = scenario("upload_and_delete", "account:local", emu.url, tmp_path, sdk)
+    file_id = out["uploaded"]["id"]
+    assert out["deleted"] is True and emu.files == {} and out["unknown"]["status"] == 404
+    assert rows(home) == [("a.txt", "deleted", file_id)]
+    assert ledger_rows(home, "SELECT name, provider FROM accounts") == [("local", "compatible")]
+
+
 @pytest.mark.parametrize("flavor", ["moonshot", "openai"])
 def test_over_quota_is_refused_before_a_byte_is_sent(
     flavor: str, sdk, provider_env, home: Path, tmp_path: Path
@@ -160,6 +176,28 @@ def test_an_sdk_retry_after_a_5xx_makes_one_copy_and_one_active_row(
     assert rows(home)[1][2] == stored
 
 
+def test_a_stream_of_unknown_size_is_refused_before_sending(sdk, provider_env, home: Path, tmp_path: Path, run) -> None:
+    emu = provider_env("moonshot")
+    out = scenario("unsized", "moonshot", emu.url, tmp_path, sdk)
+    for name in ("pipe", "reader"):
+        assert out[name]["status"] == 400 and "size cannot be known before sending" in out[name]["message"], out
+        assert out[name]["should_retry"] == "false"
+    assert uploads_seen(emu) == 0 and run("ls", "--status", "all", "--json").json() == []
+
+
+def test_the_client_takes_the_usual_keyword_arguments(provider_env) -> None:
+    import filekeeper
+    from filekeeper.sdk import library
+
+    provider_env("moonshot")
+    client = filekeeper.http_client(provider="moonshot", timeout=7.5, headers={"x-team": "ml"}, follow_redirects=True)
+    try:
+        assert isinstance(client, library().Client) and library().__name__ == "httpx2"
+        assert client.timeout.read == 7.5 and client.headers["x-team"] == "ml" and client.follow_redirects
+    finally:
+        client.close()
+
+
 def test_expires_after_becomes_the_rows_expiry(sdk, provider_env, home: Path, tmp_path: Path, run) -> None:
     from datetime import UTC, datetime
 
@@ -190,3 +228,24 @@ def test_a_client_for_a_provider_the_sdk_cannot_upload_to_is_refused_at_once(pro
     provider_env("gemini")
     with pytest.raises(UsageError, match="not OpenAI-shaped"):
         filekeeper.http_client(provider="gemini")
+
+
+def test_an_sdk_pointed_elsewhere_than_the_account_is_refused_and_nothing_sent(
+    provider_env, emulators, home: Path
+) -> None:
+    import openai
+
+    import filekeeper
+
+    provider_env("moonshot")
+    emu = emulators("moonshot")  # another server: not the account the client records
+    client = openai.OpenAI(base_url=emu.url, api_key=SECRET, http_client=filekeeper.http_client(provider="moonshot"))
+    try:
+        with pytest.raises(openai.BadRequestError, match="records account 'moonshot'") as refused:
+            client.files.create(file=("a.txt", b"a"), purpose="file-extract")
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        # What is not an upload or a delete passes through, wherever it goes.
+        assert client.files.list().data == []
+    finally:
+        client.close()
+    assert uploads_seen(emu) == 0 and emu.count("GET", "/files") == 1
