@@ -71,6 +71,7 @@ def _delete_each(
                 # Gemini's 403 for a file it no longer has, and it deleted this one itself, on time.
                 with ledger.write() as w:
                     w.void_intents([intent])
+                    w.settle_file_intents(account_id, file_id)
                     record = w.found_expired(account_id, known)
                 results.append(DeleteResult(file_id, account.name, account.provider, True, record))
                 continue
@@ -82,6 +83,7 @@ def _delete_each(
             continue
         with ledger.write() as w:
             w.void_intents([intent])
+            w.settle_file_intents(account_id, file_id)  # and any earlier attempt's, now answered
             if not existed and known is None:
                 results.append(
                     DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id))

@@ -1092,6 +1092,18 @@ class Writer(Reader):
             )
         return ids
 
+    def settle_file_intents(self, account_id: int, file_id: str) -> None:
+        """The plain deletes of this file written down earlier (an attempt whose answer was lost,
+        that the SDK then sent again): its fate is known now, so they are settled with it."""
+        self.conn.execute(
+            delete_intents.delete().where(
+                delete_intents.c.account_id == account_id,
+                delete_intents.c.file_id == file_id,
+                delete_intents.c.kind == DeleteKind.DELETE,
+                delete_intents.c.run_id.is_(None),
+            )
+        )
+
     def void_intents(self, ids: Sequence[int]) -> None:
         """Deletes written down but not sent (skipped, interrupted) or found not done: forget them."""
         if ids:

@@ -117,8 +117,8 @@ class _Tracker:
     _remote: Provider | None = field(default=None, init=False)
     _key: str | None = field(default=None, init=False)
     _account_id: int | None = field(default=None, init=False)
-    #: (filename, size, purpose) -> ledger id of a reservation left pending by a lost answer
-    _unknown: dict[tuple[str, int, str], int] = field(default_factory=dict, init=False)
+    #: (filename, size, purpose) -> ledger ids of reservations left pending by a lost answer
+    _unknown: dict[tuple[str, int, str], list[int]] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -154,8 +154,13 @@ class _Tracker:
         mine = identity_url(self.account.base_url)
         if identity_url(origin + base) == mine:
             return kind, file_id
-        if identity_url(origin + path).startswith(mine + "/"):
-            return "pass", None  # another API's files under the same base (a vector store's, say)
+        here = identity_url(origin + base)
+        if here.startswith(mine + "/") and here[len(mine) + 1 :].count("/") >= 1:
+            # Another API's files under the same base, named by its collection and id
+            # (/vector_stores/vs_1/files attaches and detaches, it uploads and deletes nothing).
+            return "pass", None
+        # Another host, port or base (the provider's /v1 alias of its root, say): not this
+        # account's, or not as the ledger knows it. Refused rather than sent untracked.
         return "elsewhere", None
 
     def elsewhere(self, request: Any, lib: ModuleType) -> Any:
@@ -165,7 +170,8 @@ class _Tracker:
             request,
             400,
             f"filekeeper: this client records account {self.account.name!r} at {self.account.base_url}, but the SDK "
-            f"sends to {url.scheme}://{url.host}{url.path}: give the SDK that base URL, or point the account there "
+            f"sends to {url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}: give the SDK the "
+            "account's base URL, or point the account at the SDK's "
             f"(${self.account.provider.upper()}_BASE_URL, or base_url in config.toml); nothing was sent",
             "filekeeper_wrong_account",
         )
@@ -177,6 +183,14 @@ class _Tracker:
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise UsageError("the SDK's request carries no API key (Authorization: Bearer ...)")
+        if self.account.key_is_set() and self.account.api_key() != key.strip():
+            # Another key is another account, perhaps another team's: its uploads recorded here
+            # would count against this quota, and the next reconcile would call them missing.
+            raise UsageError(
+                f"the SDK sends another API key than account {self.account.name!r} is configured with "
+                f"({self.account.key_variable}); give http_client() the account this key belongs to "
+                "(account=...), or the SDK this account's key"
+            )
         with self._lock:
             account = self.account.with_key(key.strip())
             if self._remote is None or key.strip() != self._key:
@@ -206,6 +220,16 @@ class _Tracker:
         form = read_form(request, lib)
         if isinstance(form, str):
             return refusal(lib, request, 400, f"filekeeper: {form}; nothing was sent", "filekeeper_unreadable_upload")
+        if form.expires_after is not None and form.expires_after <= 0:
+            # Already expired on arrival: the next reconcile would delete it as past its expiry.
+            return refusal(
+                lib,
+                request,
+                400,
+                f"filekeeper: expires_after must be a number of seconds above zero, not {form.expires_after}; "
+                "nothing was sent",
+                "filekeeper_bad_expiry",
+            )
         purpose = form.purpose or self.account.default_purpose
         why = unsupported(self.account.provider, self.account.rules, [Request(form.filename, form.size, purpose)])
         if why is not None:
@@ -218,20 +242,25 @@ class _Tracker:
         attempt = request.headers.get("x-stainless-retry-count", "0")
         retried = attempt.isdigit() and int(attempt) > 0
         with self._lock:
-            earlier = self._unknown.pop(key, None) if retried else None
+            waiting = self._unknown.get(key, [])
+            earlier = waiting.pop() if retried and waiting else None
         if earlier is not None:
             try:
                 landed = settle_unknown(self.keeper.ledger, remote, account_id, earlier)
             except ProviderError as e:
                 with self._lock:
-                    self._unknown[key] = earlier
+                    self._unknown.setdefault(key, []).append(earlier)
                 return refusal(
                     lib,
                     request,
                     503,
                     f"filekeeper: an earlier attempt of this upload (ledger row #{earlier}) was sent whole and may "
                     f"have landed, and the provider cannot tell ({e.message}); nothing was sent again: the row "
-                    "stays pending until `filekeeper reconcile` settles it",
+                    + (
+                        "stays pending until `filekeeper reconcile` settles it"
+                        if remote.lists_purpose(purpose)
+                        else "stays pending: no listing can show it, look for it at the provider"
+                    ),
                     "filekeeper_outcome_unknown",
                 )
             if landed is not None:
@@ -260,7 +289,7 @@ class _Tracker:
             return refusal(lib, request, 400, _refused(error), "filekeeper_quota_exceeded")
         if result.row is not None and result.row.status == "pending":
             with self._lock:
-                self._unknown[key] = result.row.ledger_id  # a retry settles it before sending again
+                self._unknown.setdefault(key, []).append(result.row.ledger_id)  # a retry settles it first
         if payload.raised is not None:
             raise payload.raised  # as the SDK would have met it without filekeeper: it retries as it would
         if payload.answer is not None:
@@ -279,12 +308,18 @@ class _Tracker:
             return refusal(lib, request, 400, f"filekeeper: {e}; nothing was sent", "filekeeper_error")
         sender = _SdkDelete(request, send, self.account.provider)
         try:
-            delete_files(self.keeper.ledger, sender, account, [file_id])
+            [result] = delete_files(self.keeper.ledger, sender, account, [file_id])
         except FilekeeperError as e:
             if sender.answer is None and sender.raised is None:
                 return refusal(lib, request, 503, f"filekeeper: {e}; nothing was sent", "filekeeper_error")
+            result = None
         if sender.raised is not None:
             raise sender.raised
+        attempt = request.headers.get("x-stainless-retry-count", "0")
+        if result is not None and result.error is None and result.already_gone and attempt not in ("", "0"):
+            # The SDK's retry of a delete whose first answer was lost: gone now, so the first went
+            # through. What the user asked for is done, and recorded: say so, not 404.
+            return lib.Response(200, json={"id": file_id, "object": "file", "deleted": True}, request=request)
         return sender.answer
 
 

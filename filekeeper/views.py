@@ -261,7 +261,7 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
         ],
         now,
     )
-    journal = [(i.file_id, "", None, i.at, f"a {i.kind} delete a killed run sent: record it") for i in r.intents_done]
+    journal = [(i.file_id, "", None, i.at, f"deleted ({i.kind}), never recorded: record it") for i in r.intents_done]
     _section(lines, "journal", journal, now)
     held = [(f.id, f.filename, f.bytes, f.created_at, "younger than --min-age: left alone") for f in r.young]
     held += [

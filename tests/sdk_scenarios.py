@@ -46,7 +46,10 @@ def _client(provider: str, base_url: str, **kw: Any) -> openai.OpenAI:
 
 
 def _key(provider: str) -> str:
-    return filekeeper.load_settings().resolve(**_where(provider)).api_key()
+    import os
+
+    # SDK_KEY: a key of the test's choosing in the user's code (another account's, say).
+    return os.environ.get("SDK_KEY") or filekeeper.load_settings().resolve(**_where(provider)).api_key()
 
 
 def _purpose(provider: str) -> str:
@@ -93,6 +96,36 @@ def refused(provider: str, base_url: str, work: Path) -> dict[str, Any]:
         out["second"] = "uploaded"
     except openai.APIStatusError as e:
         out["second"] = _error(e)
+    client.close()
+    return out
+
+
+def delete(provider: str, base_url: str, work: Path) -> dict[str, Any]:
+    """Upload one file, then delete it (what the test injected decides how the delete goes)."""
+    client = _client(provider, base_url)
+    f = client.files.create(file=("d.txt", b"to delete\n"), purpose=_purpose(provider))  # type: ignore[arg-type]
+    out: dict[str, Any] = {"uploaded": _file(f)}
+    try:
+        out["deleted"] = client.files.delete(f.id).deleted
+    except openai.APIError as e:
+        out["deleted"] = _error(e)
+    client.close()
+    return out
+
+
+def bad_expiry(provider: str, base_url: str, work: Path) -> dict[str, Any]:
+    client = _client(provider, base_url)
+    out: dict[str, Any] = {}
+    for seconds in (0, -5):
+        try:
+            client.files.create(
+                file=(f"e{seconds}.txt", b"x\n"),
+                purpose=_purpose(provider),
+                expires_after={"anchor": "created_at", "seconds": seconds},
+            )  # type: ignore[arg-type]
+            out[str(seconds)] = "uploaded"
+        except openai.APIStatusError as e:
+            out[str(seconds)] = _error(e)
     client.close()
     return out
 
@@ -171,7 +204,10 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-SCENARIOS = {f.__name__: f for f in (upload_and_delete, upload, refused, unsized, expires, async_upload_and_delete)}
+SCENARIOS = {
+    f.__name__: f
+    for f in (upload_and_delete, upload, delete, bad_expiry, refused, unsized, expires, async_upload_and_delete)
+}
 
 if __name__ == "__main__":
     name, provider, base_url, work = sys.argv[1:5]

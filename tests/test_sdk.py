@@ -60,9 +60,9 @@ def sdk(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([path, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
-def scenario(name: str, flavor: str, base_url: str, work: Path, sdk: dict[str, str]) -> dict[str, Any]:
+def scenario(name: str, flavor: str, base_url: str, work: Path, sdk: dict[str, str], **env_vars: str) -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, **sdk}
+    env = {**os.environ, **sdk, **env_vars}
     env["PYTHONPATH"] = os.pathsep.join([*filter(None, [env.get("PYTHONPATH")]), str(root)])
     done = subprocess.run(
         [sys.executable, "-m", "tests.sdk_scenarios", name, flavor, base_url, str(work)],
@@ -249,3 +249,50 @@ def test_an_sdk_pointed_elsewhere_than_the_account_is_refused_and_nothing_sent(
     finally:
         client.close()
     assert uploads_seen(emu) == 0 and emu.count("GET", "/files") == 1
+
+
+def test_a_base_url_beside_the_accounts_is_refused_not_sent_untracked(
+    sdk, provider_env, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("deepseek")  # the account at the root; the provider also answers under /v1
+    out = scenario("upload", "deepseek", emu.url + "/v1", tmp_path, sdk)
+    assert out["status"] == 400 and "records account 'deepseek'" in out["message"], out
+    assert out["should_retry"] == "false" and uploads_seen(emu) == 0 and emu.files == {}
+
+
+def test_another_accounts_key_in_the_sdk_is_refused_before_sending(
+    sdk, provider_env, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("moonshot")
+    emu.add_key("sk-teammate", "teammate")
+    out = scenario("upload", "moonshot", emu.url, tmp_path, sdk, SDK_KEY="sk-teammate")
+    assert out["status"] == 400 and "another API key than account 'moonshot'" in out["message"], out
+    assert "MOONSHOT_API_KEY" in out["message"] and "sk-teammate" not in out["message"]
+    assert uploads_seen(emu) == 0 and emu.files == {}
+
+
+@pytest.mark.parametrize("fault", ["lost", "500"])
+def test_an_sdk_retry_of_a_delete_that_went_through_is_a_success_recorded_once(
+    fault: str, sdk, provider_env, home: Path, tmp_path: Path, run
+) -> None:
+    emu = provider_env("openai")
+    # Deleted, and the answer lost (or a 500): the SDK sends the delete again and meets a 404.
+    if fault == "lost":
+        emu.inject("DELETE", "/files/", drop_response=True, after_store=True)
+    else:
+        emu.inject("DELETE", "/files/", status=500, after_store=True)
+    out = scenario("delete", "openai", emu.url, tmp_path, sdk)
+    assert out["deleted"] is True, out
+    assert emu.files == {} and rows(home) == [("d.txt", "deleted", out["uploaded"]["id"])]
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
+    deletes = ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'delete'")
+    assert deletes == [(1,)]
+    assert run("reconcile", "-p", "openai", "--min-age", "0", "--json").json()["intents_settled"] == []
+
+
+def test_an_expiry_of_zero_or_less_is_refused_before_sending(sdk, provider_env, home: Path, tmp_path: Path) -> None:
+    emu = provider_env("moonshot")
+    out = scenario("bad_expiry", "moonshot", emu.url, tmp_path, sdk)
+    for seconds in ("0", "-5"):
+        assert out[seconds]["status"] == 400 and "above zero" in out[seconds]["message"], out
+    assert uploads_seen(emu) == 0
