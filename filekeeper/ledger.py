@@ -178,18 +178,18 @@ class Ledger:
             yield Writer(conn, self)
 
     @contextmanager
-    def status_probe(self, account_id: int) -> Iterator[Callable[[str], str | None]]:
-        """A file's current status by provider id, on one connection of its own, each call in a
-        fresh transaction: it sees what other processes committed a moment ago (a reconcile
-        re-checks each file right before deleting it)."""
+    def status_probe(self, account_id: int) -> Iterator[Callable[[Sequence[str]], dict[str, str]]]:
+        """The current status of files by provider id (those the ledger has), on one connection of
+        its own, each call one query in a fresh transaction: it sees what other processes committed
+        a moment ago (a reconcile re-checks the files it is about to delete right before they go)."""
         try:
             with self.engine.connect() as conn:
 
-                def status(file_id: str) -> str | None:
+                def statuses(file_ids: Sequence[str]) -> dict[str, str]:
                     with conn.begin():
-                        return Reader(conn).status_of(account_id, file_id)
+                        return Reader(conn).statuses_of(account_id, file_ids)
 
-                yield status
+                yield statuses
         except SQLAlchemyError as e:
             raise LedgerError(f"ledger error: {db_message(e)}") from None
 
@@ -349,10 +349,11 @@ class Reader:
             select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == file_id)
         ).scalar()
 
-    def status_of(self, account_id: int, file_id: str) -> str | None:
-        return self.conn.execute(
-            select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
-        ).scalar()
+    def statuses_of(self, account_id: int, file_ids: Sequence[str]) -> dict[str, str]:
+        query = select(files.c.file_id, files.c.status).where(
+            files.c.account_id == account_id, files.c.file_id.in_(list(file_ids))
+        )
+        return {file_id: status for file_id, status in self.conn.execute(query)}
 
     def usage(self, account_ids: Iterable[int], *, now: datetime | None = None) -> dict[int, Usage]:
         """Files and bytes held per account, and per purpose within it: the one usage query.
@@ -1048,24 +1049,25 @@ class Writer(Reader):
         self, account_id: int, items: Sequence[tuple[str, int | None, str]], *, run_id: int | None
     ) -> list[int]:
         """Write down deletes about to be sent, ``(file_id, ledger id, kind)``; their ids, in order."""
+        if not items:
+            return []
         now = utcnow()
-        ids = []
-        for file_id, file_pk, kind in items:
-            ids.append(
-                self.conn.execute(
-                    insert(delete_intents).values(
-                        account_id=account_id,
-                        file_id=file_id,
-                        file_pk=file_pk,
-                        run_id=run_id,
-                        kind=kind,
-                        at=now,
-                        actor=self._ledger.actor,
-                        pid=self._ledger.pid,
-                    )
-                ).inserted_primary_key[0]
-            )
-        return ids
+        rows = [
+            {
+                "account_id": account_id,
+                "file_id": file_id,
+                "file_pk": file_pk,
+                "run_id": run_id,
+                "kind": kind,
+                "at": now,
+                "actor": self._ledger.actor,
+                "pid": self._ledger.pid,
+            }
+            for file_id, file_pk, kind in items
+        ]
+        # One statement for the batch, its ids handed back in the order of the rows.
+        query = insert(delete_intents).returning(delete_intents.c.id, sort_by_parameter_order=True)
+        return list(self.conn.execute(query, rows).scalars())
 
     def void_intents(self, ids: Sequence[int]) -> None:
         """Deletes written down but not sent (skipped, interrupted) or found not done: forget them."""

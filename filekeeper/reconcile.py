@@ -684,29 +684,37 @@ def _delete_all(
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile")
     in_flight: dict[Future[bool | ProviderError], DeleteJob] = {}
     try:
-        with ledger.status_probe(account_id) as status_now:
+        with ledger.status_probe(account_id) as statuses_now:
 
-            def next_job() -> DeleteJob | None:
+            def next_jobs(room: int) -> list[DeleteJob]:
+                """Up to ``room`` deletes to send at once, re-checked in the ledger (one query for
+                them all) right before they go."""
                 nonlocal finished
-                while True:
+                out: list[DeleteJob] = []
+                while len(out) < room:
                     if not journaled:
                         if not queue:
-                            return None
+                            break
                         journal_more()
-                    job = journaled.popleft()
-                    why = _still_wanted(job, status_now(job.file_id))
-                    if why is None:
-                        return job
-                    plan.skipped.append((job.file_id, why))
-                    assert job.intent_id is not None
-                    void.append(job.intent_id)
-                    finished += 1
+                    batch = [journaled.popleft() for _ in range(min(room - len(out), len(journaled)))]
+                    now_status = statuses_now([job.file_id for job in batch])
+                    for job in batch:
+                        why = _still_wanted(job, now_status.get(job.file_id))
+                        if why is None:
+                            out.append(job)
+                            continue
+                        plan.skipped.append((job.file_id, why))
+                        assert job.intent_id is not None
+                        void.append(job.intent_id)
+                        finished += 1
+                return out
 
             with _interrupts_as_requests() as stop:
                 try:
                     while True:
-                        while not stop.is_set() and len(in_flight) < concurrency and (job := next_job()) is not None:
-                            in_flight[pool.submit(send, job)] = job
+                        if not stop.is_set() and len(in_flight) < concurrency:
+                            for job in next_jobs(concurrency - len(in_flight)):
+                                in_flight[pool.submit(send, job)] = job
                         if not in_flight:
                             break
                         completed, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
