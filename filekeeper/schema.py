@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 # The newest revision in migrations/versions. Opening a ledger compares against this constant
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 class Status(StrEnum):
@@ -172,6 +172,7 @@ files = Table(
     UniqueConstraint("account_id", "file_id"),
     Index(None, "account_id", "status"),
     Index(None, "account_id", "sha256", "purpose"),
+    Index(None, "account_id", "bytes"),  # an active file of this size? (before hashing)
 )
 
 # Append-only: rows are inserted and never updated; only an explicit prune removes them.
