@@ -10,6 +10,14 @@ the run, and dropped after): builds a ledger of ``--rows`` file rows (mostly del
 small file against a random account (median and 95th percentile over ``--calls`` calls after a
 warm-up), then has ``--reservers`` processes at once each make ``--reservations`` reservations
 (the quota check and the pending row, in one locked transaction) on one account.
+
+Each is set against its floor on the same ledger in the same run:
+
+- the check against one indexed aggregate query of that account's live files (count and bytes),
+  through the same engine: the least work a check can do;
+- the reservations against as many bare transactions from as many processes, through the driver
+  itself (sqlite3, psycopg): lock the account row (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR
+  UPDATE`` on PostgreSQL), insert one row, commit.
 """
 
 from __future__ import annotations
@@ -97,23 +105,85 @@ def reserver(n: int) -> None:
         acct = keeper.account(account="acct0")
         account_id = keeper.ledger.accounts()["acct0"][0]
         pid = os.getpid()
+        _start_together()
         for i in range(n):
             job = UploadJob(acct, account_id, Bytes(f"r-{pid}-{i}.pdf"), "assistants")  # type: ignore[arg-type]
             r = reserve(keeper.ledger, job, None)
             assert r.record is not None, r.violations
+    print(time.time(), flush=True)
 
 
-def reservations_per_second(args: argparse.Namespace) -> float:
+def _start_together() -> None:
+    """Every child starts its work at the moment the parent named (set up first: importing and
+    connecting are not what is measured), so the rates compare the work alone."""
+    time.sleep(max(0.0, float(os.environ["BENCH_START_AT"]) - time.time()))
+
+
+def bare_transactions(n: int) -> None:
+    """A child process: ``n`` of the least a reservation can be, straight through the driver."""
+    url = os.environ.get("FILEKEEPER_DATABASE_URL")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    pid = os.getpid()
+    row = (
+        "(account_id, filename, bytes, purpose, status, created_at) VALUES (1, {p}, 1000, 'assistants', 'pending', {p})"
+    )
+    if url:
+        import psycopg
+
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            _start_together()
+            for i in range(n):
+                with conn.transaction():
+                    conn.execute("SELECT id FROM accounts WHERE id = 1 FOR UPDATE")
+                    conn.execute("INSERT INTO files " + row.format(p="%s"), (f"bare-{pid}-{i}.pdf", now))
+        print(time.time(), flush=True)
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(Path(os.environ["FILEKEEPER_HOME"]) / "ledger.db", timeout=30, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")  # as filekeeper's own connections
+    _start_together()
+    for i in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SELECT id FROM accounts WHERE id = 1")
+        conn.execute("INSERT INTO files " + row.format(p="?"), (f"bare-{pid}-{i}.pdf", now))
+        conn.execute("COMMIT")
+    conn.close()
+    print(time.time(), flush=True)
+
+
+def per_second(args: argparse.Namespace, role: str) -> float:
+    """``--reservers`` processes at once, each doing ``--reservations`` of ``role``."""
     import subprocess
 
-    env = {**os.environ}
-    t0 = time.perf_counter()
+    start = time.time() + 3.0  # time enough for every child to import and connect
+    env = {**os.environ, "BENCH_START_AT": str(start)}
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--reserver", str(args.reservations)], env=env)
+        subprocess.Popen([sys.executable, __file__, role, str(args.reservations)], env=env, stdout=subprocess.PIPE)
         for _ in range(args.reservers)
     ]
-    assert all(p.wait() == 0 for p in procs)
-    return args.reservers * args.reservations / (time.perf_counter() - t0)
+    ends = [float(p.communicate()[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    return args.reservers * args.reservations / (max(ends) - start)
+
+
+def floor_query(keeper: object, account: str) -> float:
+    """Seconds for the least a check can do: one indexed aggregate of the account's live files."""
+    from sqlalchemy import func, select
+
+    from filekeeper.schema import HELD, accounts, files
+
+    ledger = keeper.ledger  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    query = select(func.count(), func.coalesce(func.sum(files.c.bytes), 0)).where(
+        files.c.account_id == select(accounts.c.id).where(accounts.c.name == account).scalar_subquery(),
+        files.c.status.in_(HELD),
+        files.c.provider_expires_at.is_(None) | (files.c.provider_expires_at > now),
+    )
+    t0 = time.perf_counter()
+    with ledger.engine.connect() as conn:
+        conn.execute(query).one()
+    return time.perf_counter() - t0
 
 
 def fresh_postgres(url: str) -> tuple[str, object]:
@@ -151,9 +221,13 @@ def main() -> int:
         help="a PostgreSQL server to bench against too ('' to skip)",
     )
     parser.add_argument("--reserver", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reserver:
         reserver(args.reserver)
+        return 0
+    if args.bare:
+        bare_transactions(args.bare)
         return 0
     for database in ("sqlite", "postgresql") if args.postgres else ("sqlite",):
         handle = None
@@ -187,27 +261,38 @@ def bench(args: argparse.Namespace) -> None:
             seconds = build(keeper, args)
             rng = random.Random(11)
             for _ in range(20):  # warm-up: connection pool, statement caches
-                keeper.check([sample], account=f"acct{rng.randrange(args.accounts)}")
-            timings = []
+                name = f"acct{rng.randrange(args.accounts)}"
+                keeper.check([sample], account=name)
+                floor_query(keeper, name)
+            timings, floors = [], []
             for _ in range(args.calls):
+                # Interleaved, so that whatever else the machine does falls on both alike.
                 name = f"acct{rng.randrange(args.accounts)}"
                 t0 = time.perf_counter()
                 result = keeper.check([sample], account=name)
                 timings.append(time.perf_counter() - t0)
                 assert result.ok and result.usage.files == args.active
+                floors.append(floor_query(keeper, name))
             engine = keeper.ledger.engine.url.get_backend_name()
         timings.sort()
         median = statistics.median(timings) * 1000
         p95 = timings[int(len(timings) * 0.95)] * 1000
+        floor = statistics.median(floors) * 1000
         print(
             f"quota check on {engine}: {args.rows:,} file rows ({args.active:,} active per account, "
             f"{args.accounts} accounts), built in {seconds:.1f} s"
         )
         print(f"  in-process check: median {median:.2f} ms, p95 {p95:.2f} ms over {args.calls} calls")
-        rate = reservations_per_second(args)
+        print(f"  floor, one indexed aggregate query: median {floor:.2f} ms; check / floor = {median / floor:.2f}x")
+        rate = per_second(args, "--reserver")
+        bare = per_second(args, "--bare")
         print(
             f"  reservations from {args.reservers} processes at once: {rate:,.0f}/s "
             f"({args.reservers} x {args.reservations}, one account)"
+        )
+        print(
+            f"  floor, bare lock-and-insert transactions ({'psycopg' if engine == 'postgresql' else 'sqlite3'}): "
+            f"{bare:,.0f}/s; reservations / floor = {rate / bare:.2f}x"
         )
 
 

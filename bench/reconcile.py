@@ -1,7 +1,9 @@
-"""reconcile --apply against the plain loop people write with the official OpenAI SDK.
+"""reconcile --apply against the plain loop people write with the official OpenAI SDK and
+against its floor; then a reconcile plan at 100,000 and 1,000,000 remote files.
 
     python bench/reconcile.py [--files 5000] [--orphans 1000] [--latency 0.05] [--page-size 100]
-                              [--rss-files 100000]
+                              [--concurrency 32] [--scale 100000,1000000] [--scale-page-size 10000]
+                              [--skip-sdk] [--skip-apply] [--profile FILE]
 
 Each contender gets a fresh emulator (its own process) holding ``--files`` files, ``--orphans`` of
 which are unknown to the ledger, every request delayed by ``--latency`` seconds:
@@ -10,13 +12,19 @@ which are unknown to the ledger, every request delayed by ``--latency`` seconds:
 - the SDK loop: list everything with the auto-pager, then delete what is not in our records,
   one by one.
 
-Then the peak RSS of a `filekeeper reconcile` (plan) over ``--rss-files`` remote files (10% orphans),
-measured on the child process.
+The floor is what no client can beat with ``--concurrency`` deletes in flight: the pages, one after
+another (each cursor comes from the page before), then the deletes, which must wait for the whole
+listing: pages x RTT + deletes x RTT / concurrency.
+
+Then a `filekeeper reconcile` (plan) over each of ``--scale`` remote files, in OpenAI's pages of
+10,000, 10% of them orphans: its wall time and peak RSS (measured on the child process), and how
+they grow from the first size to the last (Linux: the child reports its own VmHWM).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -69,15 +77,18 @@ def make_ledger(home: Path, url: str, known: list[dict[str, object]]) -> dict[st
         [sys.executable, "-m", "filekeeper", "db", "upgrade"], env=env, check=True, capture_output=True, cwd=ROOT
     )
     os.environ.update({"FILEKEEPER_HOME": str(home), "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": url})
-    from sqlalchemy import insert
+    from sqlalchemy import insert, update
 
     from filekeeper import Keeper
-    from filekeeper.schema import files
+    from filekeeper.schema import accounts, files
 
     with Keeper() as keeper:
         account_id = keeper.ledger.ensure_account(keeper.account(provider="openai"))
         now = datetime.now(UTC)
         with keeper.ledger.engine.begin() as conn:
+            # As if an applying reconcile had listed the account before: the unknown files are
+            # orphans to delete, not someone else's files found by a new ledger (unclaimed).
+            conn.execute(update(accounts).where(accounts.c.id == account_id).values(baselined_at=now))
             for start in range(0, len(known), 10_000):
                 conn.execute(
                     insert(files),
@@ -104,12 +115,13 @@ def run_filekeeper(args: argparse.Namespace) -> tuple[float, int]:
         remote = emu.files()
         with tempfile.TemporaryDirectory() as tmp:
             env = make_ledger(Path(tmp), emu.url, remote[args.orphans :])
+            command = [sys.executable, "-m", "filekeeper"]
+            if args.profile:
+                command = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "filekeeper"]
             t0 = time.perf_counter()
             subprocess.run(
                 [
-                    sys.executable,
-                    "-m",
-                    "filekeeper",
+                    *command,
                     "reconcile",
                     "--provider",
                     "openai",
@@ -118,6 +130,8 @@ def run_filekeeper(args: argparse.Namespace) -> tuple[float, int]:
                     "0",
                     "--max-delete",
                     str(args.orphans),
+                    "--concurrency",
+                    str(args.concurrency),
                 ],
                 env=env,
                 check=True,
@@ -152,25 +166,47 @@ def run_sdk(args: argparse.Namespace) -> tuple[float, int]:
     return seconds, deleted
 
 
-def peak_rss(args: argparse.Namespace) -> float:
-    emu = Emulator(args.rss_files, 0.0, args.page_size)
+# Run as the child: filekeeper itself, reporting its own peak RSS (VmHWM) on the way out. Its
+# rusage would not do: Linux carries the parent's high-water mark over fork and exec, and this
+# parent holds the whole listing it seeded the ledger from.
+PEAK_CHILD = """
+import atexit, os, runpy, sys
+
+def report():
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["FK_BENCH_PEAK"], "w") as out:
+        out.write(str(kib))
+
+atexit.register(report)
+sys.argv = ["filekeeper", *sys.argv[1:]]
+runpy.run_module("filekeeper", run_name="__main__", alter_sys=True)
+"""
+
+
+def plan_at_scale(files: int, page_size: int) -> tuple[float, float]:
+    """Wall time and peak RSS (MiB) of a `filekeeper reconcile` plan, a fresh process, over
+    ``files`` remote files of which the ledger knows 90%."""
+    emu = Emulator(files, 0.0, page_size)
     try:
         remote = emu.files()
         with tempfile.TemporaryDirectory() as tmp:
-            env = make_ledger(Path(tmp), emu.url, remote[args.rss_files // 10 :])
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "filekeeper", "reconcile", "--provider", "openai"],
-                env=env,
+            env = make_ledger(Path(tmp), emu.url, remote[files // 10 :])
+            del remote
+            peak = Path(tmp) / "peak"
+            t0 = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-c", PEAK_CHILD, "reconcile", "--provider", "openai"],
+                env={**env, "FK_BENCH_PEAK": str(peak)},
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                check=True,
             )
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            assert proc.returncode == 0, proc.returncode
+            seconds = time.perf_counter() - t0
+            rss = int(peak.read_text()) / 1024
     finally:
         emu.close()
-    return usage.ru_maxrss / 1024
+    return seconds, rss
 
 
 def main() -> int:
@@ -179,25 +215,49 @@ def main() -> int:
     parser.add_argument("--orphans", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--page-size", type=int, default=100)
-    parser.add_argument("--rss-files", type=int, default=100_000)
-    parser.add_argument("--skip-sdk", action="store_true")
-    args = parser.parse_args()
-    print(
-        f"{args.files:,} remote files in pages of {args.page_size}, {args.orphans:,} orphans, "
-        f"{args.latency * 1000:.0f} ms per request"
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--scale", default="100000,1000000", help="remote file counts for the plan at scale ('' to skip)"
     )
-    ours, deleted = run_filekeeper(args)
-    print(f"  filekeeper reconcile --apply   {ours:7.1f} s   deleted {deleted:,}")
-    if not args.skip_sdk:
-        import openai
-
-        sdk, sdk_deleted = run_sdk(args)
-        print(f"  OpenAI SDK {openai.__version__:<8} loop      {sdk:7.1f} s   deleted {sdk_deleted:,}")
-        print(f"  speed-up {sdk / ours:.1f}x")
-    if args.rss_files:
+    parser.add_argument("--scale-page-size", type=int, default=10_000)
+    parser.add_argument("--skip-sdk", action="store_true")
+    parser.add_argument("--skip-apply", action="store_true")
+    parser.add_argument("--profile", help="write a cProfile of filekeeper's --apply run to this file")
+    args = parser.parse_args()
+    if not args.skip_apply:
+        pages = max(1, math.ceil(args.files / args.page_size))
+        floor = pages * args.latency + args.orphans * args.latency / args.concurrency
         print(
-            f"peak RSS of `filekeeper reconcile` (plan) over {args.rss_files:,} remote files, "
-            f"{args.rss_files // 10:,} orphans: {peak_rss(args):.0f} MiB"
+            f"{args.files:,} remote files in pages of {args.page_size}, {args.orphans:,} orphans, "
+            f"{args.latency * 1000:.0f} ms per request, {args.concurrency} deletes in flight"
+        )
+        ours, deleted = run_filekeeper(args)
+        assert deleted == args.orphans, f"filekeeper deleted {deleted} of the {args.orphans} orphans"
+        print(f"  filekeeper reconcile --apply   {ours:7.2f} s   deleted {deleted:,}")
+        print(
+            f"  floor (pages x RTT + deletes x RTT / {args.concurrency}) {floor:7.2f} s   "
+            f"filekeeper / floor = {ours / floor:.2f}x"
+        )
+        if not args.skip_sdk:
+            import openai
+
+            sdk, sdk_deleted = run_sdk(args)
+            print(f"  OpenAI SDK {openai.__version__:<8} loop      {sdk:7.2f} s   deleted {sdk_deleted:,}")
+            print(f"  speed-up over the SDK loop {sdk / ours:.1f}x")
+    sizes = [int(n) for n in args.scale.split(",") if n.strip()]
+    results = []
+    for n in sizes:
+        seconds, rss = plan_at_scale(n, args.scale_page_size)
+        results.append((n, seconds, rss))
+        print(
+            f"`filekeeper reconcile` (plan) over {n:,} remote files in pages of {args.scale_page_size:,}, "
+            f"{n // 10:,} orphans: {seconds:6.1f} s, peak RSS {rss:.0f} MiB"
+        )
+    if len(results) >= 2:
+        (n0, t0, r0), (n1, t1, r1) = results[0], results[-1]
+        print(
+            f"  {n1:,} vs {n0:,} files: peak RSS {r1 / r0:.2f}x, wall time {t1 / t0:.1f}x "
+            f"for {n1 / n0:.0f}x the files ({t1 / t0 / (n1 / n0):.2f}x linear)"
         )
     return 0
 

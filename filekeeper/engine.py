@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from .errors import LedgerError, UsageError
 
@@ -30,11 +31,14 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 WRITE = "filekeeper_write"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
+    """``pooled=False``: every connection is opened for its user and really closed after, taking
+    what lives only on it (a reconcile's TEMP tables) with it."""
     is_sqlite = url.startswith("sqlite")
     try:
         # pre_ping: a server restart or a dropped idle connection is replaced, not handed out.
-        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite)
+        pool: dict[str, Any] = {"pool_pre_ping": not is_sqlite} if pooled else {"poolclass": NullPool}
+        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, **pool)
     except ModuleNotFoundError as e:
         raise LedgerError(
             f"the database driver for {url.split(':', 1)[0]} is not installed ({e.name}); "

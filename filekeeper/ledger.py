@@ -8,19 +8,20 @@ and write by calling a transition inside ``with ledger.write() as w:``, one tran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Row, Select, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Select, and_, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .engine import WRITE, database_errors, db_message, owner_only, prepare, read_revision, use_wal
+from .engine import WRITE, database_errors, db_message, make_engine, owner_only, prepare, read_revision, use_wal
 from .errors import LedgerConflict, LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
 from .records import LAPSING, SORTS, DeleteOutcome, FileRecord, Identity, Intent, Tracked
@@ -38,6 +39,7 @@ from .schema import (
     events,
     files,
     reconcile_runs,
+    staging_tables,
     utcnow,
 )
 
@@ -61,6 +63,16 @@ class FileQuery:
     expiring_by: datetime | None = None
     sort: str = "created"
     limit: int | None = None
+
+
+def _tracked(account_id: int) -> Any:
+    """The rows a reconcile compares a listing with: the account's rows that hold quota, and the
+    ``missing`` ones (a missing file listed again is restored, not taken for an orphan)."""
+    return (
+        (files.c.account_id == account_id)
+        & files.c.status.in_([*HELD, Status.MISSING])
+        & ((files.c.status != Status.MISSING) | files.c.file_id.is_not(None))
+    )
 
 
 def _alive(now: datetime) -> Any:
@@ -144,6 +156,8 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.pid = os.getpid()
+        self._staging_engine: Engine | None = None
+        self._stages: set[Stage] = set()
 
     @cached_property
     def actor(self) -> str:
@@ -151,7 +165,22 @@ class Ledger:
         return actor()
 
     def close(self) -> None:
+        for stage in list(self._stages):
+            stage.close()
+        if self._staging_engine is not None:
+            self._staging_engine.dispose()
         self.engine.dispose()
+
+    def stage(self, account_id: int | None, provider: str) -> Stage:
+        """A new staging area for one reconcile's listing, on a connection of its own (closed
+        with the stage, or with the ledger at the latest)."""
+        if self._staging_engine is None:
+            # Unpooled: a stage's connection is really closed after it, TEMP tables and all,
+            # and stages kept open by plans never starve the pool the writes use.
+            self._staging_engine = make_engine(self.engine.url.render_as_string(hide_password=False), pooled=False)
+        stage = Stage(self, self._staging_engine, account_id, provider)
+        self._stages.add(stage)
+        return stage
 
     @contextmanager
     def read(self) -> Iterator[Reader]:
@@ -167,18 +196,18 @@ class Ledger:
             yield Writer(conn, self)
 
     @contextmanager
-    def status_probe(self, account_id: int) -> Iterator[Callable[[str], str | None]]:
-        """A file's current status by provider id, on one connection of its own, each call in a
-        fresh transaction: it sees what other processes committed a moment ago (a reconcile
-        re-checks each file right before deleting it)."""
+    def status_probe(self, account_id: int) -> Iterator[Callable[[Sequence[str]], dict[str, str]]]:
+        """The current status of files by provider id (those the ledger has), on one connection of
+        its own, each call one query in a fresh transaction: it sees what other processes committed
+        a moment ago (a reconcile re-checks the files it is about to delete right before they go)."""
         try:
             with self.engine.connect() as conn:
 
-                def status(file_id: str) -> str | None:
+                def statuses(file_ids: Sequence[str]) -> dict[str, str]:
                     with conn.begin():
-                        return Reader(conn).status_of(account_id, file_id)
+                        return Reader(conn).statuses_of(account_id, file_ids)
 
-                yield status
+                yield statuses
         except SQLAlchemyError as e:
             raise LedgerError(f"ledger error: {db_message(e)}") from None
 
@@ -338,10 +367,11 @@ class Reader:
             select(files.c.id).where(files.c.account_id == account_id, files.c.file_id == file_id)
         ).scalar()
 
-    def status_of(self, account_id: int, file_id: str) -> str | None:
-        return self.conn.execute(
-            select(files.c.status).where(files.c.account_id == account_id, files.c.file_id == file_id)
-        ).scalar()
+    def statuses_of(self, account_id: int, file_ids: Sequence[str]) -> dict[str, str]:
+        query = select(files.c.file_id, files.c.status).where(
+            files.c.account_id == account_id, files.c.file_id.in_(list(file_ids))
+        )
+        return {file_id: status for file_id, status in self.conn.execute(query)}
 
     def usage(self, account_ids: Iterable[int], *, now: datetime | None = None) -> dict[int, Usage]:
         """Files and bytes held per account, and per purpose within it: the one usage query.
@@ -442,27 +472,6 @@ class Reader:
         )
         return self.conn.execute(query).first() is not None
 
-    def tracked(self, account_id: int) -> list[Tracked]:
-        """What a reconcile compares a listing with: the account's rows that hold quota, and the
-        ``missing`` ones (a missing file listed again is restored, not taken for an orphan)."""
-        rows = self.conn.execute(
-            select(
-                files.c.id,
-                files.c.file_id,
-                files.c.filename,
-                files.c.bytes,
-                files.c.status,
-                files.c.created_at,
-                files.c.expires_at,
-                files.c.purpose,
-            ).where(
-                files.c.account_id == account_id,
-                files.c.status.in_([*HELD, Status.MISSING]),
-                (files.c.status != Status.MISSING) | files.c.file_id.is_not(None),
-            )
-        )
-        return [Tracked(*r) for r in rows]
-
     def identities_of(self, account_id: int) -> dict[tuple[str, str], Identity]:
         """The (base URL, key fingerprint) pairs this account has been used with, and how each is known."""
         rows = self.conn.execute(
@@ -495,21 +504,6 @@ class Reader:
         for account_id, url, fp in rows:
             grouped.setdefault((names[account_id], url), set()).add(fp)
         return [(name, url, fps) for (name, url), fps in grouped.items()]
-
-    def tracked_elsewhere(self, account_id: int, provider: str) -> dict[str, str]:
-        """Provider file ids the ledger tracks under the provider's other accounts: id -> account name.
-        A listing that shows one of them proves the two accounts reach one provider account."""
-        query = (
-            select(files.c.file_id, accounts.c.name)
-            .join(accounts, files.c.account_id == accounts.c.id)
-            .where(
-                accounts.c.provider == provider,
-                accounts.c.id != account_id,
-                files.c.status.in_(LISTED),
-                files.c.file_id.is_not(None),
-            )
-        )
-        return dict(self.conn.execute(query).all())
 
     def open_intents(self, account_id: int, *, loose_before: datetime, dead_runs: Sequence[int] = ()) -> list[Intent]:
         """Deletes written down and never recorded as done whose process is gone: those of a reconcile
@@ -1073,24 +1067,25 @@ class Writer(Reader):
         self, account_id: int, items: Sequence[tuple[str, int | None, str]], *, run_id: int | None
     ) -> list[int]:
         """Write down deletes about to be sent, ``(file_id, ledger id, kind)``; their ids, in order."""
+        if not items:
+            return []
         now = utcnow()
-        ids = []
-        for file_id, file_pk, kind in items:
-            ids.append(
-                self.conn.execute(
-                    insert(delete_intents).values(
-                        account_id=account_id,
-                        file_id=file_id,
-                        file_pk=file_pk,
-                        run_id=run_id,
-                        kind=kind,
-                        at=now,
-                        actor=self._ledger.actor,
-                        pid=self._ledger.pid,
-                    )
-                ).inserted_primary_key[0]
-            )
-        return ids
+        rows = [
+            {
+                "account_id": account_id,
+                "file_id": file_id,
+                "file_pk": file_pk,
+                "run_id": run_id,
+                "kind": kind,
+                "at": now,
+                "actor": self._ledger.actor,
+                "pid": self._ledger.pid,
+            }
+            for file_id, file_pk, kind in items
+        ]
+        # One statement for the batch, its ids handed back in the order of the rows.
+        query = insert(delete_intents).returning(delete_intents.c.id, sort_by_parameter_order=True)
+        return list(self.conn.execute(query, rows).scalars())
 
     def settle_file_intents(self, account_id: int, file_id: str) -> None:
         """The plain deletes of this file written down earlier (an attempt whose answer was lost,
@@ -1266,3 +1261,381 @@ class Writer(Reader):
         if fresh:
             self.conn.execute(insert(events), fresh)
         return len(fresh), len(rows) - len(fresh)
+
+
+class Stage:
+    """One reconcile's staged listing, and the diff against the ledger, in SQL.
+
+    Memory does not grow with the account: the ledger's side is copied into a TEMP table before
+    the listing (:meth:`snapshot`), the listing goes in page by page (:meth:`add_page`), and the
+    diff is a join of the two, of which Python sees only the rows that need its judgement (files
+    the ledger does not know, and known ones whose status, size, name or expiry says something).
+    The categories that grow with the listing stay in the table (:meth:`mark`, :meth:`rows`).
+
+    Nothing reads the diff before :meth:`finish` says the listing was read to its end; the tables
+    live on this stage's connection alone, so neither another run nor another process can see
+    them, and they go when it closes, however the run ends.
+    """
+
+    CHUNK = 5000
+
+    def __init__(self, ledger: Ledger, engine: Engine, account_id: int | None, provider: str) -> None:
+        import secrets
+
+        self._ledger = ledger
+        self.account_id = account_id
+        self.provider = provider
+        self.tracked, self.listed_files = staging_tables(secrets.token_hex(6))
+        self.listed = 0
+        self.pages = 0
+        self.complete = False
+        self._marks: dict[str, list[int]] = {}
+        self._conn: Connection | None = None
+        with self._errors():
+            self._conn = engine.connect()
+            with self._conn.begin():
+                self.tracked.create(self._conn)
+                self.listed_files.create(self._conn)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError as e:
+            raise LedgerConflict(f"ledger error: {db_message(e)}") from None
+        except SQLAlchemyError as e:
+            raise LedgerError(f"ledger error: {db_message(e)}") from None
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            raise LedgerError("this reconcile's staged listing is closed; run the reconcile again")
+        return self._conn
+
+    def close(self) -> None:
+        """Drop the staging, connection and all (closing it alone would: an unpooled one ends)."""
+        self._ledger._stages.discard(self)
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            # Dropped here rather than left to the session's end, which PostgreSQL finishes only
+            # some time after the client has gone.
+            with conn.begin():
+                self.listed_files.drop(conn, checkfirst=False)
+                self.tracked.drop(conn, checkfirst=False)
+        except SQLAlchemyError:
+            conn.invalidate()  # then the connection itself goes, and the tables with it
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
+
+    # --- filling it ---------------------------------------------------------------------------
+
+    def snapshot(self, lists_purpose: Callable[[str], bool]) -> list[Tracked]:
+        """Copy the ledger's side, as it stands before the listing, into the stage: the account's
+        tracked rows of the purposes the listing can show (Z.AI lists four of its seven). Returns
+        the pending and active rows of the others, which no listing can judge (few: each such
+        purpose has a file-count limit of its own)."""
+        if self.account_id is None:  # a ledger that has never seen the account
+            return []
+        where = _tracked(self.account_id)
+        with self._errors(), self.conn.begin():
+            purposes = [p for (p,) in self.conn.execute(select(files.c.purpose).where(where).distinct())]
+            shown = [p for p in purposes if lists_purpose(p)]
+            columns = ("ledger_id", "file_id", "filename", "bytes", "status", "created_at", "expires_at", "purpose")
+            rows = select(
+                files.c.id,
+                files.c.file_id,
+                files.c.filename,
+                files.c.bytes,
+                files.c.status,
+                files.c.created_at,
+                files.c.expires_at,
+                files.c.purpose,
+            ).where(where)
+            self.conn.execute(self.tracked.insert().from_select(columns, rows.where(files.c.purpose.in_(shown))))
+            hidden = [p for p in purposes if p not in shown]
+            if not hidden:
+                return []
+            unseen = rows.where(files.c.purpose.in_(hidden), files.c.status.in_([Status.PENDING, Status.ACTIVE]))
+            return [Tracked(*r) for r in self.conn.execute(unseen.order_by(files.c.id))]
+
+    def add_page(self, page: Sequence[RemoteFile]) -> str | None:
+        """One page of the listing, in the order listed. Returns the id of a file listed before (on
+        this page or an earlier one), and stages nothing of the page then: the listing cannot be
+        trusted."""
+        if self.complete:
+            raise LedgerError("the staged listing is complete; a page cannot be added to it")
+        self.pages += 1
+        if not page:
+            return None
+        rows = [
+            {
+                "seq": self.listed + i,
+                "id": rf.id,
+                "filename": rf.filename,
+                "bytes": rf.bytes,
+                "created_at": rf.created_at,
+                "purpose": rf.purpose,
+                "status": rf.status,
+                "expires_at": rf.expires_at,
+                "generated": rf.generated,
+                "sha256": rf.sha256,
+            }
+            for i, rf in enumerate(page)
+        ]
+        try:
+            with self.conn.begin():
+                self.conn.execute(insert(self.listed_files), rows)
+        except IntegrityError:
+            return self._repeated([rf.id for rf in page])
+        except SQLAlchemyError as e:
+            raise LedgerError(f"ledger error: {db_message(e)}") from None
+        self.listed += len(page)
+        return None
+
+    def _repeated(self, ids: list[str]) -> str:
+        seen: set[str] = set()
+        for file_id in ids:
+            if file_id in seen:
+                return file_id
+            seen.add(file_id)
+        with self._errors(), self.conn.begin():
+            for start in range(0, len(ids), 1000):
+                query = select(self.listed_files.c.id).where(self.listed_files.c.id.in_(ids[start : start + 1000]))
+                if (found := self.conn.execute(query.limit(1)).scalar()) is not None:
+                    return str(found)
+        return ids[0]  # refused, yet not found again: still a listing that cannot be trusted
+
+    def finish(self) -> None:
+        """The listing was read to its end: from now on the diff may be read."""
+        if self.conn.dialect.name == "postgresql":
+            # TEMP tables are never analyzed by autovacuum: without statistics the planner may
+            # take a million rows for a few.
+            with self._errors(), self.conn.begin():
+                self.conn.exec_driver_sql(f"ANALYZE {self.tracked.name}")
+                self.conn.exec_driver_sql(f"ANALYZE {self.listed_files.name}")
+        self.complete = True
+
+    def _diff(self) -> Connection:
+        if not self.complete:
+            raise LedgerError("the staged listing did not complete; it cannot be compared with the ledger")
+        return self.conn
+
+    # --- reading the diff -------------------------------------------------------------------------
+
+    def _remote(self, row: Any) -> RemoteFile:
+        from .providers import RemoteFile
+
+        return RemoteFile(
+            id=row.id,
+            filename=row.filename,
+            bytes=row.bytes,
+            created_at=row.created_at,
+            purpose=row.purpose,
+            status=row.status,
+            expires_at=row.expires_at,
+            generated=bool(row.generated),
+            sha256=row.sha256,
+        )
+
+    @staticmethod
+    def _tracked_row(row: Any) -> Tracked:
+        return Tracked(
+            row.ledger_id,
+            row.file_id,
+            row.t_filename,
+            row.t_bytes,
+            row.t_status,
+            row.t_created_at,
+            row.t_expires_at,
+            row.t_purpose,
+        )
+
+    def _tracked_columns(self) -> list[Any]:
+        t = self.tracked.c
+        return [
+            t.ledger_id,
+            t.file_id,
+            t.filename.label("t_filename"),
+            t.bytes.label("t_bytes"),
+            t.status.label("t_status"),
+            t.created_at.label("t_created_at"),
+            t.expires_at.label("t_expires_at"),
+            t.purpose.label("t_purpose"),
+        ]
+
+    def seqs_of(self, file_ids: Iterable[str]) -> dict[str, int]:
+        """Where in the listing each of these files was listed (those it showed)."""
+        ids = list(file_ids)
+        out: dict[str, int] = {}
+        conn, lf = self._diff(), self.listed_files.c
+        with self._errors(), conn.begin():
+            for start in range(0, len(ids), 1000):
+                query = select(lf.id, lf.seq).where(lf.id.in_(ids[start : start + 1000]))
+                out.update({file_id: seq for file_id, seq in conn.execute(query)})
+        return out
+
+    def elsewhere(self) -> dict[int, str]:
+        """Listed files the ledger tracks under another account of the provider: listing position ->
+        that account's name."""
+        conn, lf = self._diff(), self.listed_files.c
+        query = (
+            select(lf.seq, accounts.c.name)
+            .select_from(accounts)
+            .join(files, files.c.account_id == accounts.c.id)
+            .join(self.listed_files, lf.id == files.c.file_id)
+            .where(accounts.c.provider == self.provider, files.c.status.in_(LISTED), files.c.file_id.is_not(None))
+        )
+        if self.account_id is not None:
+            query = query.where(accounts.c.id != self.account_id)
+        with self._errors(), conn.begin():
+            return dict(conn.execute(query).all())
+
+    def pending(self) -> list[Tracked]:
+        t = self.tracked.c
+        conn = self._diff()
+        with self._errors(), conn.begin():
+            rows = conn.execute(
+                select(t.ledger_id, t.file_id, t.filename, t.bytes, t.status, t.created_at, t.expires_at, t.purpose)
+                .where(t.status == Status.PENDING)
+                .order_by(t.ledger_id)
+            )
+            return [Tracked(*r) for r in rows]
+
+    def candidates(self, now: datetime) -> Iterator[tuple[int, RemoteFile, Tracked | None]]:
+        """The listed files that need a look, in listing order, each with the ledger row it is (or
+        None): those the ledger does not know, and known ones ``missing`` or ``unclaimed``, of
+        another size or name, or past their expiry. The rest, known and as recorded, only count."""
+        conn, lf, t = self._diff(), self.listed_files.c, self.tracked.c
+        join = and_(t.file_id == lf.id, t.status != Status.PENDING)
+        worth_a_look = or_(
+            t.ledger_id.is_(None),
+            t.status.in_((Status.MISSING, Status.UNCLAIMED)),
+            and_(lf.bytes.is_not(None), lf.bytes != t.bytes),
+            and_(lf.filename != "", lf.filename != t.filename),
+            and_(t.expires_at.is_not(None), t.expires_at <= now),
+        )
+        base = select(self.listed_files, *self._tracked_columns()).select_from(
+            self.listed_files.outerjoin(self.tracked, join)
+        )
+        after = -1
+        while True:
+            query = base.where(lf.seq > after, worth_a_look).order_by(lf.seq).limit(self.CHUNK)
+            with self._errors(), conn.begin():
+                rows = conn.execute(query).all()
+            self.flush_marks()  # between chunks: no cursor is open on the table then
+            for row in rows:
+                yield row.seq, self._remote(row), None if row.ledger_id is None else self._tracked_row(row)
+            if len(rows) < self.CHUNK:
+                return
+            after = rows[-1].seq
+
+    def not_listed(self) -> Iterator[Tracked]:
+        """The tracked files (with a provider id, neither pending nor missing) the listing left out."""
+        conn, lf, t = self._diff(), self.listed_files.c, self.tracked.c
+        absent = ~exists().where(lf.id == t.file_id)
+        columns = (t.ledger_id, t.file_id, t.filename, t.bytes, t.status, t.created_at, t.expires_at, t.purpose)
+        after = -1
+        while True:
+            query = (
+                select(*columns)
+                .where(
+                    t.ledger_id > after,
+                    t.file_id.is_not(None),
+                    t.status.not_in((Status.PENDING, Status.MISSING)),
+                    absent,
+                )
+                .order_by(t.ledger_id)
+                .limit(self.CHUNK)
+            )
+            with self._errors(), conn.begin():
+                rows = conn.execute(query).all()
+            yield from (Tracked(*r) for r in rows)
+            if len(rows) < self.CHUNK:
+                return
+            after = rows[-1].ledger_id
+
+    def expected(
+        self,
+        statuses: Sequence[str],
+        *,
+        now: datetime,
+        created_by: datetime,
+        created_before: datetime | None = None,
+        exclude: Collection[str] = (),
+    ) -> tuple[int, int]:
+        """(how many, how many of them listed): the tracked files of ``statuses`` the provider should
+        list now, not past their expiry, created by ``created_by`` (and before ``created_before``),
+        not among ``exclude`` (deletes a dead run sent)."""
+        conn, lf, t = self._diff(), self.listed_files.c, self.tracked.c
+        query = (
+            select(func.count(), func.count(lf.seq))
+            .select_from(self.tracked.outerjoin(self.listed_files, lf.id == t.file_id))
+            .where(
+                t.status.in_(list(statuses)),
+                t.file_id.is_not(None),
+                t.expires_at.is_(None) | (t.expires_at > now),
+                t.created_at <= created_by,
+            )
+        )
+        if created_before is not None:
+            query = query.where(t.created_at < created_before)
+        if exclude:
+            query = query.where(t.file_id.not_in(list(exclude)))
+        with self._errors(), conn.begin():
+            n, present = conn.execute(query).one()
+        return int(n), int(present)
+
+    # --- the categories kept here -------------------------------------------------------------------
+
+    def mark(self, seq: int, category: str) -> None:
+        """File ``seq`` of the listing belongs to ``category`` (written between chunks, in batches)."""
+        self._marks.setdefault(category, []).append(seq)
+
+    def flush_marks(self) -> None:
+        marks, self._marks = self._marks, {}
+        if not marks:
+            return
+        lf = self.listed_files.c
+        with self._errors(), self.conn.begin():
+            for category, seqs in marks.items():
+                for start in range(0, len(seqs), 1000):
+                    self.conn.execute(
+                        update(self.listed_files)
+                        .where(lf.seq.in_(seqs[start : start + 1000]))
+                        .values(category=literal(category))
+                    )
+
+    def _by_category(self, category: str, columns: Sequence[Any], join: Any = None) -> Iterator[Any]:
+        self.flush_marks()
+        conn, lf = self._diff(), self.listed_files.c
+        source = self.listed_files if join is None else join
+        after = -1
+        while True:
+            query = (
+                select(*columns)
+                .select_from(source)
+                .where(lf.category == category, lf.seq > after)
+                .order_by(lf.seq)
+                .limit(self.CHUNK)
+            )
+            with self._errors(), conn.begin():
+                rows = conn.execute(query).all()
+            yield from rows
+            if len(rows) < self.CHUNK:
+                return
+            after = rows[-1].seq
+
+    def rows(self, category: str) -> Iterator[RemoteFile]:
+        """The listed files of a category, in listing order, read back a chunk at a time."""
+        for row in self._by_category(category, [self.listed_files]):
+            yield self._remote(row)
+
+    def pairs(self, category: str) -> Iterator[tuple[Tracked, RemoteFile]]:
+        """The listed files of a category that the ledger tracks, with their ledger rows."""
+        lf, t = self.listed_files.c, self.tracked.c
+        join = self.listed_files.join(self.tracked, and_(t.file_id == lf.id, t.status != Status.PENDING))
+        for row in self._by_category(category, [self.listed_files, *self._tracked_columns()], join):
+            yield self._tracked_row(row), self._remote(row)

@@ -26,7 +26,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +59,8 @@ from .schema import HELD, DeleteKind, RunStatus, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
-    from .ledger import Ledger
-    from .providers import Provider
+    from .ledger import Ledger, Stage
+    from .providers import Provider, RemoteFile
 
 __all__ = ["ReconcileOptions", "ReconcilePlan", "exit_code", "parse_max_delete", "reconcile"]
 
@@ -207,7 +206,7 @@ def _refuse_overlap(plan: ReconcilePlan) -> None:
 
 
 def _check_identity(
-    plan: ReconcilePlan, snapshot: Snapshot, account: Account, options: ReconcileOptions, now: datetime
+    plan: ReconcilePlan, stage: Stage, snapshot: Snapshot, account: Account, options: ReconcileOptions, now: datetime
 ) -> None:
     """A listing made through a base URL and key this account was never proven to be reached by is
     acted on only if it shows that it reaches the same account: at least half of the files the
@@ -224,16 +223,15 @@ def _check_identity(
         plan.key = "trusted"
         return
     since = known.first_seen if known is not None else now
-    expected = [t for t in expected_live(plan, snapshot, now, LIST_LAG, ours_only=False) if t.created_at < since]
-    present = sum(1 for t in expected if t.ledger_id in plan.seen)
-    if expected and present * 2 >= len(expected):
+    expected, present = expected_live(plan, stage, now, LIST_LAG, ours_only=False, created_before=since)
+    if expected and present * 2 >= expected:
         plan.key = "rotated"
         return
     url, fingerprint = identity
     url_known = url in {u for u, _ in snapshot.identities}
     key_known = fingerprint in {fp for _, fp in snapshot.identities}
     what = "API key" if url_known else "base URL" if key_known else "base URL and API key"
-    seen = f"shows {present} of the {len(expected)} files" if expected else "cannot show any of the files"
+    seen = f"shows {present} of the {expected} files" if expected else "cannot show any of the files"
     raise ReconcileRefused(
         f"{account.name}: this {what} ({url}, key in {account.api_key_env}, {fingerprint}) was never shown to "
         f"reach this account, and the provider's listing through it {seen} the ledger recorded there before: "
@@ -245,24 +243,24 @@ def _check_identity(
 # --- the rails on the listing -------------------------------------------------------------------
 
 
-def _hold_listing(plan: ReconcilePlan, snapshot: Snapshot, options: ReconcileOptions, now: datetime) -> None:
+def _hold_listing(plan: ReconcilePlan, stage: Stage, options: ReconcileOptions, now: datetime) -> None:
     """An empty listing, or one without most of the files the ledger expects, is what a wrong key,
     a wrong URL or a broken list endpoint looks like: refuse it unless told it is right."""
     a = plan.account
-    held = expected_live(plan, snapshot, now, timedelta(0), ours_only=True)  # however young
+    held, _ = expected_live(plan, stage, now, timedelta(0), ours_only=True)  # however young
     if plan.listed == 0 and held and not options.accept_empty:
         raise ReconcileRefused(
-            f"{a.name}: the provider listed no files while the ledger holds {len(held)} active; "
+            f"{a.name}: the provider listed no files while the ledger holds {held} active; "
             "a wrong API key or base URL looks exactly like this. Nothing was changed. "
             "If the account really is empty, run again with --accept-empty"
         )
     # Young files count too (all but those a list endpoint may still be catching up with): a wrong
     # URL met right after a few uploads must not pass for an account that lost nothing.
-    expected = expected_live(plan, snapshot, now, LIST_LAG, ours_only=True)
-    absent = [t for t in expected if t.ledger_id not in plan.seen]
-    if plan.listed and len(absent) * 2 > len(expected) and not options.accept_missing:
+    expected, present = expected_live(plan, stage, now, LIST_LAG, ours_only=True)
+    absent = expected - present
+    if plan.listed and absent * 2 > expected and not options.accept_missing:
         raise ReconcileRefused(
-            f"{a.name}: {len(absent)} of the {len(expected)} files the ledger expects at the provider are not in "
+            f"{a.name}: {absent} of the {expected} files the ledger expects at the provider are not in "
             "its listing; a wrong key, a wrong base URL or a listing that hides files looks like this. Nothing was "
             f"changed. Check with `filekeeper reconcile --account {a.name}`; if they really are gone, run again "
             "with --accept-missing"
@@ -333,12 +331,34 @@ def snapshot(ledger: Ledger, account: Account, account_id: int | None, now: date
         # A plan takes over no lock, but sees through a dead run's: its journal is settled as it will be.
         dead = [run.id for run in r.running_runs(account_id) if _stale(run, now)]
         return Snapshot(
-            tracked=r.tracked(account_id),
             identities=r.identities_of(account_id),
             history=r.baselined(account_id),
-            elsewhere=r.tracked_elsewhere(account_id, account.provider),
             intents=r.open_intents(account_id, loose_before=now - LOOSE_DELETE_AFTER, dead_runs=dead),
         )
+
+
+def stage_listing(stage: Stage, remote: Provider, on_page: Callable[[int, int], None]) -> None:
+    """Read the provider's whole listing into ``stage``, a page at a time. A page that repeats a
+    file listed before ends it (IncompleteListing); only a listing read to its end is marked
+    complete, so nothing can compare a partial one with the ledger."""
+    page: list[RemoteFile] = []
+
+    def page_done(pages: int, seen: int) -> None:
+        # Called once a page's files have been handed out, before the next request: staged here,
+        # a repeated file stops the listing at the page that repeats it.
+        if (repeated := stage.add_page(page)) is not None:
+            raise IncompleteListing(
+                f"the provider listed file {repeated} twice (page {pages}); the listing cannot be trusted, stopped",
+                provider=remote.name,
+            )
+        page.clear()
+        on_page(pages, seen)
+
+    for rf in remote.list_files(on_page=page_done, track_ids=False):
+        page.append(rf)
+    if page:  # a listing adapter that does not say where its pages end
+        page_done(stage.pages + 1, stage.listed + len(page))
+    stage.finish()
 
 
 def reconcile(
@@ -370,30 +390,35 @@ def reconcile(
             progress("listing", seen, 0)
         run.heartbeat()
 
+    stage: Stage | None = None
     try:
         now = utcnow()
         snap = snapshot(ledger, account, account_id, now)
+        stage = ledger.stage(account_id, account.provider)
         # Files of a purpose the listing cannot show (Z.AI lists four of its seven) are neither
         # confirmed nor missing: they are left out of the comparison, as they are.
-        unseen = [t for t in snap.tracked if not remote.lists_purpose(t.purpose)]
-        snap = replace(snap, tracked=[t for t in snap.tracked if remote.lists_purpose(t.purpose)])
-        classify(plan, snap, remote.list_files(on_page=on_page), now, options.min_age)
+        unseen = stage.snapshot(remote.lists_purpose)
+        stage_listing(stage, remote, on_page)
+        classify(plan, snap, stage, now, options.min_age)
         unlisted(plan, unseen, now)
         _refuse_overlap(plan)
-        _check_identity(plan, snap, account, options, now)
-        _hold_listing(plan, snap, options, now)
+        _check_identity(plan, stage, snap, account, options, now)
+        _hold_listing(plan, stage, options, now)
         _confirm_absences(plan, remote, options.concurrency, run.heartbeat)
         plan.max_delete = delete_limit(options.max_delete, plan.listed)
         if options.apply:
             assert account_id is not None
             _apply(ledger, account_id, remote, plan, options, now, progress, run)
     except KeyboardInterrupt:
+        _drop(plan, stage)
         run.finish(RunStatus.INTERRUPTED, plan, "interrupted", "interrupted before its deletes")
         raise
     except BaseException as e:
+        _drop(plan, stage)
         status = RunStatus.ABORTED if isinstance(e, ReconcileRefused) else RunStatus.FAILED
         run.finish(status, plan, str(status), str(e) or type(e).__name__)
         raise
+    plan.detach()
     if plan.interrupted:
         run.finish(RunStatus.INTERRUPTED, plan, f"interrupted after {len(plan.deleted)} delete(s)")
     elif plan.errors:
@@ -406,6 +431,13 @@ def reconcile(
     else:
         run.finish(RunStatus.DONE, plan, "done")
     return plan
+
+
+def _drop(plan: ReconcilePlan, stage: Stage | None) -> None:
+    """A run that raises hands back no plan: its staging goes at once (the counts stay)."""
+    plan.close()
+    if stage is not None:
+        stage.close()
 
 
 def exit_code(outcomes: Iterable[ReconcilePlan | FilekeeperError], *, changes: bool = False) -> int:
@@ -655,29 +687,37 @@ def _delete_all(
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile")
     in_flight: dict[Future[bool | ProviderError], DeleteJob] = {}
     try:
-        with ledger.status_probe(account_id) as status_now:
+        with ledger.status_probe(account_id) as statuses_now:
 
-            def next_job() -> DeleteJob | None:
+            def next_jobs(room: int) -> list[DeleteJob]:
+                """Up to ``room`` deletes to send at once, re-checked in the ledger (one query for
+                them all) right before they go."""
                 nonlocal finished
-                while True:
+                out: list[DeleteJob] = []
+                while len(out) < room:
                     if not journaled:
                         if not queue:
-                            return None
+                            break
                         journal_more()
-                    job = journaled.popleft()
-                    why = _still_wanted(job, status_now(job.file_id))
-                    if why is None:
-                        return job
-                    plan.skipped.append((job.file_id, why))
-                    assert job.intent_id is not None
-                    void.append(job.intent_id)
-                    finished += 1
+                    batch = [journaled.popleft() for _ in range(min(room - len(out), len(journaled)))]
+                    now_status = statuses_now([job.file_id for job in batch])
+                    for job in batch:
+                        why = _still_wanted(job, now_status.get(job.file_id))
+                        if why is None:
+                            out.append(job)
+                            continue
+                        plan.skipped.append((job.file_id, why))
+                        assert job.intent_id is not None
+                        void.append(job.intent_id)
+                        finished += 1
+                return out
 
             with _interrupts_as_requests() as stop:
                 try:
                     while True:
-                        while not stop.is_set() and len(in_flight) < concurrency and (job := next_job()) is not None:
-                            in_flight[pool.submit(send, job)] = job
+                        if not stop.is_set() and len(in_flight) < concurrency:
+                            for job in next_jobs(concurrency - len(in_flight)):
+                                in_flight[pool.submit(send, job)] = job
                         if not in_flight:
                             break
                         completed, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)

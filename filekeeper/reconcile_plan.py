@@ -1,7 +1,11 @@
-"""What a reconcile found: the plan, and the one pass over a listing that builds it.
+"""What a reconcile found: the plan, and the one pass over a staged listing that builds it.
 
-No I/O here: :mod:`filekeeper.reconcile` reads the ledger and the provider, asks :func:`classify`
-what the listing means, holds the plan against the safety rails, and applies it.
+No I/O here: :mod:`filekeeper.reconcile` reads the ledger and the provider, stages the listing in
+the ledger (:class:`Staging`, implemented by :class:`filekeeper.ledger.Stage`), asks
+:func:`classify` what it means, holds the plan against the safety rails, and applies it. The
+categories that grow with the account (orphans, young, unclaimed, generated) stay in the staging
+table and are read back when used (:class:`Staged`), so a plan's memory does not depend on how
+many files the provider lists.
 
 The categories, for a listing that was read to its end:
 
@@ -24,10 +28,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .records import Identity, Intent, Tracked, iso
 from .schema import LISTED, DeleteKind, Status
@@ -57,16 +61,68 @@ class ReconcileOptions:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the ledger holds for the account, read before the listing."""
+    """What the ledger holds for the account, read before the listing (its tracked files are
+    copied into the staging, not here)."""
 
-    tracked: list[Tracked] = field(default_factory=list)
     #: (base URL, key fingerprint) -> how the ledger knows it
     identities: dict[tuple[str, str], Identity] = field(default_factory=dict)
     #: whether an applying reconcile has listed the account before (its baseline)
     history: bool = False
     intents: list[Intent] = field(default_factory=list)
-    #: file ids the ledger tracks under the provider's other accounts -> that account
-    elsewhere: dict[str, str] = field(default_factory=dict)
+
+
+class Staging(Protocol):
+    """A listing staged in the ledger beside the tracked files, and the diff of the two."""
+
+    listed: int
+
+    def seqs_of(self, file_ids: Iterable[str]) -> dict[str, int]: ...
+    def elsewhere(self) -> dict[int, str]: ...
+    def pending(self) -> list[Tracked]: ...
+    def candidates(self, now: datetime) -> Iterator[tuple[int, RemoteFile, Tracked | None]]: ...
+    def not_listed(self) -> Iterator[Tracked]: ...
+    def expected(
+        self,
+        statuses: Sequence[str],
+        *,
+        now: datetime,
+        created_by: datetime,
+        created_before: datetime | None = None,
+        exclude: Collection[str] = (),
+    ) -> tuple[int, int]: ...
+    def mark(self, seq: int, category: str) -> None: ...
+    def flush_marks(self) -> None: ...
+    def rows(self, category: str) -> Iterator[RemoteFile]: ...
+    def pairs(self, category: str) -> Iterator[tuple[Tracked, RemoteFile]]: ...
+    def close(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class Staged(Generic[T]):
+    """A category kept in the staging table: its size is known, its rows are read back in listing
+    order each time it is iterated. Small ones are read into a list once the plan is done
+    (:meth:`ReconcilePlan.detach`)."""
+
+    def __init__(self, count: int, read: Callable[[], Iterator[T]]) -> None:
+        self.count = count
+        self._read = read
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __iter__(self) -> Iterator[T]:
+        return self._read()
+
+
+#: categories staged rather than held: category name in the staging table -> plan field
+STAGED = {"orphan": "orphans", "young": "young", "unclaimed_new": "unclaimed_new", "generated": "generated_new"}
+#: a staged category this small is read into memory once the plan is done, freeing the staging
+DETACH_AT = 1000
 
 
 @dataclass
@@ -78,12 +134,13 @@ class ReconcilePlan:
     listed: int = 0
     #: the key the listing was made with: known, first (a new account), rotated (proven), trusted
     key: str = "known"
-    orphans: list[RemoteFile] = field(default_factory=list)
+    orphans: Collection[RemoteFile] = field(default_factory=list)
     #: unknown files younger than --min-age: left alone (an upload may be landing)
-    young: list[RemoteFile] = field(default_factory=list)
-    unclaimed_new: list[RemoteFile] = field(default_factory=list)
-    unclaimed: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)  # recorded earlier, listed again
-    generated_new: list[RemoteFile] = field(default_factory=list)
+    young: Collection[RemoteFile] = field(default_factory=list)
+    unclaimed_new: Collection[RemoteFile] = field(default_factory=list)
+    #: recorded earlier, listed again
+    unclaimed: Collection[tuple[Tracked, RemoteFile]] = field(default_factory=list)
+    generated_new: Collection[RemoteFile] = field(default_factory=list)
     absent: list[Tracked] = field(default_factory=list)  # not listed; to be confirmed
     missing: list[Tracked] = field(default_factory=list)  # confirmed gone
     gone: list[Tracked] = field(default_factory=list)  # unclaimed, confirmed gone
@@ -104,8 +161,6 @@ class ReconcilePlan:
     intents_void: list[Intent] = field(default_factory=list)
     #: files an upload marked for eviction and died before deleting: still there, active again
     restored: list[Intent] = field(default_factory=list)
-    #: ledger ids of the tracked files the listing showed
-    seen: set[int] = field(default_factory=set)
     deleted: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -117,6 +172,30 @@ class ReconcilePlan:
     #: the run's --adopt and --delete-unclaimed, which decide what the plan does with what it found
     adopt: bool = False
     delete_unclaimed: bool = False
+    #: the staged listing the large categories are read from (None once detached)
+    staging: Staging | None = field(default=None, repr=False)
+
+    def detach(self) -> None:
+        """Read the staged categories that are small into memory, and close the staging if none is
+        left there: a plan of a quiet account holds no connection."""
+        if self.staging is None:
+            return
+        kept = False
+        for name in (*STAGED.values(), "unclaimed"):
+            value = getattr(self, name)
+            if isinstance(value, Staged):
+                if len(value) <= DETACH_AT:
+                    setattr(self, name, list(value))
+                else:
+                    kept = True
+        if not kept:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the staged listing (its large categories can no longer be read)."""
+        staging, self.staging = self.staging, None
+        if staging is not None:
+            staging.close()
 
     @property
     def to_delete(self) -> int:
@@ -272,34 +351,44 @@ def parse_max_delete(value: str) -> int | str:
     raise ValueError(f"--max-delete takes a whole number or a percentage from 0% to 100%, not {value!r}")
 
 
-def classify(
-    plan: ReconcilePlan, snapshot: Snapshot, listing: Iterable[RemoteFile], now: datetime, min_age: timedelta
-) -> None:
-    """The one pass over the listing. Raises whatever the listing raises, before any change."""
+def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datetime, min_age: timedelta) -> None:
+    """The one pass over a complete staged listing, in listing order: Python judges only the files
+    the database could not rule on alone (see :meth:`Staging.candidates`)."""
     old_enough = now - min_age
-    by_id = {t.file_id: t for t in snapshot.tracked if t.file_id and t.status != Status.PENDING}
+    plan.listed = stage.listed
     intents = {i.file_id: i for i in snapshot.intents}
+    listed_at = stage.seqs_of(intents)
+    restored: set[int] = set()
+    for file_id, seq in sorted(listed_at.items(), key=lambda item: item[1]):
+        intent = intents.pop(file_id)
+        plan.intents_void.append(intent)  # the delete did not happen: the file is still there
+        if intent.kind == DeleteKind.EVICT and intent.file_pk is not None:
+            plan.restored.append(intent)  # an upload died before evicting it: it is ours, and there
+            restored.add(seq)
+    elsewhere = stage.elsewhere()
     claimable: dict[str, list[Tracked]] = defaultdict(list)
-    pending = [t for t in snapshot.tracked if t.status == Status.PENDING]
+    pending = stage.pending()
     for p in pending:
         if p.created_at <= old_enough:  # a younger reservation may still be uploading
             claimable[filename_key(p.filename)].append(p)
     claimed: set[int] = set()
-    for rf in listing:
-        plan.listed += 1
-        intent = intents.pop(rf.id, None)
-        if intent is not None:
-            plan.intents_void.append(intent)  # the delete did not happen: the file is still there
-            if intent.kind == DeleteKind.EVICT and intent.file_pk is not None:
-                plan.restored.append(intent)  # an upload died before evicting it: it is ours, and there
-                continue
-        t = by_id.get(rf.id)
-        if t is not None:
-            plan.seen.add(t.ledger_id)
-            _listed_tracked(plan, t, rf, now)
+    counts: dict[str, int] = defaultdict(int)
+
+    def staged(seq: int, category: str) -> None:
+        stage.mark(seq, category)
+        counts[category] += 1
+
+    for seq, rf, t in stage.candidates(now):
+        if seq in restored:
             continue
-        if rf.id in snapshot.elsewhere:
-            plan.elsewhere.append((rf, snapshot.elsewhere[rf.id]))
+        if t is not None:
+            if t.status == Status.UNCLAIMED:
+                staged(seq, "unclaimed")
+            else:
+                _listed_tracked(plan, t, rf, now)
+            continue
+        if seq in elsewhere:
+            plan.elsewhere.append((rf, elsewhere[seq]))
             continue
         young = rf.created_at is not None and rf.created_at > old_enough
         match = next(
@@ -314,17 +403,22 @@ def classify(
             claimed.add(match.ledger_id)
             plan.settled.append((match, rf))
         elif young and not rf.generated:
-            plan.young.append(rf)  # may be an upload landing right now: left alone, whoever made it
+            staged(seq, "young")  # may be an upload landing right now: left alone, whoever made it
         elif not snapshot.history:
-            plan.unclaimed_new.append(rf)  # a ledger that never tracked this account: not ours
+            staged(seq, "unclaimed_new")  # a ledger that never tracked this account: not ours
         elif rf.generated:
-            plan.generated_new.append(rf)
+            staged(seq, "generated")
         else:
-            plan.orphans.append(rf)
+            staged(seq, "orphan")
+    stage.flush_marks()
+    for category, name in STAGED.items():
+        setattr(plan, name, Staged(counts[category], lambda c=category: stage.rows(c)))
+    plan.unclaimed = Staged(counts["unclaimed"], lambda: stage.pairs("unclaimed"))
+    plan.staging = stage
     plan.intents_done = list(intents.values())  # not listed: those deletes did happen
     done = {i.file_id for i in plan.intents_done}
-    for t in by_id.values():
-        if t.ledger_id in plan.seen or t.status == Status.MISSING or t.file_id in done:
+    for t in stage.not_listed():
+        if t.file_id in done:
             continue
         if t.expired(now) and t.status != Status.UNCLAIMED:
             plan.expired.append(t)  # the provider's own expiry, or ours: not an anomaly
@@ -353,9 +447,6 @@ def _listed_tracked(plan: ReconcilePlan, t: Tracked, rf: RemoteFile, now: dateti
     if t.status == Status.MISSING:
         plan.reappeared.append(t)
         return
-    if t.status == Status.UNCLAIMED:
-        plan.unclaimed.append((t, rf))
-        return
     if (rf.bytes is not None and rf.bytes != t.bytes) or (rf.filename and not same_filename(rf.filename, t.filename)):
         plan.drift.append((t, rf))
     if t.expired(now):
@@ -364,22 +455,25 @@ def _listed_tracked(plan: ReconcilePlan, t: Tracked, rf: RemoteFile, now: dateti
 
 
 def expected_live(
-    plan: ReconcilePlan, snapshot: Snapshot, now: datetime, min_age: timedelta, *, ours_only: bool
-) -> list[Tracked]:
-    """Tracked files the provider should list now: not past their expiry, not uploaded a moment ago,
-    not deleted by a run that died before recording it (``ours_only``: without the unclaimed, which
-    are someone else's)."""
+    plan: ReconcilePlan,
+    stage: Staging,
+    now: datetime,
+    min_age: timedelta,
+    *,
+    ours_only: bool,
+    created_before: datetime | None = None,
+) -> tuple[int, int]:
+    """How many tracked files the provider should list now, and how many of them it did: not past
+    their expiry, not uploaded a moment ago, not deleted by a run that died before recording it
+    (``ours_only``: without the unclaimed, which are someone else's)."""
     statuses = (Status.ACTIVE, Status.GENERATED) if ours_only else LISTED
-    done = {i.file_id for i in plan.intents_done}
-    return [
-        t
-        for t in snapshot.tracked
-        if t.status in statuses
-        and t.file_id
-        and t.file_id not in done
-        and not t.expired(now)
-        and t.created_at <= now - min_age
-    ]
+    return stage.expected(
+        statuses,
+        now=now,
+        created_by=now - min_age,
+        created_before=created_before,
+        exclude={i.file_id for i in plan.intents_done},
+    )
 
 
 def age(d: timedelta) -> str:

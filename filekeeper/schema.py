@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 # The newest revision in migrations/versions. Opening a ledger compares against this constant
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 class Status(StrEnum):
@@ -172,6 +172,7 @@ files = Table(
     UniqueConstraint("account_id", "file_id"),
     Index(None, "account_id", "status"),
     Index(None, "account_id", "sha256", "purpose"),
+    Index(None, "account_id", "bytes"),  # an active file of this size? (before hashing)
 )
 
 # Append-only: rows are inserted and never updated; only an explicit prune removes them.
@@ -246,3 +247,48 @@ delete_intents = Table(
     Column("pid", Integer, nullable=False),
     Index(None, "account_id"),
 )
+
+
+def staging_tables(token: str) -> tuple[Table, Table]:
+    """One reconcile's staging: the ledger's side as it stood before the listing (``tracked``) and
+    the listing itself, page by page (``listed``, in the order the provider listed it).
+
+    TEMPORARY tables, so no migration and no other session sees them: they live on the one
+    connection that created them and go with it, however the run ends (kill -9 included), so a
+    listing that did not complete can never be read by another run as if it had. ``token`` makes
+    the names unique even on that connection, should a pool hand it to the next run."""
+    md = MetaData()
+    tracked = Table(
+        f"fk_tracked_{token}",
+        md,
+        Column("ledger_id", Integer, primary_key=True, autoincrement=False),
+        Column("file_id", String(128)),
+        Column("filename", String(1024), nullable=False),
+        Column("bytes", BigInteger, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("expires_at", UTCDateTime),
+        Column("purpose", String(64), nullable=False),
+        Index(f"ix_fk_tracked_{token}_file_id", "file_id"),
+        prefixes=["TEMPORARY"],
+    )
+    listed = Table(
+        f"fk_listed_{token}",
+        md,
+        Column("seq", Integer, primary_key=True, autoincrement=False),
+        Column("id", String, nullable=False),
+        Column("filename", String, nullable=False),
+        Column("bytes", BigInteger),
+        Column("created_at", UTCDateTime),
+        Column("purpose", String),
+        Column("status", String),
+        Column("expires_at", UTCDateTime),
+        Column("generated", Boolean, nullable=False),
+        Column("sha256", String),
+        # What the plan made of the file, for the categories kept here rather than in memory.
+        Column("category", String(16)),
+        # A file listed twice is a listing that cannot be trusted: the index refuses the second.
+        Index(f"ux_fk_listed_{token}_id", "id", unique=True),
+        prefixes=["TEMPORARY"],
+    )
+    return tracked, listed

@@ -6,7 +6,8 @@ terminal shows it and never obeys it. Light on purpose: the CLI imports this at 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -202,11 +203,11 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
         how = "the listing shows the files the ledger expects" if r.key == "rotated" else "--trust-key"
         lines.append(f"  a new API key or URL for this account, accepted: {how}")
 
-    def remote_rows(title: str, files: Sequence[Any], why: str) -> None:
-        _section(lines, title, [(f.id, f.filename, f.bytes, f.created_at, why) for f in files], now)
+    def remote_rows(title: str, files: Iterable[Any], why: str) -> None:
+        _section(lines, title, ((f.id, f.filename, f.bytes, f.created_at, why) for f in files), now)
 
-    def tracked_rows(title: str, files: Sequence[Any], why: str | None = None) -> None:
-        items = [(t.file_id or f"#{t.ledger_id}", t.filename, t.bytes, t.created_at, why or "") for t in files]
+    def tracked_rows(title: str, files: Iterable[Any], why: str | None = None) -> None:
+        items = ((t.file_id or f"#{t.ledger_id}", t.filename, t.bytes, t.created_at, why or "") for t in files)
         _section(lines, title, items, now)
 
     orphan_why = "unknown to the ledger: adopt as ours" if r.adopt else "unknown to the ledger: delete"
@@ -216,7 +217,9 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     )
     acting = r.adopt or r.delete_unclaimed  # then the unclaimed recorded before are acted on too
     remote_rows(
-        "unclaimed", [*r.unclaimed_new, *(rf for _, rf in r.unclaimed)] if acting else r.unclaimed_new, unclaimed_why
+        "unclaimed",
+        itertools.chain(r.unclaimed_new, (rf for _, rf in r.unclaimed)) if acting else r.unclaimed_new,
+        unclaimed_why,
     )
     kept = (
         f"kept {format_duration(r.account.generated_retention_days * 86400)} from now"
@@ -263,15 +266,13 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     )
     journal = [(i.file_id, "", None, i.at, f"deleted ({i.kind}), never recorded: record it") for i in r.intents_done]
     _section(lines, "journal", journal, now)
-    held = [(f.id, f.filename, f.bytes, f.created_at, "younger than --min-age: left alone") for f in r.young]
-    held += [
-        (t.file_id or f"#{t.ledger_id}", t.filename, t.bytes, t.created_at, "reservation younger than --min-age")
-        for t in r.waiting_pending
-    ]
-    held += [
-        (t.file_id or "", t.filename, t.bytes, t.created_at, "uploaded a moment ago, not listed yet: kept")
-        for t in r.not_yet_listed
-    ]
+    waiting = "reservation younger than --min-age"
+    lagging = "uploaded a moment ago, not listed yet: kept"
+    held = itertools.chain(
+        ((f.id, f.filename, f.bytes, f.created_at, "younger than --min-age: left alone") for f in r.young),
+        ((t.file_id or f"#{t.ledger_id}", t.filename, t.bytes, t.created_at, waiting) for t in r.waiting_pending),
+        ((t.file_id or "", t.filename, t.bytes, t.created_at, lagging) for t in r.not_yet_listed),
+    )
     _section(lines, "held back", held, now)
     if not r.applied:
         adopting = f", {r.to_adopt} to adopt" if r.adopt else ""
@@ -304,19 +305,32 @@ def _expired_why(at_provider: bool) -> str:
 Row = tuple[str, str, "int | None", "datetime | None", str]
 
 
-def _section(lines: list[str], title: str, items: Sequence[Row], now: datetime) -> None:
-    if not items:
-        return
-    lines.append(f"  {title} ({len(items)}):")
+def _section(lines: list[str], title: str, items: Iterable[Row], now: datetime) -> None:
+    import heapq
+
+    count = 0
+
+    def counted() -> Iterator[Row]:
+        nonlocal count
+        for item in items:
+            count += 1
+            yield item
+
     # Oldest first, then by name: the same plan reads the same whatever order the provider lists in.
-    ordered = sorted(items, key=lambda i: (i[3] or datetime.max.replace(tzinfo=UTC), i[1], i[0]))
+    # One pass that keeps only the rows shown (as sorted()[:n] would pick them): a category may
+    # hold a million files, read back from the staged listing.
+    latest = datetime.max.replace(tzinfo=UTC)
+    ordered = heapq.nsmallest(PLAN_ROWS, counted(), key=lambda i: (i[3] or latest, i[1], i[0]))
+    if not count:
+        return
+    lines.append(f"  {title} ({count}):")
     rows = [
         ["   " + file_id, printable(name) or "-", format_size(size), ago(created, now), why]
-        for file_id, name, size, created, why in ordered[:PLAN_ROWS]
+        for file_id, name, size, created, why in ordered
     ]
     lines.append(table(["   ID", "NAME", "SIZE", "AGE", "WHY"], rows))
-    if len(items) > PLAN_ROWS:
-        lines.append(f"    … and {len(items) - PLAN_ROWS} more")
+    if count > PLAN_ROWS:
+        lines.append(f"    … and {count - PLAN_ROWS} more")
 
 
 # --- doctor ---------------------------------------------------------------------------------------------

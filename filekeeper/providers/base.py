@@ -422,9 +422,11 @@ class Provider:
             pages += 1
             totals[0] += 1
             totals[1] += len(page.files)
-            if on_page:
-                on_page(totals[0], totals[1])
             yield from page.files
+            if on_page:
+                # Once the page's files are handed out and before the next request: a caller that
+                # stages pages (reconcile) writes each here, and may stop the listing by raising.
+                on_page(totals[0], totals[1])
             if not page.files:
                 if page.claims_more:
                     raise IncompleteListing(
