@@ -154,6 +154,9 @@ class ReconcilePlan:
     waiting_pending: list[Tracked] = field(default_factory=list)
     #: reservations of a purpose the listing cannot show: whether they landed only a person can see
     unknowable_pending: list[Tracked] = field(default_factory=list)
+    #: reservations more than one listed file could be the upload of (or whose file another could
+    #: claim): left pending, and those files left alone, neither settled nor orphans
+    ambiguous_pending: list[tuple[Tracked, list[RemoteFile]]] = field(default_factory=list)
     drift: list[tuple[Tracked, RemoteFile]] = field(default_factory=list)
     #: listed files the ledger tracks under another account of the provider
     elsewhere: list[tuple[RemoteFile, str]] = field(default_factory=list)
@@ -228,6 +231,7 @@ class ReconcilePlan:
             or self.settled
             or self.failed_pending
             or self.unknowable_pending
+            or self.ambiguous_pending
             or self.drift
             or self.intents_done
             or self.restored
@@ -251,6 +255,7 @@ class ReconcilePlan:
             "failed_pending": len(self.failed_pending),
             "waiting_pending": len(self.waiting_pending),
             "unknowable_pending": len(self.unknowable_pending),
+            "ambiguous_pending": len(self.ambiguous_pending),
             "drift": len(self.drift),
             "intents_settled": len(self.intents_done),
             "restored": len(self.restored),
@@ -309,7 +314,8 @@ class ReconcilePlan:
             "pending": [tracked(t, outcome="settled", settled_as=r.id) for t, r in self.settled]
             + [tracked(t, outcome="failed") for t in self.failed_pending]
             + [tracked(t, outcome="waiting") for t in self.waiting_pending]
-            + [tracked(t, outcome="unknowable") for t in self.unknowable_pending],
+            + [tracked(t, outcome="unknowable") for t in self.unknowable_pending]
+            + [tracked(t, outcome="ambiguous", could_be=[r.id for r in rs]) for t, rs in self.ambiguous_pending],
             "drift": [
                 {
                     "id": t.file_id,
@@ -373,6 +379,8 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
             claimable[filename_key(p.filename)].append(p)
     claimed: set[int] = set()
     counts: dict[str, int] = defaultdict(int)
+    maybe: dict[int, tuple[RemoteFile, list[int]]] = {}  # listing position -> (file, reservations it could be)
+    candidates: dict[int, list[int]] = defaultdict(list)  # reservation -> positions of files that could be it
 
     def staged(seq: int, category: str) -> None:
         stage.mark(seq, category)
@@ -391,17 +399,17 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
             plan.elsewhere.append((rf, elsewhere[seq]))
             continue
         young = rf.created_at is not None and rf.created_at > old_enough
-        match = next(
-            (
-                p
-                for p in claimable.get(filename_key(rf.filename), ())
-                if p.ledger_id not in claimed and could_be_upload_of(rf, p.filename, p.bytes, p.created_at)
-            ),
-            None,
-        )
-        if match is not None:
-            claimed.add(match.ledger_id)
-            plan.settled.append((match, rf))
+        could_be = [
+            p.ledger_id
+            for p in claimable.get(filename_key(rf.filename), ())
+            if could_be_upload_of(rf, p.filename, p.bytes, p.created_at)
+        ]
+        if could_be:
+            # Decided once the whole listing is seen: a reservation takes a file only if it is the
+            # one file that could be its upload, and no other reservation could claim that file.
+            maybe[seq] = (rf, could_be)
+            for ledger_id in could_be:
+                candidates[ledger_id].append(seq)
         elif young and not rf.generated:
             staged(seq, "young")  # may be an upload landing right now: left alone, whoever made it
         elif not snapshot.history:
@@ -410,6 +418,18 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
             staged(seq, "generated")
         else:
             staged(seq, "orphan")
+    by_id = {p.ledger_id: p for p in pending}
+    for ledger_id, seqs in candidates.items():
+        p = by_id[ledger_id]
+        if len(seqs) == 1 and maybe[seqs[0]][1] == [ledger_id]:
+            claimed.add(ledger_id)
+            plan.settled.append((p, maybe[seqs[0]][0]))
+        else:
+            # Two files could be this upload, or this file another's too: taking the wrong one would
+            # record our content on someone else's file and delete ours as an orphan. Neither is
+            # touched; the reservation stays pending, and says why.
+            plan.ambiguous_pending.append((p, [maybe[seq][0] for seq in seqs]))
+            claimed.add(ledger_id)
     stage.flush_marks()
     for category, name in STAGED.items():
         setattr(plan, name, Staged(counts[category], lambda c=category: stage.rows(c)))

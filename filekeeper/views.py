@@ -249,6 +249,10 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
         (t, "never landed: mark failed") for t in r.failed_pending
     ]
     pending += [(t, "its purpose is not listed: left pending, look at the provider") for t in r.unknowable_pending]
+    pending += [
+        (t, f"could be any of {', '.join(printable(f.id) for f in rs)}: left pending, all kept")
+        for t, rs in r.ambiguous_pending
+    ]
     _section(
         lines,
         "pending",

@@ -178,6 +178,41 @@ def test_pending_reservations_are_settled_or_failed(provider_env, run, home: Pat
     assert run("usage", "-p", "openai", "--json").json()[0]["files"] == 1  # the failed one freed its quota
 
 
+def test_a_reservation_two_listed_files_could_be_is_left_pending_and_both_kept(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    write(home / "config.toml", "[http]\nbackoff_seconds = 0.01\n")
+    upload(run, tmp_path, "openai", "kept.txt")
+    baseline(run, "-p", "openai")
+    # Our upload landed, its answer lost and the listing unreadable: pending. Then a teammate
+    # uploads another file of the same name and size.
+    emu.inject("POST", "/files", drop_response=True, after_store=True)
+    emu.inject("GET", "/files", status=500, times=5)
+    ours = write(tmp_path / "report.txt", "version two")
+    assert run("upload", str(ours), "-p", "openai", "--force").exit_code == 1
+    [landed] = emulator_ids(emu) - {
+        r[0] for r in ledger_rows(home, "SELECT file_id FROM files WHERE file_id IS NOT NULL")
+    }
+    theirs = emu.add_file("report.txt", len("version two"))
+    age_everything(home)
+    result = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json")
+    assert result.exit_code == 0, result.stderr
+    body = result.json()
+    [pending] = body["pending"]
+    assert pending["outcome"] == "ambiguous" and sorted(pending["could_be"]) == sorted([landed, theirs.id])
+    assert body["orphans"] == [] and body["deleted"] == [] and {landed, theirs.id} <= emulator_ids(emu)
+    assert ledger_rows(home, "SELECT status FROM files WHERE filename = 'report.txt'") == [("pending",)]
+    text = run("reconcile", "-p", "openai", "--min-age", "0").stdout
+    assert "could be any of" in text and "left pending, all kept" in text
+    # Once only one could be it (the teammate deleted theirs), it is settled onto ours.
+    with emu.lock:
+        del emu.files[theirs.id]
+    again = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
+    assert [(p["outcome"], p["settled_as"]) for p in again["pending"]] == [("settled", landed)]
+    assert ledger_rows(home, "SELECT status, file_id FROM files WHERE filename = 'report.txt'") == [("active", landed)]
+
+
 def test_drift_is_reported(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai")
     [a] = upload(run, tmp_path, "openai", "a.txt")
