@@ -159,12 +159,11 @@ class Keeper:
         purpose = purpose or acct.default_purpose
         _refuse_unsupported(acct, [Request(p.filename, p.size, purpose) for p in payloads])
         with self.ledger.read() as r:
-            row = r.account_row(acct.name)
-            account_id = row.id if row is not None else None
             now = utcnow()
+            requests = [Request(p.filename, p.size, purpose) for p in payloads]
+            account_id, usage, maybe = r.check_figures(acct.name, [] if force else requests, now=now)
             until = now + (timedelta(seconds=ttl_seconds) if ttl_seconds is not None else REUSE_AT_LEAST)
-            reused, new, twins = _split_reused(r, account_id, payloads, purpose, force, until)
-            usage = r.usage([account_id])[account_id] if account_id is not None else Usage(0, 0)
+            reused, new, twins = _split_reused(r, account_id, payloads, purpose, force, until, maybe)
             violations = evaluate(acct.limits, usage, new, ttl_seconds)
             advice = None
             if short_of_room(violations):
@@ -461,6 +460,7 @@ def _split_reused(
     purpose: str,
     force: bool,
     lasting_until: datetime,
+    maybe_duplicate: Sequence[bool] | None = None,
 ) -> tuple[list[FileRecord], list[Request], list[str]]:
     """Which files an upload would reuse (identical content already active, living at least to
     ``lasting_until``, as upload asks) and which it would send; of identical files given
@@ -470,12 +470,15 @@ def _split_reused(
     twins: list[str] = []
     sizes = Counter(p.size for p in payloads)
     sent: set[str] = set()
-    for p in payloads:
+    for i, p in enumerate(payloads):
         request = Request(p.filename, p.size, purpose)
         if force:
             new.append(request)
             continue
-        if account_id is not None and r.may_be_duplicate(account_id, request):
+        maybe = maybe_duplicate[i] if maybe_duplicate is not None else None
+        if maybe is None and account_id is not None:
+            maybe = r.may_be_duplicate(account_id, request)
+        if account_id is not None and maybe:
             duplicate = r.find_duplicate(account_id, p.sha256(), purpose, lasting_until=lasting_until)
             if duplicate is not None:
                 reused.append(duplicate)

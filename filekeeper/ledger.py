@@ -9,6 +9,7 @@ and write by calling a transition inside ``with ledger.write() as w:``, one tran
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -18,7 +19,22 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Row, Select, and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .engine import WRITE, database_errors, db_message, make_engine, owner_only, prepare, read_revision, use_wal
@@ -96,6 +112,39 @@ def _with_status(statuses: Iterable[str], now: datetime) -> Any:
     wanted = set(statuses)
     shown = files.c.status.in_(list(wanted)) & ~lapsed(now)
     return (shown | lapsed(now)) if Status.EXPIRED in wanted else shown
+
+
+@functools.lru_cache(maxsize=16)
+def _check_statement(requests: int) -> Select[Any]:
+    """:meth:`Reader.check_figures`'s query for this many requests, built once: building it is
+    most of what a check costs in Python."""
+    other = files.alias("dup")
+    probes = [
+        exists()
+        .where(
+            other.c.account_id == accounts.c.id,
+            other.c.bytes == bindparam(f"bytes{i}"),
+            other.c.purpose == bindparam(f"purpose{i}"),
+            (other.c.status == Status.ACTIVE)
+            | (
+                (other.c.status == Status.PENDING)
+                & (other.c.filename == bindparam(f"filename{i}"))
+                & other.c.sha256.is_not(None)
+            ),
+        )
+        .label(f"dup{i}")
+        for i in range(requests)
+    ]
+    now = bindparam("now", type_=files.c.provider_expires_at.type)
+    alive = files.c.provider_expires_at.is_(None) | (files.c.provider_expires_at > now)
+    held = and_(files.c.account_id == accounts.c.id, files.c.status.in_(HELD), alive)
+    return (
+        select(accounts.c.id, files.c.purpose, func.count(files.c.id), func.coalesce(func.sum(files.c.bytes), 0))
+        .add_columns(*probes)
+        .select_from(accounts.outerjoin(files, held))
+        .where(accounts.c.name == bindparam("name"))
+        .group_by(accounts.c.id, files.c.purpose)
+    )
 
 
 #: ledger records: a files row with its account's name and provider
@@ -392,6 +441,22 @@ class Reader:
             for a, parts in by_account.items()
         }
 
+    def check_figures(
+        self, account: str, requests: Sequence[Request], *, now: datetime
+    ) -> tuple[int | None, Usage, list[bool]]:
+        """What a quota check reads, in one statement (the least a check can do is one aggregate
+        query; this is that query with its two companions folded in): the account's ledger id
+        (None if never recorded), its :meth:`usage`, and for each request :meth:`may_be_duplicate`."""
+        params: dict[str, Any] = {"name": account, "now": now}
+        for i, r in enumerate(requests):
+            params.update({f"bytes{i}": r.bytes, f"purpose{i}": r.purpose, f"filename{i}": r.filename})
+        rows = self.conn.execute(_check_statement(len(requests)), params).all()
+        if not rows:
+            return None, Usage(0, 0), [False] * len(requests)
+        parts = {row[1]: Usage(int(row[2]), int(row[3])) for row in rows if row[1] is not None}
+        usage = Usage(sum(u.files for u in parts.values()), sum(u.bytes for u in parts.values()), parts)
+        return rows[0][0], usage, [bool(flag) for flag in rows[0][4:]]
+
     def held_files(self, account_id: int, *, expired_by: datetime | None = None) -> list[Held]:
         """Active files that could make room (only those expired by ``expired_by``, if given); not
         those the provider has already deleted by itself."""
@@ -487,8 +552,12 @@ class Reader:
     def baselined(self, account_id: int) -> bool:
         """Whether an applying reconcile has listed the account through this ledger before: until one
         has, every file the provider lists that the ledger does not know is someone else's."""
+        return self.baselined_at(account_id) is not None
+
+    def baselined_at(self, account_id: int) -> datetime | None:
+        """When the first applying reconcile listed the account through this ledger (None: never)."""
         query = select(accounts.c.baselined_at).where(accounts.c.id == account_id)
-        return self.conn.execute(query).scalar() is not None
+        return self.conn.execute(query).scalar()
 
     def identities(self) -> list[tuple[str, str, set[str]]]:
         """The accounts the ledger tracks files of (files at the provider: a renamed account that holds
@@ -1343,7 +1412,17 @@ class Stage:
         with self._errors(), self.conn.begin():
             purposes = [p for (p,) in self.conn.execute(select(files.c.purpose).where(where).distinct())]
             shown = [p for p in purposes if lists_purpose(p)]
-            columns = ("ledger_id", "file_id", "filename", "bytes", "status", "created_at", "expires_at", "purpose")
+            columns = (
+                "ledger_id",
+                "file_id",
+                "filename",
+                "bytes",
+                "status",
+                "created_at",
+                "expires_at",
+                "purpose",
+                "sha256",
+            )
             rows = select(
                 files.c.id,
                 files.c.file_id,
@@ -1353,6 +1432,7 @@ class Stage:
                 files.c.created_at,
                 files.c.expires_at,
                 files.c.purpose,
+                files.c.sha256,
             ).where(where)
             self.conn.execute(self.tracked.insert().from_select(columns, rows.where(files.c.purpose.in_(shown))))
             hidden = [p for p in purposes if p not in shown]
@@ -1498,7 +1578,17 @@ class Stage:
         conn = self._diff()
         with self._errors(), conn.begin():
             rows = conn.execute(
-                select(t.ledger_id, t.file_id, t.filename, t.bytes, t.status, t.created_at, t.expires_at, t.purpose)
+                select(
+                    t.ledger_id,
+                    t.file_id,
+                    t.filename,
+                    t.bytes,
+                    t.status,
+                    t.created_at,
+                    t.expires_at,
+                    t.purpose,
+                    t.sha256,
+                )
                 .where(t.status == Status.PENDING)
                 .order_by(t.ledger_id)
             )

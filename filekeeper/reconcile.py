@@ -333,6 +333,7 @@ def snapshot(ledger: Ledger, account: Account, account_id: int | None, now: date
         return Snapshot(
             identities=r.identities_of(account_id),
             history=r.baselined(account_id),
+            baselined_at=r.baselined_at(account_id),
             intents=r.open_intents(account_id, loose_before=now - LOOSE_DELETE_AFTER, dead_runs=dead),
         )
 

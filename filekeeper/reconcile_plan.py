@@ -68,6 +68,8 @@ class Snapshot:
     identities: dict[tuple[str, str], Identity] = field(default_factory=dict)
     #: whether an applying reconcile has listed the account before (its baseline)
     history: bool = False
+    #: when that first applying reconcile ran: what was made before it was there before us
+    baselined_at: datetime | None = None
     intents: list[Intent] = field(default_factory=list)
 
 
@@ -402,7 +404,7 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
         could_be = [
             p.ledger_id
             for p in claimable.get(filename_key(rf.filename), ())
-            if could_be_upload_of(rf, p.filename, p.bytes, p.created_at)
+            if could_be_upload_of(rf, p.filename, p.bytes, p.created_at) and _content_allows(p, rf)
         ]
         if could_be:
             # Decided once the whole listing is seen: a reservation takes a file only if it is the
@@ -412,8 +414,10 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
                 candidates[ledger_id].append(seq)
         elif young and not rf.generated:
             staged(seq, "young")  # may be an upload landing right now: left alone, whoever made it
-        elif not snapshot.history:
-            staged(seq, "unclaimed_new")  # a ledger that never tracked this account: not ours
+        elif not snapshot.history or _before(rf, snapshot.baselined_at):
+            # A ledger that never tracked this account, or a file made before its first listing
+            # (too young then to judge, or left out of that listing): not ours.
+            staged(seq, "unclaimed_new")
         elif rf.generated:
             staged(seq, "generated")
         else:
@@ -449,6 +453,21 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
     for p in pending:
         if p.ledger_id not in claimed:
             (plan.failed_pending if p.created_at <= old_enough else plan.waiting_pending).append(p)
+
+
+def _content_allows(p: Tracked, rf: RemoteFile) -> bool:
+    """Whether what is known of the contents lets this listed file be the reservation's upload.
+    Where the provider reports a hash, it must match (unless the reservation's is unknown: a raw
+    body may land in the moment before its hash is noted). Where it does not, the reservation
+    must have noted its hash, which it does once its whole content is on its way: a multipart
+    upload cut off before that sent no closing boundary, so nothing can have landed."""
+    if rf.sha256 is not None:
+        return p.sha256 is None or p.sha256 == rf.sha256
+    return p.sha256 is not None
+
+
+def _before(rf: RemoteFile, when: datetime | None) -> bool:
+    return when is not None and rf.created_at is not None and rf.created_at < when
 
 
 def unlisted(plan: ReconcilePlan, tracked: Iterable[Tracked], now: datetime) -> None:

@@ -109,6 +109,8 @@ class Tracked:
     created_at: datetime
     expires_at: datetime | None
     purpose: str = ""
+    #: the content's hash, once its whole content was on its way (a reservation's) or known
+    sha256: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return is_expired(self.expires_at, now)

@@ -269,6 +269,7 @@ def staging_tables(token: str) -> tuple[Table, Table]:
         Column("created_at", UTCDateTime, nullable=False),
         Column("expires_at", UTCDateTime),
         Column("purpose", String(64), nullable=False),
+        Column("sha256", String(64)),
         Index(f"ix_fk_tracked_{token}_file_id", "file_id"),
         prefixes=["TEMPORARY"],
     )

@@ -690,3 +690,31 @@ def test_a_file_uploaded_a_moment_ago_and_not_listed_yet_is_shown_held_back(
     assert "held back (1)" in text and "not listed yet: kept" in text and record["id"] in text
     assert run("reconcile", "-p", "openai", "--apply").exit_code == 0
     assert ledger_rows(home, "SELECT status FROM files") == [("active",), ("active",)]
+
+
+@pytest.mark.parametrize("value", [1, "yes", "true"])
+def test_a_has_more_neither_true_nor_false_is_no_end_of_listing(value: Any, provider_env, run, tmp_path: Path) -> None:
+    emu = provider_env("openai")
+    stored = emu.add_file("a.txt", 3)
+    emu.inject(
+        "GET", "/files", status=200, body={"object": "list", "data": [emu.file_object(stored)], "has_more": value}
+    )
+    remote = adapter("openai")
+    try:
+        with pytest.raises(IncompleteListing, match="neither true nor false"):
+            list(remote.list_files())
+    finally:
+        remote.close()
+
+
+def test_a_provider_filename_with_a_nul_is_kept_readable_and_reconcile_goes_on(
+    provider_env, run, tmp_path: Path, home: Path
+) -> None:
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    planted = emu.add_file("evil\x00name.txt", 4, created_at=HOUR_AGO)
+    result = run("reconcile", "-p", "openai", "--adopt", "--apply", "--json")  # PostgreSQL text holds no NUL
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["adopted"] == [planted.id]
+    [row] = ledger_rows(home, "SELECT filename FROM files")
+    assert row == ("evil\N{REPLACEMENT CHARACTER}name.txt",)

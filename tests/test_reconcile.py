@@ -23,6 +23,7 @@ from tests.conftest import (
     actions,
     age_everything,
     as_json,
+    backdate_baseline,
     baseline,
     emulator_ids,
     hold_lock,
@@ -487,6 +488,7 @@ def test_quiet_when_nothing_to_do_and_exit_codes(provider_env, run, tmp_path: Pa
     upload(run, tmp_path, "openai", "a.txt")
     clean = run("reconcile", "-p", "openai", "--apply", "--exit-code")
     assert (clean.exit_code, clean.stdout, clean.stderr) == (0, "", "")
+    backdate_baseline()
     emu.add_file("orphan.txt", 3, created_at=HOUR_AGO)
     plan = run("reconcile", "-p", "openai", "--exit-code")
     assert plan.exit_code == 4 and "orphans" in plan.stdout and "plan only" in plan.stdout
@@ -587,3 +589,24 @@ def test_timestamps_are_utc(provider_env, run, home: Path) -> None:
     [orphan] = run("reconcile", "-p", "zai", "--json").json()["unclaimed"]  # a ledger new to the account
     assert orphan["created_at"] == "2026-01-02T00:00:00Z"
     assert datetime.now(UTC) - timedelta(days=400) < datetime(2026, 1, 2, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("flavor", ["openai", "gemini"])
+def test_a_reservation_never_takes_a_file_its_content_rules_out(
+    flavor: str, provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env(flavor)
+    write(home / "config.toml", "[http]\nbackoff_seconds = 0.01\n")
+    baseline(run, "-p", flavor)
+    emu.inject("POST", "/files", drop_response=True)  # never stored; the listing then unreadable
+    emu.inject("GET", "/files", status=500, times=5)
+    assert run("upload", str(write(tmp_path / "report.txt", "ours, never landed")), "-p", flavor).exit_code == 1
+    if flavor == "openai":
+        # As a kill in the middle of the body leaves it: reserved, its content never sent whole
+        # (then no hash is noted), so it cannot have landed.
+        ledger_sql(home, "UPDATE files SET sha256 = NULL")
+    theirs = emu.add_file("report.txt", len("ours, never landed"))  # a teammate's, same name and size
+    age_everything(home)
+    plan = run("reconcile", "-p", flavor, "--min-age", "0", "--json").json()
+    assert [p["outcome"] for p in plan["pending"]] == ["failed"], plan["pending"]
+    assert all(p.get("settled_as") != theirs.id for p in plan["pending"])

@@ -28,6 +28,7 @@ from tests.conftest import (
     actions,
     age_everything,
     as_json,
+    backdate_baseline,
     baseline,
     hold_lock,
     ledger_rows,
@@ -160,6 +161,7 @@ def test_a_ledger_that_never_saw_the_account_deletes_nothing(provider_env, run, 
     assert run("usage", "-p", "openai", "--json").json()[0]["files"] == 50  # they hold storage
 
     [ours] = upload(run, tmp_path, "openai", "ours.txt")  # now the ledger tracks the account
+    backdate_baseline()  # and days pass
     stranger = emu.add_file("stranger.txt", 3, created_at=HOUR_AGO)
     later = run("reconcile", "-p", "openai", "--apply", "--json").json()
     assert later["deleted"] == [stranger.id]  # a new unknown file is an orphan; the unclaimed stay
@@ -779,3 +781,29 @@ def test_a_plan_sees_through_a_dead_runs_journal(provider_env, run, home: Path, 
         del emu.files[a["id"]]
     plan = run("reconcile", "-p", "openai", "--json").json()
     assert plan["missing"] == [] and [i["id"] for i in plan["intents_settled"]] == [a["id"]]
+
+
+def test_a_file_made_before_the_first_listing_is_never_an_orphan_later(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "ours.txt")
+    now = int(time.time())
+    young = emu.add_file("teammate-young.txt", 5, created_at=now - 1800)  # younger than --min-age then
+    hidden = emu.add_file("teammate-hidden.txt", 6, created_at=now - 86400)
+    emu.hidden.add(hidden.id)  # left out of that one listing (a lagging index)
+    first = run("reconcile", "-p", "openai", "--apply", "--json").json()  # the baseline
+    assert first["deleted"] == [] and [y["id"] for y in first["young"]] == [young.id]
+    emu.hidden.clear()
+    # Later, with a shorter --min-age: the young one is old enough now, and was made before the baseline.
+    second = run("reconcile", "-p", "openai", "--apply", "--min-age", "10m", "--json").json()
+    assert second["orphans"] == [] and second["deleted"] == []
+    assert sorted(u["id"] for u in second["unclaimed"]) == sorted([young.id, hidden.id])
+    assert {young.id, hidden.id} <= emu.ids()
+    assert statuses(home)[young.id] == statuses(home)[hidden.id] == "unclaimed"
+    # Provider times are whole seconds: a file made in the baseline's own second counts as before it.
+    ledger_sql(home, "UPDATE accounts SET baselined_at = ?", datetime.now(UTC) - timedelta(minutes=1))
+    made_after = emu.add_file("after.txt", 7)  # after the baseline: an orphan, as before
+    ledger_sql(home, "UPDATE files SET created_at = ?", datetime.now(UTC) - timedelta(hours=2))
+    third = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
+    assert third["deleted"] == [made_after.id] and {young.id, hidden.id} <= emu.ids()

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from ..errors import FileNotFoundAtProvider
 from ..profiles import GB, MB, Limits, Profile
-from .base import Page, Provider, RemoteFile, from_rfc3339, require_id, to_int
+from .base import Page, Provider, RemoteFile, from_rfc3339, more_follows, require_id, to_int
 
 if TYPE_CHECKING:
     from .base import HashingReader
@@ -59,9 +59,9 @@ class Anthropic(Provider):
         if "next_page" in body and "has_more" not in body:
             token = body.get("next_page")
             return Page(files, f"page:{token}" if isinstance(token, str) and token else None)
-        has_more = body.get("has_more")
-        if has_more is not True or not files:
-            return Page(files, None, claims_more=has_more is True)
+        has_more = more_follows(body, self.name)
+        if not has_more or not files:
+            return Page(files, None, claims_more=has_more)
         last = body.get("last_id") if isinstance(body.get("last_id"), str) else None
         return Page(files, f"after:{last or files[-1].id}", claims_more=True)
 

@@ -55,10 +55,27 @@ class RemoteFile:
     #: the content's sha256 (hex), where the provider reports it (Gemini)
     sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        if "\x00" in self.filename:
+            # No PostgreSQL text can hold a NUL: one planted name would fail every reconcile.
+            object.__setattr__(self, "filename", self.filename.replace("\x00", "\N{REPLACEMENT CHARACTER}"))
+
     @property
     def failed(self) -> bool:
         """Stored, but unusable: its processing failed (OpenAI-shaped ``error``, Gemini ``FAILED``)."""
         return (self.status or "").lower() in ("error", "failed")
+
+
+def more_follows(body: dict[str, Any], provider: str) -> bool:
+    """A page's ``has_more``: absent or false ends the listing, true goes on, and anything else
+    (``1``, ``"yes"``) is a page that cannot be read: taken for "no more" it would end a listing
+    early, and a listing taken for complete must be complete."""
+    value = body.get("has_more")
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    raise IncompleteListing(f"a page says has_more: {str(value)[:40]!r}, neither true nor false", provider=provider)
 
 
 @dataclass(frozen=True)

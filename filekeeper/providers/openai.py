@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from ..errors import FileNotFoundAtProvider, ProviderError
 from ..profiles import DAY, DEFAULT_LIMITS, GB, MB, Limits, Profile, PurposeLimits, words
-from .base import Page, Provider, RemoteFile, require_id, to_datetime
+from .base import Page, Provider, RemoteFile, more_follows, require_id, to_datetime
 
 if TYPE_CHECKING:
     from .base import HashingReader
@@ -56,9 +56,9 @@ class OpenAIShaped(Provider):
     def parse_page(self, body: Any) -> Page:
         """``{data, has_more, last_id?}``: follow ``has_more``; a missing ``has_more`` ends it."""
         files = self._data(body)
-        has_more = body.get("has_more")
-        if has_more is not True or not files:
-            return Page(files, None, claims_more=has_more is True)
+        has_more = more_follows(body, self.name)
+        if not has_more or not files:
+            return Page(files, None, claims_more=has_more)
         # has_more is trusted over a short page: a server that caps the page size below our
         # limit still says has_more, and stopping there would hide files.
         last = body.get("last_id") if isinstance(body.get("last_id"), str) else None
