@@ -58,13 +58,7 @@ def http_client(
     upload that would not fit before anything is sent. ``evict`` ("expired" or "oldest") makes
     room instead of refusing, as ``filekeeper upload --evict`` does. Other keyword arguments are
     the HTTP client's own (``timeout``, ``proxy``, ``verify``, ``limits``, ``transport``, …)."""
-    lib = library()
-    tracker = _Tracker(provider, account, evict)
-    transport_args = {k: kwargs.pop(k) for k in _TRANSPORT_ARGS if k in kwargs}
-    if "trust_env" in kwargs:
-        transport_args["trust_env"] = kwargs["trust_env"]
-    inner = kwargs.pop("transport", None) or lib.HTTPTransport(**transport_args)
-    return lib.Client(transport=_sync_transport(lib)(inner, tracker), **kwargs)
+    return _client(provider, account, evict, kwargs, asynchronous=False)
 
 
 def async_http_client(
@@ -76,13 +70,22 @@ def async_http_client(
 ) -> Any:
     """:func:`http_client` for ``openai.AsyncOpenAI``: an ``AsyncClient``. The ledger is written
     from a worker thread, so the event loop is not held while it is."""
+    return _client(provider, account, evict, kwargs, asynchronous=True)
+
+
+def _client(
+    provider: str | None, account: str | None, evict: EvictMode | None, kwargs: dict[str, Any], *, asynchronous: bool
+) -> Any:
     lib = library()
     tracker = _Tracker(provider, account, evict)
     transport_args = {k: kwargs.pop(k) for k in _TRANSPORT_ARGS if k in kwargs}
     if "trust_env" in kwargs:
         transport_args["trust_env"] = kwargs["trust_env"]
-    inner = kwargs.pop("transport", None) or lib.AsyncHTTPTransport(**transport_args)
-    return lib.AsyncClient(transport=_async_transport(lib)(inner, tracker), **kwargs)
+    if asynchronous:
+        inner = kwargs.pop("transport", None) or lib.AsyncHTTPTransport(**transport_args)
+        return lib.AsyncClient(transport=_async_transport(lib)(inner, tracker), **kwargs)
+    inner = kwargs.pop("transport", None) or lib.HTTPTransport(**transport_args)
+    return lib.Client(transport=_sync_transport(lib)(inner, tracker), **kwargs)
 
 
 def library() -> ModuleType:
