@@ -404,7 +404,7 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
         could_be = [
             p.ledger_id
             for p in claimable.get(filename_key(rf.filename), ())
-            if could_be_upload_of(rf, p.filename, p.bytes, p.created_at) and _content_allows(p, rf)
+            if could_be_upload_of(rf, p.filename, p.bytes, p.created_at) and not _content_rules_out(p, rf)
         ]
         if could_be:
             # Decided once the whole listing is seen: a reservation takes a file only if it is the
@@ -425,7 +425,7 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
     by_id = {p.ledger_id: p for p in pending}
     for ledger_id, seqs in candidates.items():
         p = by_id[ledger_id]
-        if len(seqs) == 1 and maybe[seqs[0]][1] == [ledger_id]:
+        if len(seqs) == 1 and maybe[seqs[0]][1] == [ledger_id] and _content_proves(p, maybe[seqs[0]][0]):
             claimed.add(ledger_id)
             plan.settled.append((p, maybe[seqs[0]][0]))
         else:
@@ -455,14 +455,17 @@ def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datet
             (plan.failed_pending if p.created_at <= old_enough else plan.waiting_pending).append(p)
 
 
-def _content_allows(p: Tracked, rf: RemoteFile) -> bool:
-    """Whether what is known of the contents lets this listed file be the reservation's upload.
-    Where the provider reports a hash, it must match (unless the reservation's is unknown: a raw
-    body may land in the moment before its hash is noted). Where it does not, the reservation
-    must have noted its hash, which it does once its whole content is on its way: a multipart
-    upload cut off before that sent no closing boundary, so nothing can have landed."""
-    if rf.sha256 is not None:
-        return p.sha256 is None or p.sha256 == rf.sha256
+def _content_rules_out(p: Tracked, rf: RemoteFile) -> bool:
+    """Whether the hashes say this listed file is not the reservation's upload."""
+    return rf.sha256 is not None and p.sha256 is not None and rf.sha256 != p.sha256
+
+
+def _content_proves(p: Tracked, rf: RemoteFile) -> bool:
+    """Whether the one file that could be the reservation's upload may be taken for it. Not when
+    the reservation never noted its hash, which it does once its whole content is on its way: a
+    multipart upload cut off before that cannot have landed, and this file may well be another's
+    of the same name and size (a row from before filekeeper noted hashes is the same: unproven).
+    Such a reservation stays pending and the file is kept, neither taken nor an orphan."""
     return p.sha256 is not None
 
 

@@ -250,7 +250,12 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     ]
     pending += [(t, "its purpose is not listed: left pending, look at the provider") for t in r.unknowable_pending]
     pending += [
-        (t, f"could be any of {', '.join(printable(f.id) for f in rs)}: left pending, all kept")
+        (
+            t,
+            f"could be any of {', '.join(printable(f.id) for f in rs)}: left pending, all kept"
+            if len(rs) > 1
+            else f"could be {printable(rs[0].id)}, not proven (its content was never sent whole): left pending, kept",
+        )
         for t, rs in r.ambiguous_pending
     ]
     _section(

@@ -607,6 +607,15 @@ def test_a_reservation_never_takes_a_file_its_content_rules_out(
         ledger_sql(home, "UPDATE files SET sha256 = NULL")
     theirs = emu.add_file("report.txt", len("ours, never landed"))  # a teammate's, same name and size
     age_everything(home)
-    plan = run("reconcile", "-p", flavor, "--min-age", "0", "--json").json()
-    assert [p["outcome"] for p in plan["pending"]] == ["failed"], plan["pending"]
-    assert all(p.get("settled_as") != theirs.id for p in plan["pending"])
+    result = run("reconcile", "-p", flavor, "--min-age", "0", "--apply", "--json").json()
+    # Gemini's hash says it is not ours: failed. Without a hash, and our content never sent
+    # whole, it cannot be proven ours: left pending, their file kept, neither taken nor deleted.
+    expected = "failed" if flavor == "gemini" else "ambiguous"
+    assert [p["outcome"] for p in result["pending"]] == [expected], result["pending"]
+    if flavor == "gemini":  # not ours, proven: an unknown file after the baseline, an orphan like any other
+        assert result["deleted"] == [theirs.id]
+    else:
+        assert result["deleted"] == [] and theirs.id in emulator_ids(emu)
+    assert ledger_rows(home, "SELECT status FROM files WHERE filename = 'report.txt'") == [
+        ("failed" if flavor == "gemini" else "pending",)
+    ]
