@@ -154,10 +154,9 @@ class _Tracker:
             return "pass", None
         url = request.url
         origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
-        mine = identity_url(self.account.base_url)
-        if identity_url(origin + base) == mine:
+        mine, here = identity_url(self.account.base_url), identity_url(origin + base)
+        if here == mine:
             return kind, file_id
-        here = identity_url(origin + base)
         if here.startswith(mine + "/") and here[len(mine) + 1 :].count("/") >= 1:
             # Another API's files under the same base, named by its collection and id
             # (/vector_stores/vs_1/files attaches and detaches, it uploads and deletes nothing).
@@ -167,7 +166,11 @@ class _Tracker:
         return "elsewhere", None
 
     def elsewhere(self, request: Any, lib: ModuleType) -> Any:
+        from .providers import PROFILES
+
         url = request.url
+        variable = PROFILES[self.account.provider].base_url_env
+        where = f"${variable}, or base_url in config.toml" if variable else "base_url in config.toml"
         return refusal(
             lib,
             request,
@@ -175,7 +178,7 @@ class _Tracker:
             f"filekeeper: this client records account {self.account.name!r} at {self.account.base_url}, but the SDK "
             f"sends to {url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}: give the SDK the "
             "account's base URL, or point the account at the SDK's "
-            f"(${self.account.provider.upper()}_BASE_URL, or base_url in config.toml); nothing was sent",
+            f"({where}); nothing was sent",
             "filekeeper_wrong_account",
         )
 

@@ -244,6 +244,8 @@ def test_an_sdk_pointed_elsewhere_than_the_account_is_refused_and_nothing_sent(
         with pytest.raises(openai.BadRequestError, match="records account 'moonshot'") as refused:
             client.files.create(file=("a.txt", b"a"), purpose="file-extract")
         assert refused.value.response.headers["x-should-retry"] == "false"
+        assert f":{emu.url.split(':')[2].split('/')[0]}" in str(refused.value)  # the port it really sent to
+        assert "$MOONSHOT_BASE_URL" in str(refused.value)
         # What is not an upload or a delete passes through, wherever it goes.
         assert client.files.list().data == []
     finally:
