@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -86,9 +86,10 @@ def make_ledger(home: Path, url: str, known: list[dict[str, object]]) -> dict[st
         account_id = keeper.ledger.ensure_account(keeper.account(provider="openai"))
         now = datetime.now(UTC)
         with keeper.ledger.engine.begin() as conn:
-            # As if an applying reconcile had listed the account before: the unknown files are
-            # orphans to delete, not someone else's files found by a new ledger (unclaimed).
-            conn.execute(update(accounts).where(accounts.c.id == account_id).values(baselined_at=now))
+            # As if an applying reconcile had listed the account long before the orphans were made:
+            # they are orphans to delete, not someone else's files from before the ledger (unclaimed).
+            baseline = now - timedelta(days=400)
+            conn.execute(update(accounts).where(accounts.c.id == account_id).values(baselined_at=baseline))
             for start in range(0, len(known), 10_000):
                 conn.execute(
                     insert(files),
