@@ -157,13 +157,13 @@ class Keeper:
         if not payloads:
             raise UsageError("no files to check")
         purpose = purpose or acct.default_purpose
-        _refuse_unsupported(acct, [Request(p.filename, p.size, purpose) for p in payloads])
+        requests = [Request(p.filename, p.size, purpose) for p in payloads]
+        _refuse_unsupported(acct, requests)
         with self.ledger.read() as r:
             now = utcnow()
-            requests = [Request(p.filename, p.size, purpose) for p in payloads]
             account_id, usage, maybe = r.check_figures(acct.name, [] if force else requests, now=now)
             until = now + (timedelta(seconds=ttl_seconds) if ttl_seconds is not None else REUSE_AT_LEAST)
-            reused, new, twins = _split_reused(r, account_id, payloads, purpose, force, until, maybe)
+            reused, new, twins = _split_reused(r, account_id, payloads, requests, maybe, force, until)
             violations = evaluate(acct.limits, usage, new, ttl_seconds)
             advice = None
             if short_of_room(violations):
@@ -457,29 +457,26 @@ def _split_reused(
     r: Reader,
     account_id: int | None,
     payloads: Sequence[FilePayload],
-    purpose: str,
+    requests: Sequence[Request],
+    maybe_duplicate: Sequence[bool],
     force: bool,
     lasting_until: datetime,
-    maybe_duplicate: Sequence[bool] | None = None,
 ) -> tuple[list[FileRecord], list[Request], list[str]]:
     """Which files an upload would reuse (identical content already active, living at least to
     ``lasting_until``, as upload asks) and which it would send; of identical files given
-    together, as upload does, only the first is sent."""
+    together, as upload does, only the first is sent. ``maybe_duplicate`` is, per request,
+    whether an identical file may exist (:meth:`Reader.check_figures`; empty with ``force``)."""
     reused: list[FileRecord] = []
     new: list[Request] = []
     twins: list[str] = []
     sizes = Counter(p.size for p in payloads)
     sent: set[str] = set()
-    for i, p in enumerate(payloads):
-        request = Request(p.filename, p.size, purpose)
+    for i, (p, request) in enumerate(zip(payloads, requests, strict=True)):
         if force:
             new.append(request)
             continue
-        maybe = maybe_duplicate[i] if maybe_duplicate is not None else None
-        if maybe is None and account_id is not None:
-            maybe = r.may_be_duplicate(account_id, request)
-        if account_id is not None and maybe:
-            duplicate = r.find_duplicate(account_id, p.sha256(), purpose, lasting_until=lasting_until)
+        if account_id is not None and maybe_duplicate[i]:
+            duplicate = r.find_duplicate(account_id, p.sha256(), request.purpose, lasting_until=lasting_until)
             if duplicate is not None:
                 reused.append(duplicate)
                 continue

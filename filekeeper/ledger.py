@@ -91,7 +91,7 @@ def _tracked(account_id: int) -> Any:
     )
 
 
-def _alive(now: datetime) -> Any:
+def _alive(now: Any) -> Any:
     """Rows the provider has not deleted by itself by ``now``."""
     return files.c.provider_expires_at.is_(None) | (files.c.provider_expires_at > now)
 
@@ -114,6 +114,18 @@ def _with_status(statuses: Iterable[str], now: datetime) -> Any:
     return (shown | lapsed(now)) if Status.EXPIRED in wanted else shown
 
 
+def _may_duplicate(table: Any, account_id: Any, size: Any, purpose: Any, filename: Any) -> Any:
+    """Rows of ``table`` that make hashing an upload first worth it: an active file of the same
+    size and purpose, or a reservation of this very file left pending once its content was sent."""
+    return and_(
+        table.c.account_id == account_id,
+        table.c.bytes == size,
+        table.c.purpose == purpose,
+        (table.c.status == Status.ACTIVE)
+        | ((table.c.status == Status.PENDING) & (table.c.filename == filename) & table.c.sha256.is_not(None)),
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def _check_statement(requests: int) -> Select[Any]:
     """:meth:`Reader.check_figures`'s query for this many requests, built once: building it is
@@ -122,22 +134,15 @@ def _check_statement(requests: int) -> Select[Any]:
     probes = [
         exists()
         .where(
-            other.c.account_id == accounts.c.id,
-            other.c.bytes == bindparam(f"bytes{i}"),
-            other.c.purpose == bindparam(f"purpose{i}"),
-            (other.c.status == Status.ACTIVE)
-            | (
-                (other.c.status == Status.PENDING)
-                & (other.c.filename == bindparam(f"filename{i}"))
-                & other.c.sha256.is_not(None)
-            ),
+            _may_duplicate(
+                other, accounts.c.id, bindparam(f"bytes{i}"), bindparam(f"purpose{i}"), bindparam(f"filename{i}")
+            )
         )
         .label(f"dup{i}")
         for i in range(requests)
     ]
     now = bindparam("now", type_=files.c.provider_expires_at.type)
-    alive = files.c.provider_expires_at.is_(None) | (files.c.provider_expires_at > now)
-    held = and_(files.c.account_id == accounts.c.id, files.c.status.in_(HELD), alive)
+    held = and_(files.c.account_id == accounts.c.id, files.c.status.in_(HELD), _alive(now))
     return (
         select(accounts.c.id, files.c.purpose, func.count(files.c.id), func.coalesce(func.sum(files.c.bytes), 0))
         .add_columns(*probes)
@@ -521,21 +526,8 @@ class Reader:
     def may_be_duplicate(self, account_id: int, request: Request) -> bool:
         """Whether an active file of the same size and purpose exists, or a reservation of this very
         file was left pending: only then is hashing first worth it."""
-        same = (files.c.account_id == account_id, files.c.bytes == request.bytes, files.c.purpose == request.purpose)
-        query = (
-            select(files.c.id)
-            .where(
-                *same,
-                (files.c.status == Status.ACTIVE)
-                | (
-                    (files.c.status == Status.PENDING)
-                    & (files.c.filename == request.filename)
-                    & files.c.sha256.is_not(None)
-                ),
-            )
-            .limit(1)
-        )
-        return self.conn.execute(query).first() is not None
+        where = _may_duplicate(files, account_id, request.bytes, request.purpose, request.filename)
+        return self.conn.execute(select(files.c.id).where(where).limit(1)).first() is not None
 
     def identities_of(self, account_id: int) -> dict[tuple[str, str], Identity]:
         """The (base URL, key fingerprint) pairs this account has been used with, and how each is known."""

@@ -245,11 +245,10 @@ class _Tracker:
         except FilekeeperError as e:
             return refusal(lib, request, 400, f"filekeeper: {e}; nothing was sent", "filekeeper_error")
         key = (form.filename, form.size, purpose)
-        attempt = request.headers.get("x-stainless-retry-count", "0")
-        retried = attempt.isdigit() and int(attempt) > 0
+        attempt = _retry_count(request)
         with self._lock:
             waiting = self._unknown.get(key, [])
-            earlier = waiting.pop() if retried and waiting else None
+            earlier = waiting.pop() if attempt and waiting else None
         if earlier is not None:
             try:
                 landed = settle_unknown(self.keeper.ledger, remote, account_id, earlier)
@@ -280,7 +279,7 @@ class _Tracker:
             ttl_seconds=form.expires_after,
             evict=self.evict,
             force=True,  # the SDK asked for an upload: it gets one, not another file's id
-            detail={"source": "openai-sdk", "sdk_attempt": int(attempt) if attempt.isdigit() else 0},
+            detail={"source": "openai-sdk", "sdk_attempt": attempt},
             asks_retention_expiry=False,
         )
         result = upload_one(self.keeper.ledger, remote, job)
@@ -321,12 +320,17 @@ class _Tracker:
             result = None
         if sender.raised is not None:
             raise sender.raised
-        attempt = request.headers.get("x-stainless-retry-count", "0")
-        if result is not None and result.error is None and result.already_gone and attempt not in ("", "0"):
+        if result is not None and result.error is None and result.already_gone and _retry_count(request):
             # The SDK's retry of a delete whose first answer was lost: gone now, so the first went
             # through. What the user asked for is done, and recorded: say so, not 404.
             return lib.Response(200, json={"id": file_id, "object": "file", "deleted": True}, request=request)
         return sender.answer
+
+
+def _retry_count(request: Any) -> int:
+    """Which retry of its request the SDK says this is (``x-stainless-retry-count``; 0: the first try)."""
+    value = request.headers.get("x-stainless-retry-count", "0")
+    return int(value) if value.isdigit() else 0
 
 
 @dataclass

@@ -366,14 +366,15 @@ def doctor(d: Diagnosis) -> str:
     for c in d.accounts:
         a = c.account
         key = f"set ({c.key_fingerprint})" if c.key_fingerprint else (c.key_problem or "not set")
+        variable = a.key_variable if c.key_fingerprint else a.api_key_env  # the one read, or to set
         lines += [
             "",
             f"account {a.name} ({a.provider})" + ("" if c.in_ledger else "  (not in the ledger yet)"),
             f"  base URL        {a.base_url}   [{a.sources.get('base_url', 'built-in')}]",
-            f"  key             {a.key_variable if c.key_fingerprint else a.api_key_env}: {key}",
+            f"  key             {variable}: {key}",
         ]
         if a.api_key_fallbacks:
-            others = [n for n in a.key_variables if n != (a.key_variable if c.key_fingerprint else a.api_key_env)]
+            others = [n for n in a.key_variables if n != variable]
             lines.append(f"                  (or {', '.join(others)}, which the provider's SDK reads)")
         limits = a.limits
         for name, value in (
