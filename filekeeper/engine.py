@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy import event as sa_event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from .errors import LedgerError, UsageError
@@ -64,7 +64,13 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+    # On the driver itself: for a reservation this is where it waits for the lock, and whatever runs
+    # after the lock is granted holds up every other writer (SQLAlchemy's statement machinery did).
+    statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN"
+    try:
+        conn.connection.driver_connection.execute(statement)
+    except sqlite3.Error as e:  # raised as SQLAlchemy's own, as a statement's error would be
+        raise DBAPIError.instance(statement, None, e, sqlite3.Error) from None
 
 
 def check_sqlite_file(path: Path) -> None:

@@ -4,6 +4,8 @@ This module is the ledger's only writer. Everything that can happen to a file is
 :class:`Writer`, and each decides the audit event it writes, so the list of those methods is the
 list of what can happen. Other modules read through :class:`Reader` (or their own ``select``s)
 and write by calling a transition inside ``with ledger.write() as w:``, one transaction each.
+(``account_usage``, the sums of what each account holds, is kept by the database's own triggers
+on ``files``: whatever writes a file row updates them in its transaction.)
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import contextlib
 import functools
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Executable,
     Row,
     Select,
     and_,
@@ -33,11 +38,23 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
+    union_all,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from .engine import WRITE, database_errors, db_message, make_engine, owner_only, prepare, read_revision, use_wal
+from .engine import (
+    WRITE,
+    database_errors,
+    db_message,
+    make_engine,
+    owner_only,
+    prepare,
+    read_revision,
+    use_wal,
+)
 from .errors import LedgerConflict, LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
 from .records import LAPSING, SORTS, DeleteOutcome, FileRecord, Identity, Intent, Tracked
@@ -50,6 +67,7 @@ from .schema import (
     RunStatus,
     Status,
     account_keys,
+    account_usage,
     accounts,
     delete_intents,
     events,
@@ -126,6 +144,169 @@ def _may_duplicate(table: Any, account_id: Any, size: Any, purpose: Any, filenam
     )
 
 
+def _usage_parts(account_id: Any, now: Any) -> Any:
+    """What the account holds, per purpose, as rows to add up: its ``account_usage`` rows (kept by
+    the database's triggers, marked 0), less the held rows the provider has already deleted by
+    itself by ``now`` (marked 1: those the sums still count; one range of an index, usually empty)."""
+    kept = select(literal(0).label("lapsed"), account_usage.c.purpose, account_usage.c.files, account_usage.c.bytes)
+    gone = (
+        select(literal(1), files.c.purpose, -func.count(), -func.sum(files.c.bytes))
+        .where(files.c.account_id == account_id, files.c.status.in_(HELD), files.c.provider_expires_at <= now)
+        .group_by(files.c.purpose)
+    )
+    return union_all(kept.where(account_usage.c.account_id == account_id), gone)
+
+
+def _usage_from(rows: Iterable[Any]) -> tuple[Usage, int]:
+    """:class:`Usage` from :func:`_usage_parts`' rows, and how many ``account_usage`` rows it read."""
+    parts: dict[str, list[int]] = {}
+    kept = 0
+    for lapsed, purpose, n, b in rows:
+        kept += not lapsed
+        part = parts.setdefault(purpose, [0, 0])
+        part[0] += int(n)
+        part[1] += int(b)
+    by_purpose = {p: Usage(n, b) for p, (n, b) in parts.items() if n}
+    return Usage(sum(u.files for u in by_purpose.values()), sum(u.bytes for u in by_purpose.values()), by_purpose), kept
+
+
+def _param(name: str, type_: Any = None) -> Any:
+    # A value of None makes the parameter optional at compile time, so that the statement can be
+    # compiled once, before any value is known (see _Prepared).
+    return bindparam(name, None, type_=type_)
+
+
+class _Prepared:
+    """A statement built and compiled once per database, then run as the driver's own SQL.
+
+    Only for the few statements a reservation makes while it holds the account's lock: there,
+    SQLAlchemy's per-statement work (finding the compiled form, binding, building the result:
+    some 25 µs a statement here) was most of the time the lock was held. The SQL and the
+    conversion of each value (UTCDateTime, JSON) are still SQLAlchemy's. On PostgreSQL the
+    statement still goes through ``exec_driver_sql``, for its events and its handling of a dropped
+    connection (a round trip costs more than that work there); on SQLite, where nothing can drop
+    and the lock is the whole database's, straight through the driver, errors raised as
+    SQLAlchemy's own."""
+
+    def __init__(self, build: Callable[[], Executable]) -> None:
+        self._build = build
+        self._by_dialect: dict[str, tuple[str, list[tuple[str, Any, Any]], bool]] = {}
+
+    def _compile(self, dialect: Dialect) -> tuple[str, list[tuple[str, Any, Any]], bool]:
+        compiled = self._build().compile(dialect=dialect, compile_kwargs={"render_postcompile": True})  # type: ignore[attr-defined]
+        slots = []
+        for name in compiled.positiontup or compiled.params:
+            bind = compiled.binds.get(name)
+            convert = bind.type.dialect_impl(dialect).bind_processor(dialect) if bind is not None else None
+            default = compiled.params.get(name)
+            slots.append((name, default.value if isinstance(default, Enum) else default, convert))
+        return compiled.string, slots, compiled.positiontup is not None
+
+    def bound(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, Any]:
+        """The SQL and its values, as the driver takes them."""
+        found = self._by_dialect.get(dialect.name)
+        if found is None:
+            found = self._by_dialect[dialect.name] = self._compile(dialect)
+        sql, slots, positional = found
+        values = [
+            (convert(params[name]) if convert else params[name]) if name in params else default
+            for name, default, convert in slots
+        ]
+        return sql, tuple(values) if positional else {name: v for (name, _, _), v in zip(slots, values, strict=True)}
+
+    def run(self, conn: Connection, **params: Any) -> list[Any]:
+        sql, values = self.bound(conn.dialect, params)
+        if conn.dialect.name == "sqlite":
+            try:
+                cursor = conn.connection.driver_connection.execute(sql, values)  # type: ignore[union-attr]
+            except sqlite3.Error as e:
+                raise DBAPIError.instance(sql, values, e, sqlite3.Error) from None
+            return cursor.fetchall() if cursor.description else []
+        result = conn.exec_driver_sql(sql, values)
+        return result.fetchall() if result.returns_rows else []
+
+
+def _lock_then_read(conn: Connection, lock: _Prepared, read: _Prepared, params: dict[str, Any]) -> list[Any]:
+    """``lock`` and then ``read``, sent together where the driver can pipeline them (psycopg): one
+    round trip, and still the server runs the read only once the lock is granted, so that in a
+    read-committed transaction it sees everything committed before (the pair in one statement
+    would read what was committed before it began to wait)."""
+    dialect = conn.dialect
+    if dialect.name != "postgresql":
+        lock.run(conn, **params)
+        return read.run(conn, **params)
+    driver: Any = conn.connection.driver_connection
+    bound = [lock.bound(dialect, params), read.bound(dialect, params)]
+    try:
+        with driver.pipeline():
+            cursors = [driver.execute(sql, values) for sql, values in bound]
+        return cursors[1].fetchall()
+    except dialect.loaded_dbapi.Error as e:  # raised as SQLAlchemy's own, as run's errors are
+        raise DBAPIError.instance(bound[1][0], bound[1][1], e, dialect.loaded_dbapi.Error, dialect=dialect) from None
+
+
+#: account_usage rows an account may gather before a reservation folds them into one per purpose
+FOLD_AFTER = 8
+
+
+def _reserving() -> Any:
+    return (
+        insert(files)
+        .values(
+            account_id=_param("account_id", files.c.account_id.type),
+            filename=_param("filename", files.c.filename.type),
+            bytes=_param("bytes", files.c.bytes.type),
+            sha256=_param("sha256", files.c.sha256.type),
+            purpose=_param("purpose", files.c.purpose.type),
+            status=Status.PENDING.value,
+            created_at=_param("created_at", files.c.created_at.type),
+            expires_at=_param("expires_at", files.c.expires_at.type),
+            provider_expires_at=_param("provider_expires_at", files.c.provider_expires_at.type),
+        )
+        .returning(files.c.id)
+    )
+
+
+_EVENT_COLUMNS = ("at", "account_id", "file_id", "action", "actor", "pid", "detail")
+
+
+def _event_values() -> dict[str, Any]:
+    return {name: _param(name, events.c[name].type) for name in _EVENT_COLUMNS}
+
+
+def _reserve_with_event() -> Any:
+    # Where the database takes an INSERT inside WITH (PostgreSQL), the row and its event are one
+    # statement: one round trip fewer while the account is locked.
+    reserved = _reserving().cte("reserved")
+    return (
+        insert(events)
+        .from_select([*_EVENT_COLUMNS, "file_pk"], select(*_event_values().values(), reserved.c.id))
+        .returning(events.c.file_pk)
+    )
+
+
+# Built on first use, not at import: most commands never reserve.
+_USAGE = _Prepared(lambda: _usage_parts(_param("account_id"), _param("now", files.c.provider_expires_at.type)))
+_FOLD = _Prepared(
+    lambda: (
+        account_usage.delete()
+        .where(account_usage.c.account_id == _param("account_id"))
+        .returning(account_usage.c.purpose, account_usage.c.files, account_usage.c.bytes)
+    )
+)
+_ADD_USAGE = _Prepared(
+    lambda: insert(account_usage).values(
+        account_id=_param("account_id"), purpose=_param("purpose"), files=_param("files"), bytes=_param("bytes")
+    )
+)
+_LOCK = _Prepared(
+    lambda: select(accounts.c.id).where(accounts.c.id == _param("account_id")).with_for_update(key_share=True)
+)
+_RESERVE = _Prepared(_reserving)
+_EVENT = _Prepared(lambda: insert(events).values(file_pk=_param("file_pk"), **_event_values()))
+_RESERVE_WITH_EVENT = _Prepared(_reserve_with_event)
+
+
 @functools.lru_cache(maxsize=16)
 def _check_statement(requests: int) -> Select[Any]:
     """:meth:`Reader.check_figures`'s query for this many requests, built once: building it is
@@ -142,13 +323,13 @@ def _check_statement(requests: int) -> Select[Any]:
         for i in range(requests)
     ]
     now = bindparam("now", type_=files.c.provider_expires_at.type)
-    held = and_(files.c.account_id == accounts.c.id, files.c.status.in_(HELD), _alive(now))
+    named = select(accounts.c.id).where(accounts.c.name == bindparam("name")).scalar_subquery()
+    parts = _usage_parts(named, now).subquery()
     return (
-        select(accounts.c.id, files.c.purpose, func.count(files.c.id), func.coalesce(func.sum(files.c.bytes), 0))
+        select(accounts.c.id, parts.c.lapsed, parts.c.purpose, parts.c.files, parts.c.bytes)
         .add_columns(*probes)
-        .select_from(accounts.outerjoin(files, held))
+        .select_from(accounts.outerjoin(parts, true()))
         .where(accounts.c.name == bindparam("name"))
-        .group_by(accounts.c.id, files.c.purpose)
     )
 
 
@@ -212,6 +393,15 @@ class Ledger:
         self.pid = os.getpid()
         self._staging_engine: Engine | None = None
         self._stages: set[Stage] = set()
+        # The same pool; its connections' transactions take the write lock as they begin (set
+        # once here: setting it on each connection was a tenth of a reservation's time).
+        self._writing = engine.execution_options(**{WRITE: True})
+
+    @property
+    def row_locks(self) -> bool:
+        """Whether a write transaction locks only the rows it touches (PostgreSQL), rather than
+        the whole database from its start (SQLite)."""
+        return self.engine.dialect.name != "sqlite"
 
     @cached_property
     def actor(self) -> str:
@@ -268,11 +458,8 @@ class Ledger:
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:
         try:
-            with self.engine.connect() as conn:
-                if write:
-                    conn.execution_options(**{WRITE: True})
-                with conn.begin():
-                    yield conn
+            with (self._writing if write else self.engine).connect() as conn, conn.begin():
+                yield conn
         except IntegrityError as e:
             raise LedgerConflict(f"ledger error: {db_message(e)}") from None
         except SQLAlchemyError as e:
@@ -432,19 +619,12 @@ class Reader:
 
         Held are the rows in :data:`HELD`, except those the provider has deleted by itself by
         ``now`` (a Gemini file after its 48 hours, listed or not, takes no room)."""
-        ids = list(account_ids)
-        query = (
-            select(files.c.account_id, files.c.purpose, func.count(), func.coalesce(func.sum(files.c.bytes), 0))
-            .where(files.c.account_id.in_(ids), files.c.status.in_(HELD), _alive(now or utcnow()))
-            .group_by(files.c.account_id, files.c.purpose)
-        )
-        by_account: dict[int, dict[str, Usage]] = {a: {} for a in ids}
-        for a, purpose, n, b in self.conn.execute(query):
-            by_account[a][purpose] = Usage(int(n), int(b))
-        return {
-            a: Usage(sum(u.files for u in parts.values()), sum(u.bytes for u in parts.values()), parts)
-            for a, parts in by_account.items()
-        }
+        when = now or utcnow()
+        return {a: self.usage_of(a, when) for a in account_ids}
+
+    def usage_of(self, account_id: int, now: datetime) -> Usage:
+        """One account's :meth:`usage`."""
+        return _usage_from(_USAGE.run(self.conn, account_id=account_id, now=now))[0]
 
     def check_figures(
         self, account: str, requests: Sequence[Request], *, now: datetime
@@ -458,9 +638,8 @@ class Reader:
         rows = self.conn.execute(_check_statement(len(requests)), params).all()
         if not rows:
             return None, Usage(0, 0), [False] * len(requests)
-        parts = {row[1]: Usage(int(row[2]), int(row[3])) for row in rows if row[1] is not None}
-        usage = Usage(sum(u.files for u in parts.values()), sum(u.bytes for u in parts.values()), parts)
-        return rows[0][0], usage, [bool(flag) for flag in rows[0][4:]]
+        usage, _ = _usage_from(row[1:5] for row in rows if row[2] is not None)
+        return rows[0][0], usage, [bool(flag) for flag in rows[0][5:]]
 
     def held_files(self, account_id: int, *, expired_by: datetime | None = None) -> list[Held]:
         """Active files that could make room (only those expired by ``expired_by``, if given); not
@@ -752,8 +931,46 @@ class Writer(Reader):
 
     def lock_account(self, account_id: int) -> None:
         """Serialise writers of one account: a row lock where the database has them (SQLite's
-        write transaction already excludes every other writer)."""
-        self.conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update())
+        write transaction already excludes every other writer). ``FOR NO KEY UPDATE``: writers of
+        the account's files and usage rows (whose foreign keys take a key-share lock on it) need
+        not wait for it, so that none of them can hold up a reservation that waits on them."""
+        if self.conn.dialect.name != "sqlite":
+            _LOCK.run(self.conn, account_id=account_id)
+
+    def lock_and_read_usage(self, account_id: int, now: datetime) -> Usage:
+        """:meth:`lock_account`, then :meth:`usage_of` under the lock: on PostgreSQL in one round
+        trip (the read begins once the lock is granted, so it sees every reservation before it)."""
+        if self.conn.dialect.name == "sqlite":
+            return self.usage_of(account_id, now)
+        rows = _lock_then_read(self.conn, _LOCK, _USAGE, {"account_id": account_id, "now": now})
+        return self._folded(account_id, rows)
+
+    def usage_of(self, account_id: int, now: datetime) -> Usage:
+        """:meth:`Reader.usage_of`; an account whose ``account_usage`` rows have piled up has them
+        folded into one per purpose on the way, so that the next read adds up a few."""
+        return self._folded(account_id, _USAGE.run(self.conn, account_id=account_id, now=now))
+
+    def _folded(self, account_id: int, rows: list[tuple[Any, ...]]) -> Usage:
+        usage, kept = _usage_from(rows)
+        if kept > FOLD_AFTER:
+            self.fold_usage(account_id)
+        return usage
+
+    def fold_usage(self, account_id: int) -> None:
+        """Replace the account's ``account_usage`` rows by one per purpose: by a reservation that
+        found them piled up, and after the transitions that add many at once (a reconcile's
+        changes, a batch of deletes), so that reading the usage stays a read of a few rows."""
+        # Each row deleted is returned to exactly one folder, whoever else folds at the same time
+        # (PostgreSQL's second DELETE finds the rows gone); rows other writers add meanwhile are
+        # left for the next fold.
+        sums: dict[str, list[int]] = {}
+        for purpose, n, b in _FOLD.run(self.conn, account_id=account_id):
+            part = sums.setdefault(purpose, [0, 0])
+            part[0] += int(n)
+            part[1] += int(b)
+        for purpose, (n, b) in sums.items():
+            if n or b:
+                _ADD_USAGE.run(self.conn, account_id=account_id, purpose=purpose, files=n, bytes=b)
 
     # --- an upload: reserve, then activate or fail --------------------------------------------
 
@@ -784,6 +1001,8 @@ class Writer(Reader):
         account_id: int,
         request: Request,
         *,
+        account: str,
+        provider: str,
         sha256: str | None,
         created_at: datetime,
         expires_at: datetime | None,
@@ -791,30 +1010,47 @@ class Writer(Reader):
         **detail: Any,
     ) -> FileRecord:
         """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
-        provider's own expiry passes)."""
-        ledger_id = self.conn.execute(
-            insert(files).values(
-                account_id=account_id,
-                filename=request.filename,
-                bytes=request.bytes,
-                sha256=sha256,
-                purpose=request.purpose,
-                status=Status.PENDING,
-                created_at=created_at,
-                expires_at=expires_at,
-                provider_expires_at=provider_expires_at,
-            )
-        ).inserted_primary_key[0]
-        self._event(
+        provider's own expiry passes). ``account`` and ``provider`` (its name and provider) are for
+        the record returned, which is made from what was written rather than read back."""
+        values = {
+            "account_id": account_id,
+            "filename": request.filename,
+            "bytes": request.bytes,
+            "sha256": sha256,
+            "purpose": request.purpose,
+            "created_at": created_at,
+            "expires_at": expires_at,
+            "provider_expires_at": provider_expires_at,
+        }
+        event = self._event_row(
             Action.RESERVE,
             account_id=account_id,
-            file_pk=ledger_id,
             filename=request.filename,
             bytes=request.bytes,
             purpose=request.purpose,
             **detail,
         )
-        return self.record(ledger_id)
+        if self.conn.dialect.name == "postgresql":
+            ((ledger_id,),) = _RESERVE_WITH_EVENT.run(self.conn, **{**values, **event})
+        else:
+            ((ledger_id,),) = _RESERVE.run(self.conn, **values)
+            _EVENT.run(self.conn, **{**event, "file_pk": ledger_id})
+        # What was just written, as a read back would give it, without one more statement.
+        return FileRecord(
+            ledger_id=ledger_id,
+            id=None,
+            provider=provider,
+            account=account,
+            filename=request.filename,
+            bytes=request.bytes,
+            sha256=sha256,
+            purpose=request.purpose,
+            status=Status.PENDING,
+            created_at=created_at,
+            expires_at=expires_at,
+            deleted_at=None,
+            provider_expires_at=provider_expires_at,
+        )
 
     def evict(self, account_id: int, victim: Held, *, mode: str, now: datetime, for_filename: str) -> None:
         """Marked gone inside the reservation's lock, so that no other upload counts on this room;
@@ -1213,6 +1449,7 @@ class Writer(Reader):
             )
         self.conn.execute(insert(events), rows)
         self.void_intents([d.job.intent_id for d in done if d.job.intent_id is not None])
+        self.fold_usage(account_id)
 
     # --- reconcile runs (a running row is also the account's lock) -------------------------------
 

@@ -45,8 +45,8 @@ class Usage:
     def purpose(self, purpose: str) -> Usage:
         return self.by_purpose.get(purpose) or Usage(0, 0)
 
-    def without(self, held: Held) -> Usage:
-        """What is held once this file is gone."""
+    def without(self, held: Held | Request) -> Usage:
+        """What is held once this file is gone (or before it came)."""
         by_purpose = dict(self.by_purpose)
         if held.purpose in by_purpose:
             left = by_purpose[held.purpose]

@@ -575,6 +575,7 @@ def _apply_ledger(
         # Evictions' journal rows go without a new event (the eviction wrote its own).
         evictions = [i.id for i in plan.intents_done if i.kind == DeleteKind.EVICT]
         w.void_intents([i.id for i in plan.intents_void] + evictions)
+        w.fold_usage(account_id)  # what all the above added to the account's usage rows
 
 
 def _still_wanted(job: DeleteJob, status: str | None) -> str | None:

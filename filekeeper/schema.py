@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 # The newest revision in migrations/versions. Opening a ledger compares against this constant
 # so that commands that find the ledger current never import alembic (a test keeps it in step).
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 class Status(StrEnum):
@@ -170,9 +170,26 @@ files = Table(
     Column("provider_expires_at", UTCDateTime),
     Column("deleted_at", UTCDateTime),
     UniqueConstraint("account_id", "file_id"),
-    Index(None, "account_id", "status"),
+    # status, then the provider's expiry: the held rows the provider has deleted by itself are
+    # one range of it (what account_usage's sums still count).
+    Index(None, "account_id", "status", "provider_expires_at"),
     Index(None, "account_id", "sha256", "purpose"),
     Index(None, "account_id", "bytes"),  # an active file of this size? (before hashing)
+)
+
+# What each account holds, per purpose: the sum of its rows. Written by the database itself, by
+# triggers on files (migration 0006): +1 file and its bytes as a row starts holding quota (HELD),
+# -1 as it stops; on SQLite into one row per account and purpose, on PostgreSQL as a new row each
+# time, which reservations fold into one per purpose now and then.
+account_usage = Table(
+    "account_usage",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Index(None, "account_id", "purpose"),
 )
 
 # Append-only: rows are inserted and never updated; only an explicit prune removes them.

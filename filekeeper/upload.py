@@ -34,7 +34,7 @@ from .schema import DeleteKind, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
-    from .ledger import Ledger
+    from .ledger import Ledger, Writer
     from .providers import Provider, RemoteFile, Uploaded
 
 ProgressCallback = Callable[[int], None]
@@ -252,8 +252,15 @@ def reserve(
     ago); never one ``twins`` checked and could not use."""
     acct, account_id, request = job.account, job.account_id, job.request
     twins = twins or Twins()
+    unfixable = file_violations(acct.limits, [request], job.ttl_seconds)  # before the lock: it needs none
+    if ledger.row_locks and not unfixable and not (sha256 and not job.force):
+        reserved = _reserve_first(ledger, job, sha256)
+        if reserved is not None:
+            return reserved
     with ledger.write() as w:
-        w.lock_account(account_id)
+        # The usage is read under the lock, with the lock (one round trip on PostgreSQL); read a
+        # moment before ``now``, it can only count a file lapsing in between as still held.
+        usage = w.lock_and_read_usage(account_id, utcnow())
         now = utcnow()  # inside the lock: reservations' times follow the order they were made in
         if sha256 and not job.force:
             record = w.find_duplicate(
@@ -262,10 +269,9 @@ def reserve(
             if record is not None:
                 w.reuse(account_id, record, request, sha256, **job.detail)
                 return Reservation(record, reused=True)
-        violations = file_violations(acct.limits, [request], job.ttl_seconds)
+        violations = unfixable
         evicted: list[Held] = []
         if not violations:
-            usage = w.usage([account_id])[account_id]
             violations = room_violations(acct.limits, usage, [request])
             if violations and job.evict:
                 protected = command.snapshot()[0] if command is not None else frozenset()
@@ -284,17 +290,48 @@ def reserve(
             # Journaled like any delete: if this process dies before the provider answers, the next
             # reconcile finds out whether it happened, and restores the file if it did not.
             intents += w.add_intents(account_id, [(victim.file_id, victim.ledger_id, DeleteKind.EVICT)], run_id=None)
-        expires_at, provider_expires_at = job.expiries(now)
-        record = w.reserve(
-            account_id,
-            request,
-            sha256=sha256,
-            created_at=now,
-            expires_at=expires_at,
-            provider_expires_at=provider_expires_at,
-            **job.detail,
-        )
-        return Reservation(record, evicted=evicted, intents=intents)
+        return Reservation(_write_reservation(w, job, sha256, now), evicted=evicted, intents=intents)
+
+
+def _write_reservation(w: Writer, job: UploadJob, sha256: str | None, now: datetime) -> FileRecord:
+    expires_at, provider_expires_at = job.expiries(now)
+    return w.reserve(
+        job.account_id,
+        job.request,
+        account=job.account.name,
+        provider=job.account.provider,
+        sha256=sha256,
+        created_at=now,
+        expires_at=expires_at,
+        provider_expires_at=provider_expires_at,
+        **job.detail,
+    )
+
+
+class _NoRoom(Exception):
+    """A reservation made first did not fit after all: rolled back, to be made the careful way."""
+
+
+def _reserve_first(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reservation | None:
+    """Where the ledger locks rows rather than the whole database (PostgreSQL): the row and its
+    event are written first, and only then is the account locked and its usage read, the new row
+    included; the whole is committed if it fits and rolled back if not (None: the caller then
+    reserves the careful way, which refuses with the figures or makes room).
+
+    No more can be reserved than with the lock taken first: each reservation reads, under the lock,
+    every reservation committed before it and its own. But the lock is held for that read and the
+    commit alone, not for the writes as well, which are most of a reservation's time (the figures
+    are in README's Performance section: ``bench/quota_check.py``)."""
+    try:
+        with ledger.write() as w:
+            now = utcnow()
+            record = _write_reservation(w, job, sha256, now)
+            beside = w.lock_and_read_usage(job.account_id, now).without(job.request)
+            if room_violations(job.account.limits, beside, [job.request]):
+                raise _NoRoom
+            return Reservation(record)
+    except _NoRoom:
+        return None
 
 
 def upload_one(

@@ -96,6 +96,7 @@ def home(
     monkeypatch.setenv("FILEKEEPER_HOME", str(path))
     if backend == "sqlite":
         yield path
+        assert_usage_kept(path)
         return
     if request.node.get_closest_marker("sqlite_only"):
         pytest.skip("about the SQLite file itself")
@@ -110,9 +111,47 @@ def home(
     monkeypatch.setenv("FILEKEEPER_DATABASE_URL", f"{database}?options=-csearch_path%3D{schema}")
     try:
         yield path
+        assert_usage_kept(path)
     finally:
         with engine.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def assert_usage_kept(home: Path) -> None:
+    """After every test, whatever it did to the ledger: the usage sums the database's triggers
+    keep (account_usage) are exactly what the files rows hold."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from filekeeper.schema import HELD
+
+    if not os.environ.get("FILEKEEPER_DATABASE_URL") and not (home / "ledger.db").is_file():
+        return
+    engine = create_engine(ledger_url(home))
+    try:
+        with engine.connect() as conn:
+            try:
+                if not inspect(conn).has_table("account_usage"):
+                    return
+            except Exception:  # a test left a ledger that is no database on purpose
+                return
+            kept = conn.execute(
+                text(
+                    "SELECT account_id, purpose, sum(files), sum(bytes) FROM account_usage "
+                    "GROUP BY account_id, purpose "
+                    "HAVING sum(files) <> 0 OR sum(bytes) <> 0"
+                )
+            )
+            held = conn.execute(
+                text(
+                    "SELECT account_id, purpose, count(*), sum(bytes) FROM files "
+                    f"WHERE status IN ({', '.join(repr(str(s)) for s in HELD)}) GROUP BY account_id, purpose"
+                )
+            )
+            assert {(a, p): (int(n), int(b)) for a, p, n, b in kept} == {
+                (a, p): (int(n), int(b)) for a, p, n, b in held
+            }, "account_usage no longer adds up to the held files rows"
+    finally:
         engine.dispose()
 
 

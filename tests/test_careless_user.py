@@ -540,11 +540,17 @@ def test_a_wrong_adoption_is_undone_when_the_real_upload_answers(home: Path, pro
         account_id = keeper.ledger.ensure_account(keeper.account(provider="openai"))
         now = utcnow()
         with keeper.ledger.write() as w:
-            a = w.reserve(
-                account_id, Request("data.csv", 5, "assistants"), sha256=None, created_at=now, expires_at=None
-            )
-            b = w.reserve(
-                account_id, Request("data.csv", 5, "assistants"), sha256=None, created_at=now, expires_at=None
+            a, b = (
+                w.reserve(
+                    account_id,
+                    Request("data.csv", 5, "assistants"),
+                    account="openai",
+                    provider="openai",
+                    sha256=None,
+                    created_at=now,
+                    expires_at=None,
+                )
+                for _ in range(2)
             )
         with keeper.ledger.write() as w:  # a's answer was lost, and its recovery took b's file for its own
             w.activate(a.ledger_id, file_id="file-X", size=5, sha256="a" * 64)

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 
 from filekeeper import Keeper, LedgerError
+from filekeeper.upload import FilePayload, UploadJob, reserve
 from tests.conftest import ledger_rows, write
 
 
@@ -52,6 +53,58 @@ def test_a_connection_dropped_while_reserving_loses_nothing(postgres: Path, prov
         # The pool replaces the dead connection: the next upload simply works.
         [again] = keeper.upload([doc], provider="openai")
         assert again.ok and again.record is not None and again.record.status == "active"
+
+
+def test_a_connection_dropped_while_waiting_for_the_account_lock_loses_nothing(
+    postgres: Path, provider_env, tmp_path: Path
+) -> None:
+    """On PostgreSQL a reservation writes its row first and then waits for the account's lock
+    (upload._reserve_first): dropped while it waits, the row goes with the transaction."""
+    import threading
+    import time
+
+    emu = provider_env("openai")
+    doc = write(tmp_path / "a.txt", "hello")
+    admin = create_engine(os.environ["FILEKEEPER_DATABASE_URL"])
+    with Keeper() as keeper, admin.connect() as holder:
+        account = keeper.account(provider="openai")
+        job = UploadJob(account, keeper.ledger.ensure_account(account), FilePayload(doc), "assistants")
+        holder.execute(text("SELECT id FROM accounts FOR NO KEY UPDATE"))  # another writer of the account
+        results: list[object] = []
+
+        def reserving() -> None:
+            try:
+                reserve(keeper.ledger, job, None)
+            except LedgerError as e:
+                results.append(e)
+
+        worker = threading.Thread(target=reserving)
+        worker.start()
+        waiting: list[int] = []
+        deadline = time.monotonic() + 30
+        while not waiting and time.monotonic() < deadline:  # until the reservation waits on the lock
+            with admin.connect() as a:
+                waiting = [
+                    pid
+                    for (pid,) in a.execute(
+                        text(
+                            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE '%FOR NO KEY UPDATE%' AND pid <> pg_backend_pid()"
+                        )
+                    )
+                ]
+        assert waiting, "the reservation never waited for the lock"
+        with admin.connect() as a:
+            a.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": waiting[0]})
+        worker.join(timeout=60)
+        holder.rollback()
+        assert len(results) == 1  # a one-line ledger error, raised
+        assert ledger_rows(postgres, "SELECT count(*) FROM files") == [(0,)]
+        assert ledger_rows(postgres, "SELECT count(*) FROM events WHERE action = 'reserve'") == [(0,)]
+        assert emu.count("POST", "/files") == 0
+        [again] = keeper.upload([doc], provider="openai")  # the pool replaced the connection
+        assert again.ok and again.record is not None and again.record.status == "active"
+    admin.dispose()
 
 
 def test_a_connection_dropped_after_the_upload_leaves_a_reservation_reconcile_settles(

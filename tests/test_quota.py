@@ -266,12 +266,17 @@ def test_check_imports_neither_httpx_nor_alembic(provider_env, run, tmp_path: Pa
     assert out.stdout.strip().splitlines()[-1] == "0 []"
 
 
-@pytest.mark.parametrize(("processes", "per_process", "limit"), [(8, 3, 12), (16, 4, 20)])
+@pytest.mark.parametrize(
+    ("processes", "per_process", "limit", "sizes"),
+    [(8, 3, 12, "alike"), (16, 4, 20, "alike"), (16, 4, 20, "distinct")],
+)
 def test_concurrent_uploads_never_oversell_the_quota(
-    processes: int, per_process: int, limit: int, home: Path, emulators, tmp_path: Path
+    processes: int, per_process: int, limit: int, sizes: str, home: Path, emulators, tmp_path: Path
 ) -> None:
     """8 processes, 24 files, max_files = 12 (and 16 processes, 64 uploads, max_files = 20):
-    exactly the limit lands, as many active rows, and every other file is refused."""
+    exactly the limit lands, as many active rows, and every other file is refused. Files of one
+    size are hashed first (one may be a copy of another); files of sizes all their own are not, and
+    on PostgreSQL take the path that writes the row before it locks the account (upload._reserve_first)."""
     emu = emulators("openai")
     config(home, f"[providers.openai]\nmax_files = {limit}\n")
     env = {"FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
@@ -280,7 +285,10 @@ def test_concurrent_uploads_never_oversell_the_quota(
     )
     procs = []
     for p in range(processes):
-        paths = [str(write(tmp_path / f"p{p}" / f"f{i}.txt", f"process {p} file {i}")) for i in range(per_process)]
+        paths = []
+        for i in range(per_process):
+            pad = "." * (p * per_process + i) if sizes == "distinct" else ""
+            paths.append(str(write(tmp_path / f"p{p}" / f"f{i}.txt", f"process {p:02} file {i}{pad}")))
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "filekeeper", "upload", *paths, "-p", "openai", "--json"],
@@ -303,6 +311,9 @@ def test_concurrent_uploads_never_oversell_the_quota(
         assert len(emu.files) == limit and sorted(emu.files) == sorted(r["id"] for r in uploaded)
     assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'active'") == [(limit,)]
     assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'refuse'") == [(refused,)]
+    # A reservation written first and rolled back once it did not fit leaves nothing behind.
+    assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'reserve'") == [(limit,)]
+    assert ledger_rows(home, "SELECT count(*) FROM files") == [(limit,)]
     assert sum(err.count("refused by quota") for _, _, err in outputs) == refused
     assert all(code in (0, 3) for code, _, _ in outputs)
 
