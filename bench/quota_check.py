@@ -21,7 +21,7 @@ Each is set against its floor on the same ledger in the same run:
 
 The reservations and the floor take turns, ``--rounds`` times each (this machine's load comes and
 goes; each ratio is of the two medians). A third contender shows how much of the distance is the
-work a reservation must do beyond the floor's: the same statements a reservation makes (lock, the
+work a reservation must do beyond the floor's: the same statements a reservation makes, in its order (lock, the
 account's usage sums, the row, its audit event; the triggers keeping the sums), written straight
 against the driver with no filekeeper code around them.
 """
@@ -187,16 +187,18 @@ def same_statements(n: int) -> None:
             _start_together()
             for i in range(n):
                 name = f"same-{pid}-{i}.pdf"
-                with conn.transaction():
-                    with conn.pipeline():
-                        conn.execute("SELECT id FROM accounts WHERE id = 1 FOR NO KEY UPDATE")
-                        rows = conn.execute(usage.format(p="%s"), (now,))
-                    rows.fetchall()
+                # As filekeeper does it there: the row and its event first, then the lock and
+                # the usage, all in one round trip; then the commit.
+                with conn.pipeline():
                     conn.execute(
                         f"WITH r AS ({row.format(p='%s')} RETURNING id) {event} "
                         "SELECT %s, 1, r.id, NULL, 'reserve', 'bench@host', 1, %s::json FROM r",
                         (name, now, now, detail.format(name=name)),
                     )
+                    conn.execute("SELECT id FROM accounts WHERE id = 1 FOR NO KEY UPDATE")
+                    rows = conn.execute(usage.format(p="%s"), (now,))
+                rows.fetchall()
+                conn.commit()
         print(time.time(), flush=True)
         return
     import sqlite3

@@ -226,23 +226,25 @@ class _Prepared:
         return result.fetchall() if result.returns_rows else []
 
 
-def _lock_then_read(conn: Connection, lock: _Prepared, read: _Prepared, params: dict[str, Any]) -> list[Any]:
-    """``lock`` and then ``read``, sent together where the driver can pipeline them (psycopg): one
-    round trip, and still the server runs the read only once the lock is granted, so that in a
-    read-committed transaction it sees everything committed before (the pair in one statement
-    would read what was committed before it began to wait)."""
+def _pipelined(conn: Connection, calls: Sequence[tuple[_Prepared, dict[str, Any]]]) -> list[list[Any]]:
+    """Prepared statements in order, their rows. Where the driver can pipeline them (psycopg),
+    sent together, in one round trip (the transaction's BEGIN with them): the server still runs
+    each once the one before has finished, so a read after a lock begins only once the lock is
+    granted and, in a read-committed transaction, sees everything committed before (a lock and a
+    read in one statement would read what was committed before it began to wait). The pipeline
+    is the driver's own, unseen by SQLAlchemy's events; errors are raised as SQLAlchemy's."""
     dialect = conn.dialect
     if dialect.name != "postgresql":
-        lock.run(conn, **params)
-        return read.run(conn, **params)
+        return [statement.run(conn, **params) for statement, params in calls]
     driver: Any = conn.connection.driver_connection
-    bound = [lock.bound(dialect, params), read.bound(dialect, params)]
+    bound = [statement.bound(dialect, params) for statement, params in calls]
     try:
         with driver.pipeline():
             cursors = [driver.execute(sql, values) for sql, values in bound]
-        return cursors[1].fetchall()
-    except dialect.loaded_dbapi.Error as e:  # raised as SQLAlchemy's own, as run's errors are
-        raise DBAPIError.instance(bound[1][0], bound[1][1], e, dialect.loaded_dbapi.Error, dialect=dialect) from None
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+    except dialect.loaded_dbapi.Error as e:
+        sql = "; ".join(sql for sql, _ in bound)
+        raise DBAPIError.instance(sql, None, e, dialect.loaded_dbapi.Error, dialect=dialect) from None
 
 
 #: account_usage rows an account may gather before a reservation folds them into one per purpose
@@ -942,7 +944,8 @@ class Writer(Reader):
         trip (the read begins once the lock is granted, so it sees every reservation before it)."""
         if self.conn.dialect.name == "sqlite":
             return self.usage_of(account_id, now)
-        rows = _lock_then_read(self.conn, _LOCK, _USAGE, {"account_id": account_id, "now": now})
+        params = {"account_id": account_id, "now": now}
+        _, rows = _pipelined(self.conn, [(_LOCK, params), (_USAGE, params)])
         return self._folded(account_id, rows)
 
     def usage_of(self, account_id: int, now: datetime) -> Usage:
@@ -1012,6 +1015,56 @@ class Writer(Reader):
         """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
         provider's own expiry passes). ``account`` and ``provider`` (its name and provider) are for
         the record returned, which is made from what was written rather than read back."""
+        record, _ = self._reserve(
+            account_id, request, account, provider, sha256, created_at, expires_at, provider_expires_at, detail
+        )
+        return record
+
+    def reserve_then_lock(
+        self,
+        account_id: int,
+        request: Request,
+        *,
+        account: str,
+        provider: str,
+        sha256: str | None,
+        created_at: datetime,
+        expires_at: datetime | None,
+        provider_expires_at: datetime | None = None,
+        **detail: Any,
+    ) -> tuple[FileRecord, Usage]:
+        """:meth:`reserve`, then :meth:`lock_and_read_usage`, the new row counted in the usage. On
+        PostgreSQL all of it goes out at once, with the transaction's BEGIN, in one round trip
+        (the server still takes them in order: the usage is read once the lock is granted)."""
+        record, rows = self._reserve(
+            account_id,
+            request,
+            account,
+            provider,
+            sha256,
+            created_at,
+            expires_at,
+            provider_expires_at,
+            detail,
+            then_lock=True,
+        )
+        assert rows is not None
+        return record, self._folded(account_id, rows)
+
+    def _reserve(
+        self,
+        account_id: int,
+        request: Request,
+        account: str,
+        provider: str,
+        sha256: str | None,
+        created_at: datetime,
+        expires_at: datetime | None,
+        provider_expires_at: datetime | None,
+        detail: dict[str, Any],
+        *,
+        then_lock: bool = False,
+    ) -> tuple[FileRecord, list[Any] | None]:
         values = {
             "account_id": account_id,
             "filename": request.filename,
@@ -1030,13 +1083,23 @@ class Writer(Reader):
             purpose=request.purpose,
             **detail,
         )
+        usage: list[Any] | None = None
         if self.conn.dialect.name == "postgresql":
-            ((ledger_id,),) = _RESERVE_WITH_EVENT.run(self.conn, **{**values, **event})
+            calls = [(_RESERVE_WITH_EVENT, {**values, **event})]
+            if then_lock:
+                locked = {"account_id": account_id, "now": created_at}
+                calls += [(_LOCK, locked), (_USAGE, locked)]
+            results = _pipelined(self.conn, calls)
+            ((ledger_id,),) = results[0]
+            usage = results[2] if then_lock else None
         else:
             ((ledger_id,),) = _RESERVE.run(self.conn, **values)
             _EVENT.run(self.conn, **{**event, "file_pk": ledger_id})
+            if then_lock:
+                self.lock_account(account_id)
+                usage = _USAGE.run(self.conn, account_id=account_id, now=created_at)
         # What was just written, as a read back would give it, without one more statement.
-        return FileRecord(
+        record = FileRecord(
             ledger_id=ledger_id,
             id=None,
             provider=provider,
@@ -1051,6 +1114,7 @@ class Writer(Reader):
             deleted_at=None,
             provider_expires_at=provider_expires_at,
         )
+        return record, usage
 
     def evict(self, account_id: int, victim: Held, *, mode: str, now: datetime, for_filename: str) -> None:
         """Marked gone inside the reservation's lock, so that no other upload counts on this room;

@@ -34,7 +34,7 @@ from .schema import DeleteKind, Status, utcnow
 
 if TYPE_CHECKING:
     from .config import Account
-    from .ledger import Ledger, Writer
+    from .ledger import Ledger
     from .providers import Provider, RemoteFile, Uploaded
 
 ProgressCallback = Callable[[int], None]
@@ -290,22 +290,22 @@ def reserve(
             # Journaled like any delete: if this process dies before the provider answers, the next
             # reconcile finds out whether it happened, and restores the file if it did not.
             intents += w.add_intents(account_id, [(victim.file_id, victim.ledger_id, DeleteKind.EVICT)], run_id=None)
-        return Reservation(_write_reservation(w, job, sha256, now), evicted=evicted, intents=intents)
+        record = w.reserve(account_id, request, **_reservation(job, sha256, now))
+        return Reservation(record, evicted=evicted, intents=intents)
 
 
-def _write_reservation(w: Writer, job: UploadJob, sha256: str | None, now: datetime) -> FileRecord:
+def _reservation(job: UploadJob, sha256: str | None, now: datetime) -> dict[str, Any]:
+    """What :meth:`Writer.reserve` writes for ``job``, given the time it is made at."""
     expires_at, provider_expires_at = job.expiries(now)
-    return w.reserve(
-        job.account_id,
-        job.request,
-        account=job.account.name,
-        provider=job.account.provider,
-        sha256=sha256,
-        created_at=now,
-        expires_at=expires_at,
-        provider_expires_at=provider_expires_at,
+    return {
+        "account": job.account.name,
+        "provider": job.account.provider,
+        "sha256": sha256,
+        "created_at": now,
+        "expires_at": expires_at,
+        "provider_expires_at": provider_expires_at,
         **job.detail,
-    )
+    }
 
 
 class _NoRoom(Exception):
@@ -324,10 +324,8 @@ def _reserve_first(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reserv
     are in README's Performance section: ``bench/quota_check.py``)."""
     try:
         with ledger.write() as w:
-            now = utcnow()
-            record = _write_reservation(w, job, sha256, now)
-            beside = w.lock_and_read_usage(job.account_id, now).without(job.request)
-            if room_violations(job.account.limits, beside, [job.request]):
+            record, usage = w.reserve_then_lock(job.account_id, job.request, **_reservation(job, sha256, utcnow()))
+            if room_violations(job.account.limits, usage.without(job.request), [job.request]):
                 raise _NoRoom
             return Reservation(record)
     except _NoRoom:

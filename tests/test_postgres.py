@@ -40,15 +40,30 @@ def kill_connection_when(keeper: Keeper, marker: str) -> list[str]:
 
 
 def test_a_connection_dropped_while_reserving_loses_nothing(postgres: Path, provider_env, tmp_path: Path) -> None:
+    """The connection dies at the reservation's INSERT, inside the server (the statement goes out
+    in the driver's pipeline, where no client-side hook can see it)."""
     emu = provider_env("openai")
     doc = write(tmp_path / "a.txt", "hello")
     with Keeper() as keeper:
         keeper.ledger.ensure_account(keeper.account(provider="openai"))
-        killed = kill_connection_when(keeper, "INSERT INTO files")
+        with keeper.ledger.engine.begin() as conn:  # the first insert into files ends its own connection
+            conn.execute(text("CREATE SEQUENCE kill_once"))
+            conn.execute(
+                text(
+                    "CREATE FUNCTION kill_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF nextval('kill_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
+                    "RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                text("CREATE TRIGGER kill_once BEFORE INSERT ON files FOR EACH ROW EXECUTE FUNCTION kill_once()")
+            )
         [result] = keeper.upload([doc], provider="openai")
-        assert killed and isinstance(result.error, LedgerError)
-        # The reservation rolled back with the connection: no row, nothing sent.
+        assert isinstance(result.error, LedgerError)
+        assert ledger_rows(postgres, "SELECT last_value FROM kill_once") == [(1,)]  # killed there, once
+        # The reservation rolled back with the connection: no row, no event, nothing sent.
         assert ledger_rows(postgres, "SELECT count(*) FROM files") == [(0,)]
+        assert ledger_rows(postgres, "SELECT count(*) FROM events WHERE action = 'reserve'") == [(0,)]
         assert emu.count("POST", "/files") == 0
         # The pool replaces the dead connection: the next upload simply works.
         [again] = keeper.upload([doc], provider="openai")
