@@ -1010,32 +1010,13 @@ class Writer(Reader):
         created_at: datetime,
         expires_at: datetime | None,
         provider_expires_at: datetime | None = None,
+        then_lock: bool = False,
         **detail: Any,
     ) -> FileRecord:
         """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
         provider's own expiry passes). ``account`` and ``provider`` (its name and provider) are for
-        the record returned, which is made from what was written rather than read back."""
-        record, _ = self._reserve(
-            account_id, request, account, provider, sha256, created_at, expires_at, provider_expires_at, detail
-        )
-        return record
-
-    def reserve_then_lock(
-        self,
-        account_id: int,
-        request: Request,
-        *,
-        account: str,
-        provider: str,
-        sha256: str | None,
-        created_at: datetime,
-        expires_at: datetime | None,
-        provider_expires_at: datetime | None = None,
-        **detail: Any,
-    ) -> tuple[FileRecord, Usage]:
-        """:meth:`reserve`, then :meth:`lock_and_read_usage`, the new row counted in the usage. On
-        PostgreSQL all of it goes out at once, with the transaction's BEGIN, in one round trip
-        (the server still takes them in order: the usage is read once the lock is granted)."""
+        the record returned, which is made from what was written rather than read back.
+        (``then_lock``: see :meth:`reserve_then_lock`, which passes it.)"""
         record, rows = self._reserve(
             account_id,
             request,
@@ -1046,8 +1027,18 @@ class Writer(Reader):
             expires_at,
             provider_expires_at,
             detail,
-            then_lock=True,
+            then_lock=then_lock,
         )
+        return (record, self._folded(account_id, rows)) if rows is not None else record  # type: ignore[return-value]
+
+    def reserve_then_lock(self, account_id: int, request: Request, **reservation: Any) -> tuple[FileRecord, Usage]:
+        """:meth:`reserve` (with the same arguments), then :meth:`lock_and_read_usage`, the new row
+        counted in the usage. On PostgreSQL all of it goes out at once, with the transaction's
+        BEGIN, in one round trip (the server still takes them in order: the usage is read once the
+        lock is granted)."""
+        fields = ("account", "provider", "sha256", "created_at", "expires_at")  # as reserve's, all required
+        values = [reservation.pop(name) for name in fields] + [reservation.pop("provider_expires_at", None)]
+        record, rows = self._reserve(account_id, request, *values, reservation, then_lock=True)
         assert rows is not None
         return record, self._folded(account_id, rows)
 
