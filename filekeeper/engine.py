@@ -84,6 +84,12 @@ def check_sqlite_file(path: Path) -> None:
         return
     except OSError as e:
         raise LedgerError(f"cannot read the ledger {path}: {e.strerror}") from None
+    journal = path.with_name(path.name + "-journal")
+    if journal.is_file() and journal.stat().st_size > 0:
+        # A transaction that never finished (a process killed while creating the ledger leaves
+        # it empty or half-written): SQLite puts the file back from its journal as it opens it,
+        # so what it is can be told only then.
+        return
     left = "it was left as it is; move it away to start a new ledger, or restore it from a backup"
     if size == 0:
         raise LedgerError(f"the ledger {path} is empty (0 bytes), not a ledger; {left}")

@@ -84,11 +84,15 @@ def status(settings: Settings) -> Status:
 
 def upgrade(settings: Settings) -> tuple[Status, Status, Path | None]:
     """``filekeeper db upgrade``: the status before and after, and the backup made if any."""
+    path = settings.ledger_path
+    new = path is not None and not path.exists()
     engine = prepare(settings)
     try:
         with database_errors(settings, "upgrade"):
             with engine.connect() as conn:
                 before = Status(read_revision(conn), head())
+            if new and path is not None and path.exists():
+                owner_only(path)  # as a ledger that first use creates: it names every file and who sent it
             backup = upgrade_to_head(engine, settings.ledger_path)
             with engine.connect() as conn:
                 after = Status(read_revision(conn), head())

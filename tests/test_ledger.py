@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,40 @@ def test_a_corrupt_ledger_fails_cleanly_and_is_left_byte_for_byte(run, home: Pat
         assert db.read_bytes() == content
     assert run("ls").exit_code == 1
     assert "ledger" in run("ls").stderr
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("spilled", [False, True], ids=["empty", "half-written"])
+def test_a_ledger_whose_creation_was_killed_is_recovered_on_next_use(run, home: Path, spilled: bool) -> None:
+    """kill -9 during the very first command: the file is left empty, or half-written, beside
+    SQLite's hot journal. The next command lets SQLite put it back and makes the ledger anew,
+    instead of refusing it for ever as empty or corrupt."""
+    home.mkdir(parents=True)
+    db = home / "ledger.db"
+    code = (
+        "import os, signal, sqlite3\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        f"c.execute('PRAGMA cache_size = {1 if spilled else 2000}')\n"  # 1: pages spill into the file
+        "c.execute('BEGIN')\n"
+        "c.execute('CREATE TABLE t (x)')\n"
+        "c.executemany('INSERT INTO t VALUES (?)', [(b'x' * 1000,) for _ in range(500)])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    # What the kill left: the journal of a transaction that never finished, and the file empty or
+    # half-written (no whole database either way: refused, before, as empty or corrupt).
+    assert (home / "ledger.db-journal").stat().st_size > 0
+    assert (db.stat().st_size == 0) != spilled
+    result = run("ls")
+    assert result.exit_code == 0, result.stderr
+    assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
+    assert not (home / "ledger.db-journal").exists()  # rolled back, and the ledger made anew
+
+
+@pytest.mark.sqlite_only
+def test_db_upgrade_on_a_fresh_home_makes_the_ledger_owner_only(run, home: Path) -> None:
+    assert run("db", "upgrade").exit_code == 0
+    assert (home / "ledger.db").stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.sqlite_only
