@@ -181,7 +181,7 @@ class _Prepared:
 
     Only for the few statements a reservation makes while it holds the account's lock: there,
     SQLAlchemy's per-statement work (finding the compiled form, binding, building the result:
-    some 25 µs a statement here) was most of the time the lock was held. The SQL and the
+    some 25 µs a statement here) was a large part of the time the lock was held. The SQL and the
     conversion of each value (UTCDateTime, JSON) are still SQLAlchemy's. On PostgreSQL the
     statement still goes through ``exec_driver_sql``, for its events and its handling of a dropped
     connection (a round trip costs more than that work there); on SQLite, where nothing can drop
@@ -1010,26 +1010,15 @@ class Writer(Reader):
         created_at: datetime,
         expires_at: datetime | None,
         provider_expires_at: datetime | None = None,
-        then_lock: bool = False,
         **detail: Any,
     ) -> FileRecord:
         """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
         provider's own expiry passes). ``account`` and ``provider`` (its name and provider) are for
-        the record returned, which is made from what was written rather than read back.
-        (``then_lock``: see :meth:`reserve_then_lock`, which passes it.)"""
-        record, rows = self._reserve(
-            account_id,
-            request,
-            account,
-            provider,
-            sha256,
-            created_at,
-            expires_at,
-            provider_expires_at,
-            detail,
-            then_lock=then_lock,
+        the record returned, which is made from what was written rather than read back."""
+        record, _ = self._reserve(
+            account_id, request, account, provider, sha256, created_at, expires_at, provider_expires_at, detail
         )
-        return (record, self._folded(account_id, rows)) if rows is not None else record  # type: ignore[return-value]
+        return record
 
     def reserve_then_lock(self, account_id: int, request: Request, **reservation: Any) -> tuple[FileRecord, Usage]:
         """:meth:`reserve` (with the same arguments), then :meth:`lock_and_read_usage`, the new row
