@@ -57,7 +57,7 @@ from .engine import (
 )
 from .errors import LedgerConflict, LedgerError, UsageError
 from .quota import Held, Request, Usage, Violation
-from .records import LAPSING, SORTS, DeleteOutcome, FileRecord, Identity, Intent, Tracked
+from .records import LAPSING, SORTS, DeleteOutcome, FileRecord, Identity, Intent, PendingRow, Tracked
 from .schema import (
     HELD,
     LISTED,
@@ -157,15 +157,21 @@ def _usage_parts(account_id: Any, now: Any) -> Any:
     return union_all(kept.where(account_usage.c.account_id == account_id), gone)
 
 
-def _usage_from(rows: Iterable[Any]) -> tuple[Usage, int]:
-    """:class:`Usage` from :func:`_usage_parts`' rows, and how many ``account_usage`` rows it read."""
-    parts: dict[str, list[int]] = {}
-    kept = 0
-    for lapsed, purpose, n, b in rows:
-        kept += not lapsed
-        part = parts.setdefault(purpose, [0, 0])
+def _by_purpose(rows: Iterable[Any]) -> dict[str, list[int]]:
+    """(purpose, files, bytes) rows added up per purpose."""
+    sums: dict[str, list[int]] = {}
+    for purpose, n, b in rows:
+        part = sums.setdefault(purpose, [0, 0])
         part[0] += int(n)
         part[1] += int(b)
+    return sums
+
+
+def _usage_from(rows: Iterable[Any]) -> tuple[Usage, int]:
+    """:class:`Usage` from :func:`_usage_parts`' rows, and how many ``account_usage`` rows it read."""
+    rows = list(rows)
+    kept = sum(not lapsed for lapsed, *_ in rows)
+    parts = _by_purpose(row[1:] for row in rows)
     by_purpose = {p: Usage(n, b) for p, (n, b) in parts.items() if n}
     return Usage(sum(u.files for u in by_purpose.values()), sum(u.bytes for u in by_purpose.values()), by_purpose), kept
 
@@ -966,12 +972,7 @@ class Writer(Reader):
         # Each row deleted is returned to exactly one folder, whoever else folds at the same time
         # (PostgreSQL's second DELETE finds the rows gone); rows other writers add meanwhile are
         # left for the next fold.
-        sums: dict[str, list[int]] = {}
-        for purpose, n, b in _FOLD.run(self.conn, account_id=account_id):
-            part = sums.setdefault(purpose, [0, 0])
-            part[0] += int(n)
-            part[1] += int(b)
-        for purpose, (n, b) in sums.items():
+        for purpose, (n, b) in _by_purpose(_FOLD.run(self.conn, account_id=account_id)).items():
             if n or b:
                 _ADD_USAGE.run(self.conn, account_id=account_id, purpose=purpose, files=n, bytes=b)
 
@@ -999,61 +1000,43 @@ class Writer(Reader):
             **detail,
         )
 
-    def reserve(
-        self,
-        account_id: int,
-        request: Request,
-        *,
-        account: str,
-        provider: str,
-        sha256: str | None,
-        created_at: datetime,
-        expires_at: datetime | None,
-        provider_expires_at: datetime | None = None,
-        **detail: Any,
-    ) -> FileRecord:
+    def reserve(self, account_id: int, request: Request, row: PendingRow) -> FileRecord:
         """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
-        provider's own expiry passes). ``account`` and ``provider`` (its name and provider) are for
-        the record returned, which is made from what was written rather than read back."""
-        record, _ = self._reserve(
-            account_id, request, account, provider, sha256, created_at, expires_at, provider_expires_at, detail
+        provider's own expiry passes). The record returned is made from what was written rather
+        than read back."""
+        values, event = self._reserving(account_id, request, row)
+        if self.conn.dialect.name == "postgresql":
+            ((ledger_id,),) = _RESERVE_WITH_EVENT.run(self.conn, **{**values, **event})
+        else:
+            ((ledger_id,),) = _RESERVE.run(self.conn, **values)
+            _EVENT.run(self.conn, **event, file_pk=ledger_id)
+        return row.record(ledger_id, request)
+
+    def reserve_then_lock(self, account_id: int, request: Request, row: PendingRow) -> tuple[FileRecord, Usage]:
+        """:meth:`reserve`, then :meth:`lock_and_read_usage`, the new row counted in the usage. On
+        PostgreSQL all of it goes out at once, with the transaction's BEGIN, in one round trip (the
+        server still takes them in order: the usage is read once the lock is granted)."""
+        if self.conn.dialect.name != "postgresql":
+            return self.reserve(account_id, request, row), self.lock_and_read_usage(account_id, row.created_at)
+        values, event = self._reserving(account_id, request, row)
+        locked = {"account_id": account_id, "now": row.created_at}
+        reserved, _, usage = _pipelined(
+            self.conn, [(_RESERVE_WITH_EVENT, {**values, **event}), (_LOCK, locked), (_USAGE, locked)]
         )
-        return record
+        ((ledger_id,),) = reserved
+        return row.record(ledger_id, request), self._folded(account_id, usage)
 
-    def reserve_then_lock(self, account_id: int, request: Request, **reservation: Any) -> tuple[FileRecord, Usage]:
-        """:meth:`reserve` (with the same arguments), then :meth:`lock_and_read_usage`, the new row
-        counted in the usage. On PostgreSQL all of it goes out at once, with the transaction's
-        BEGIN, in one round trip (the server still takes them in order: the usage is read once the
-        lock is granted)."""
-        fields = ("account", "provider", "sha256", "created_at", "expires_at")  # as reserve's, all required
-        values = [reservation.pop(name) for name in fields] + [reservation.pop("provider_expires_at", None)]
-        record, rows = self._reserve(account_id, request, *values, reservation, then_lock=True)
-        assert rows is not None
-        return record, self._folded(account_id, rows)
-
-    def _reserve(
-        self,
-        account_id: int,
-        request: Request,
-        account: str,
-        provider: str,
-        sha256: str | None,
-        created_at: datetime,
-        expires_at: datetime | None,
-        provider_expires_at: datetime | None,
-        detail: dict[str, Any],
-        *,
-        then_lock: bool = False,
-    ) -> tuple[FileRecord, list[Any] | None]:
+    def _reserving(self, account_id: int, request: Request, row: PendingRow) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The files row and the event (without its file_pk) that reserve ``request``."""
         values = {
             "account_id": account_id,
             "filename": request.filename,
             "bytes": request.bytes,
-            "sha256": sha256,
+            "sha256": row.sha256,
             "purpose": request.purpose,
-            "created_at": created_at,
-            "expires_at": expires_at,
-            "provider_expires_at": provider_expires_at,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "provider_expires_at": row.provider_expires_at,
         }
         event = self._event_row(
             Action.RESERVE,
@@ -1061,40 +1044,10 @@ class Writer(Reader):
             filename=request.filename,
             bytes=request.bytes,
             purpose=request.purpose,
-            **detail,
+            **row.detail,
         )
-        usage: list[Any] | None = None
-        if self.conn.dialect.name == "postgresql":
-            calls = [(_RESERVE_WITH_EVENT, {**values, **event})]
-            if then_lock:
-                locked = {"account_id": account_id, "now": created_at}
-                calls += [(_LOCK, locked), (_USAGE, locked)]
-            results = _pipelined(self.conn, calls)
-            ((ledger_id,),) = results[0]
-            usage = results[2] if then_lock else None
-        else:
-            ((ledger_id,),) = _RESERVE.run(self.conn, **values)
-            _EVENT.run(self.conn, **{**event, "file_pk": ledger_id})
-            if then_lock:
-                self.lock_account(account_id)
-                usage = _USAGE.run(self.conn, account_id=account_id, now=created_at)
-        # What was just written, as a read back would give it, without one more statement.
-        record = FileRecord(
-            ledger_id=ledger_id,
-            id=None,
-            provider=provider,
-            account=account,
-            filename=request.filename,
-            bytes=request.bytes,
-            sha256=sha256,
-            purpose=request.purpose,
-            status=Status.PENDING,
-            created_at=created_at,
-            expires_at=expires_at,
-            deleted_at=None,
-            provider_expires_at=provider_expires_at,
-        )
-        return record, usage
+        del event["file_pk"]  # the row's id, known once it is written
+        return values, event
 
     def evict(self, account_id: int, victim: Held, *, mode: str, now: datetime, for_filename: str) -> None:
         """Marked gone inside the reservation's lock, so that no other upload counts on this room;

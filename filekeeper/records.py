@@ -97,6 +97,38 @@ class FileRecord:
         }
 
 
+@dataclass(frozen=True)
+class PendingRow:
+    """What a reservation writes beside its request: whose it is (for the record returned), the
+    hash if known, when it was made and when it expires, and the event's extra detail."""
+
+    account: str
+    provider: str
+    sha256: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    provider_expires_at: datetime | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def record(self, ledger_id: int, request: Request) -> FileRecord:
+        """The record of the row as written, as a read back would give it."""
+        return FileRecord(
+            ledger_id=ledger_id,
+            id=None,
+            provider=self.provider,
+            account=self.account,
+            filename=request.filename,
+            bytes=request.bytes,
+            sha256=self.sha256,
+            purpose=request.purpose,
+            status="pending",
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            deleted_at=None,
+            provider_expires_at=self.provider_expires_at,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Tracked:
     """A ledger row as a reconcile's snapshot saw it."""

@@ -29,7 +29,7 @@ from .errors import (
     UsageError,
 )
 from .quota import EvictMode, Held, Request, Violation, expiry, file_violations, make_room, room_violations
-from .records import FileRecord, UploadResult
+from .records import FileRecord, PendingRow, UploadResult
 from .schema import DeleteKind, Status, utcnow
 
 if TYPE_CHECKING:
@@ -290,22 +290,14 @@ def reserve(
             # Journaled like any delete: if this process dies before the provider answers, the next
             # reconcile finds out whether it happened, and restores the file if it did not.
             intents += w.add_intents(account_id, [(victim.file_id, victim.ledger_id, DeleteKind.EVICT)], run_id=None)
-        record = w.reserve(account_id, request, **_reservation(job, sha256, now))
+        record = w.reserve(account_id, request, _reservation(job, sha256, now))
         return Reservation(record, evicted=evicted, intents=intents)
 
 
-def _reservation(job: UploadJob, sha256: str | None, now: datetime) -> dict[str, Any]:
+def _reservation(job: UploadJob, sha256: str | None, now: datetime) -> PendingRow:
     """What :meth:`Writer.reserve` writes for ``job``, given the time it is made at."""
     expires_at, provider_expires_at = job.expiries(now)
-    return {
-        "account": job.account.name,
-        "provider": job.account.provider,
-        "sha256": sha256,
-        "created_at": now,
-        "expires_at": expires_at,
-        "provider_expires_at": provider_expires_at,
-        **job.detail,
-    }
+    return PendingRow(job.account.name, job.account.provider, sha256, now, expires_at, provider_expires_at, job.detail)
 
 
 class _NoRoom(Exception):
@@ -324,7 +316,7 @@ def _reserve_first(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reserv
     are in README's Performance section: ``bench/quota_check.py``)."""
     try:
         with ledger.write() as w:
-            record, usage = w.reserve_then_lock(job.account_id, job.request, **_reservation(job, sha256, utcnow()))
+            record, usage = w.reserve_then_lock(job.account_id, job.request, _reservation(job, sha256, utcnow()))
             if room_violations(job.account.limits, usage.without(job.request), [job.request]):
                 raise _NoRoom
             return Reservation(record)

@@ -534,6 +534,7 @@ def test_a_lost_answer_never_adopts_an_older_file_of_the_same_name(
 def test_a_wrong_adoption_is_undone_when_the_real_upload_answers(home: Path, provider_env, tmp_path: Path) -> None:
     provider_env("openai")
     from filekeeper.quota import Request
+    from filekeeper.records import PendingRow
     from filekeeper.schema import utcnow
 
     with Keeper() as keeper:
@@ -544,11 +545,7 @@ def test_a_wrong_adoption_is_undone_when_the_real_upload_answers(home: Path, pro
                 w.reserve(
                     account_id,
                     Request("data.csv", 5, "assistants"),
-                    account="openai",
-                    provider="openai",
-                    sha256=None,
-                    created_at=now,
-                    expires_at=None,
+                    PendingRow("openai", "openai", sha256=None, created_at=now, expires_at=None),
                 )
                 for _ in range(2)
             )

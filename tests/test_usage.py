@@ -18,6 +18,7 @@ from filekeeper.engine import WRITE, prepare
 from filekeeper.ledger import FOLD_AFTER, open_ledger
 from filekeeper.migrate import alembic_config
 from filekeeper.quota import Request
+from filekeeper.records import PendingRow
 from filekeeper.schema import accounts, files
 from tests.conftest import ledger_rows, ledger_sql
 
@@ -143,7 +144,7 @@ def test_reservations_fold_the_rows_they_read(home: Path) -> None:
                 assert (usage.files, usage.bytes) == (i, 10 * i)
                 purpose = "batch" if i % 2 else "assistants"
                 request = Request(f"f{i}", 10, purpose)
-                w.reserve(a, request, account="a", provider="openai", sha256=None, created_at=NOW, expires_at=None)
+                w.reserve(a, request, PendingRow("a", "openai", sha256=None, created_at=NOW, expires_at=None))
         rows = ledger_rows(home, "SELECT count(*) FROM account_usage WHERE account_id = ?", a)[0][0]
         assert rows <= FOLD_AFTER + 2  # one per purpose, and what came since the last fold
         u = ledger.usage([a])[a]
