@@ -8,10 +8,11 @@ and leaves no trace.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import Interrupted, ProviderError
+from .errors import Interrupted, LedgerError, ProviderError
 from .records import DeleteResult, FileRecord
 from .schema import DeleteKind, Status, utcnow
 
@@ -46,7 +47,16 @@ def delete_files(ledger: Ledger, remote: Deleter, account: Account, file_ids: Se
                 else "not deleted: interrupted before it was sent"
             )
             results.append(DeleteResult(file_id, account.name, account.provider, error=Interrupted(why)))
+    except _LedgerFailed as stop:
+        # What was done is returned as done; nothing more is sent while its outcome cannot be recorded.
+        for file_id in file_ids[len(results) :]:
+            why = LedgerError(f"not deleted: not sent, as the ledger cannot be written ({stop})")
+            results.append(DeleteResult(file_id, account.name, account.provider, error=why))
     return results
+
+
+class _LedgerFailed(Exception):
+    """The ledger failed mid-way: the deletes not yet sent are not sent."""
 
 
 def _delete_each(
@@ -56,60 +66,100 @@ def _delete_each(
         row = r.account_row(account.name)
     account_id = row.id if row is not None else None
     for file_id in file_ids:
-        if account_id is None:
-            results.append(_delete_unrecorded(ledger, remote, account, file_id))
-            if results[-1].error is None:
-                account_id = ledger.ensure_account(account)
-            continue
-        with ledger.write() as w:
-            known = w.find(account_id, file_id)
-            [intent] = w.add_intents(account_id, [(file_id, known and known.ledger_id, DeleteKind.DELETE)], run_id=None)
         try:
-            existed = remote.delete(file_id)  # False: the provider's own "no such file"
-        except ProviderError as e:
-            if e.status == 403 and known is not None and _expired_at_provider(known):
-                # Gemini's 403 for a file it no longer has, and it deleted this one itself, on time.
+            if account_id is None:
+                result, account_id = _delete_unrecorded(ledger, remote, account, file_id)
+                results.append(result)
+                continue
+            try:
                 with ledger.write() as w:
-                    w.void_intents([intent])
-                    w.settle_file_intents(account_id, file_id)
-                    record = w.found_expired(account_id, known)
-                results.append(DeleteResult(file_id, account.name, account.provider, True, record))
-                continue
-            if not e.retryable:  # a definite refusal: nothing was deleted
-                with ledger.write() as w:
-                    w.void_intents([intent])
-            # else the request may have gone through: the intent stays for reconcile to settle
-            results.append(DeleteResult(file_id, account.name, account.provider, error=e))
-            continue
-        with ledger.write() as w:
-            w.void_intents([intent])
-            w.settle_file_intents(account_id, file_id)  # and any earlier attempt's, now answered
-            if not existed and known is None:
-                results.append(
-                    DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id))
-                )
-                continue
-            if not existed and known is not None and known.status in (Status.DELETED, Status.EXPIRED):
-                # Deleted before: nothing new to record.
-                results.append(DeleteResult(file_id, account.name, account.provider, True, known))
-                continue
-            record = w.mark_deleted(account_id, file_id, already_gone=not existed)
-        results.append(DeleteResult(file_id, account.name, account.provider, not existed, record))
+                    known = w.find(account_id, file_id)
+                    entry = (file_id, known and known.ledger_id, DeleteKind.DELETE)
+                    [intent] = w.add_intents(account_id, [entry], run_id=None)
+            except LedgerError as e:
+                raise _LedgerFailed(str(e)) from None
+            results.append(_send_and_record(ledger, remote, account, account_id, file_id, known, intent))
+        except _Unrecorded as e:
+            results.append(DeleteResult(file_id, account.name, account.provider, error=e.error))
+            raise _LedgerFailed(e.reason) from None
 
 
-def _delete_unrecorded(ledger: Ledger, remote: Deleter, account: Account, file_id: str) -> DeleteResult:
+class _Unrecorded(Exception):
+    """The provider answered a delete and the ledger failed as the answer was recorded."""
+
+    def __init__(self, error: LedgerError, reason: str) -> None:
+        super().__init__(str(error))
+        self.error, self.reason = error, reason
+
+
+@contextmanager
+def _recording(answer: str, *, journalled: bool = True) -> Iterator[None]:
+    try:
+        yield
+    except LedgerError as e:
+        then = (
+            "its journal entry stays, and the next `filekeeper reconcile --apply` records what became of the file"
+            if journalled
+            else "the ledger had no record of the file, so none is left wrong"
+        )
+        raise _Unrecorded(LedgerError(f"{answer}, but the ledger could not record it ({e}); {then}"), str(e)) from None
+
+
+def _send_and_record(
+    ledger: Ledger,
+    remote: Deleter,
+    account: Account,
+    account_id: int,
+    file_id: str,
+    known: FileRecord | None,
+    intent: int,
+) -> DeleteResult:
+    """Send one journalled delete and record its outcome."""
+    try:
+        existed = remote.delete(file_id)  # False: the provider's own "no such file"
+    except ProviderError as e:
+        if e.status == 403 and known is not None and _expired_at_provider(known):
+            # Gemini's 403 for a file it no longer has, and it deleted this one itself, on time.
+            with _recording("the provider no longer has it (it expired there)"), ledger.write() as w:
+                w.void_intents([intent])
+                w.settle_file_intents(account_id, file_id)
+                record = w.found_expired(account_id, known)
+            return DeleteResult(file_id, account.name, account.provider, True, record)
+        if not e.retryable:  # a definite refusal: nothing was deleted
+            with _recording(f"not deleted ({e.message})"), ledger.write() as w:
+                w.void_intents([intent])
+        # else the request may have gone through: the intent stays for reconcile to settle
+        return DeleteResult(file_id, account.name, account.provider, error=e)
+    answer = "deleted at the provider" if existed else "the provider has no such file"
+    with _recording(answer), ledger.write() as w:
+        w.void_intents([intent])
+        w.settle_file_intents(account_id, file_id)  # and any earlier attempt's, now answered
+        if not existed and known is None:
+            return DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id))
+        if not existed and known is not None and known.status in (Status.DELETED, Status.EXPIRED):
+            # Deleted before: nothing new to record.
+            return DeleteResult(file_id, account.name, account.provider, True, known)
+        record = w.mark_deleted(account_id, file_id, already_gone=not existed)
+    return DeleteResult(file_id, account.name, account.provider, not existed, record)
+
+
+def _delete_unrecorded(
+    ledger: Ledger, remote: Deleter, account: Account, file_id: str
+) -> tuple[DeleteResult, int | None]:
     """A delete in an account the ledger has no row for (so none of its files): sent without a
-    journal entry (there is no ledger row it could leave wrong), recorded if it was done."""
+    journal entry (there is no ledger row it could leave wrong), recorded if it was done, with
+    the account then (its ledger id is returned, None while it is still unrecorded)."""
     try:
         existed = remote.delete(file_id)
     except ProviderError as e:
-        return DeleteResult(file_id, account.name, account.provider, error=e)
+        return DeleteResult(file_id, account.name, account.provider, error=e), None
     if not existed:
-        return DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id))
-    account_id = ledger.ensure_account(account)
-    with ledger.write() as w:
-        record = w.mark_deleted(account_id, file_id, already_gone=False)
-    return DeleteResult(file_id, account.name, account.provider, False, record)
+        return DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id)), None
+    with _recording("deleted at the provider", journalled=False):
+        account_id = ledger.ensure_account(account)
+        with ledger.write() as w:
+            record = w.mark_deleted(account_id, file_id, already_gone=False)
+    return DeleteResult(file_id, account.name, account.provider, False, record), account_id
 
 
 def _expired_at_provider(record: FileRecord) -> bool:

@@ -158,6 +158,13 @@ def use_wal(conn: Connection, settings: Settings) -> None:
     try:
         if raw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             raw.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.OperationalError as e:
+        # The switch needs the file to itself and SQLite does not wait for it: with other
+        # processes reading or writing a ledger still in rollback mode (one an older `db upgrade`
+        # made), it is busy. That mode is as safe, only less concurrent: carry on in it, and the
+        # next process to open the ledger when it is quiet switches it.
+        if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise LedgerError(f"cannot open the ledger {where(settings)}: {e}") from None
     except sqlite3.Error as e:
         raise LedgerError(f"cannot open the ledger {where(settings)}: {e}") from None
 

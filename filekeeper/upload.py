@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from .errors import (
     FilekeeperError,
     FileNotFoundAtProvider,
     Interrupted,
+    LedgerError,
     ProviderError,
     QuotaExceeded,
     ResponseLost,
@@ -535,7 +536,7 @@ def _send(
                 ) from None
             if landed is not None:
                 command.land(landed.id)
-                with ledger.write() as w:
+                with _recording(landed.id), ledger.write() as w:
                     record = w.activate(
                         reservation.ledger_id,
                         file_id=landed.id,
@@ -564,7 +565,7 @@ def _send(
                 row = w.fail(reservation.ledger_id, str(e))
             raise _Failed(e, row) from None
         command.land(up.remote.id)  # before it is recorded: no other job's recovery may take it
-        with ledger.write() as w:
+        with _recording(up.remote.id), ledger.write() as w:
             record = w.activate(
                 reservation.ledger_id,
                 file_id=up.remote.id,
@@ -576,6 +577,19 @@ def _send(
             )
         return _usable(up.remote, record, provider)
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _recording(file_id: str) -> Iterator[None]:
+    """The ledger failing as a stored file is recorded (a dropped connection, a full disk): the
+    error says the file is at the provider, under which id, and what settles its row."""
+    try:
+        yield
+    except LedgerError as e:
+        raise LedgerError(
+            f"stored at the provider as {file_id}, but the ledger could not record it ({e}); its reservation "
+            "stays pending until `filekeeper reconcile --apply` (or this upload run again) settles it"
+        ) from None
 
 
 def _usable(remote: RemoteFile, record: FileRecord, provider: str) -> FileRecord:

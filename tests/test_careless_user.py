@@ -131,6 +131,12 @@ def test_a_file_that_changes_while_it_is_sent(change: str, provider_env, home: P
     agree(home, emu)
 
 
+def sigint_as_usual() -> None:
+    """In the child, before Python starts: Ctrl-C's default, even when the tests themselves run in
+    the background, whose jobs inherit SIGINT ignored (and Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_json_statuses(home: Path) -> list[str]:
     return sorted(s for (s,) in ledger_rows(home, "SELECT status FROM files"))
 
@@ -160,6 +166,7 @@ def test_ctrl_c_cancels_an_upload_in_flight(home: Path, emulators, tmp_path: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_usual,
     )
     deadline = time.monotonic() + 60
     while not (len(emu.ids()) == 1 and len(ledger_rows_safe(home)) == 2):  # small landed, big on its way
@@ -751,6 +758,7 @@ def test_ctrl_c_during_delete_says_what_was_done(home: Path, emulators, run, tmp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_as_usual,
     )
 
     def deletes_arrived() -> int:

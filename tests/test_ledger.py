@@ -185,6 +185,105 @@ def test_db_upgrade_on_a_fresh_home_makes_the_ledger_owner_only(run, home: Path)
 
 
 @pytest.mark.sqlite_only
+def test_many_processes_starting_on_a_fresh_home_share_one_new_ledger(home: Path) -> None:
+    """SQLite makes a new database's file empty and fills it at the first write: processes starting
+    at once on a fresh home (CI workers, a fan-out) found another's empty file and refused it as a
+    lost ledger. It is made aside and linked into place whole, so each finds it whole or absent."""
+    import os
+
+    env = {**os.environ, "FILEKEEPER_HOME": str(home)}
+    for _ in range(3):
+        shutil.rmtree(home, ignore_errors=True)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "filekeeper", "ls"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(12)
+        ]
+        outcomes = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs if p.stderr]
+        assert [e for c, e in outcomes if c != 0] == []
+        assert sorted(p.name for p in home.iterdir()) == ["ledger.db"]  # no build left beside it
+        with sqlite3.connect(home / "ledger.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+        assert (home / "ledger.db").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.sqlite_only
+def test_a_new_ledger_killed_while_it_is_built_leaves_none_and_the_next_command_makes_it(run, home: Path) -> None:
+    home.mkdir(parents=True)
+    code = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "import filekeeper.migrate as m\n"
+        "m.upgrade_to_head = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"m.create_sqlite(Path({str(home / 'ledger.db')!r}))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], check=False)
+    assert killed.returncode == -9
+    [left] = [p.name for p in home.iterdir()]
+    assert left.startswith(".ledger.db.new-")  # half-made, under its own name: never the ledger
+    result = run("ls")
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in home.iterdir()] == ["ledger.db"]  # the dead build swept away
+    assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
+
+
+@pytest.mark.sqlite_only
+def test_a_home_on_a_filesystem_without_hard_links_still_gets_its_ledger(
+    run, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    def no_links(*_args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    open_ledger(load_settings()).close()
+    assert sorted(p.name for p in home.iterdir()) == ["ledger.db"]
+    assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
+
+
+@pytest.mark.sqlite_only
+def test_db_upgrade_leaves_the_ledger_in_wal_mode(run, home: Path) -> None:
+    """As first use does: a ledger made by ``db upgrade`` and then opened by many processes at
+    once had them all race to switch it, and the switch does not wait (CI saw one of 16 uploads
+    fail with 'database is locked')."""
+    assert run("db", "upgrade").exit_code == 0
+    with sqlite3.connect(home / "ledger.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.sqlite_only
+def test_a_ledger_in_rollback_mode_is_used_while_busy_and_switched_when_quiet(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    """A ledger an older ``db upgrade`` left in rollback-journal mode, read by another process
+    as a command opens it: the command works in that mode rather than fail, and a later one
+    switches it to WAL."""
+    provider_env("openai")
+    assert run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "openai").exit_code == 0
+    db = home / "ledger.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM files").fetchone() == (1,)  # holds a shared lock
+    try:
+        busy = run("ls", "--json")
+        assert busy.exit_code == 0, busy.stderr
+        assert [r["filename"] for r in busy.json()] == ["a.txt"]
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        reader.close()
+    assert run("upload", str(write(tmp_path / "b.txt", "b")), "-p", "openai").exit_code == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger_rows(home, "SELECT filename FROM files ORDER BY id") == [("a.txt",), ("b.txt",)]
+
+
+@pytest.mark.sqlite_only
 def test_a_foreign_sqlite_database_is_not_taken_over(run, home: Path) -> None:
     home.mkdir(parents=True)
     with sqlite3.connect(home / "ledger.db") as conn:

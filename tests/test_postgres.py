@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import create_engine, event, text
 
 from filekeeper import Keeper, LedgerError
 from filekeeper.upload import FilePayload, UploadJob, reserve
-from tests.conftest import ledger_rows, write
+from tests.conftest import ledger_rows, ledger_sql, write
 
 
 @pytest.fixture
@@ -122,9 +123,12 @@ def test_a_connection_dropped_while_waiting_for_the_account_lock_loses_nothing(
     admin.dispose()
 
 
+@pytest.mark.parametrize("settled_by", ["reconcile", "upload again"])
 def test_a_connection_dropped_after_the_upload_leaves_a_reservation_reconcile_settles(
-    postgres: Path, provider_env, run, tmp_path: Path
+    postgres: Path, provider_env, run, tmp_path: Path, settled_by: str
 ) -> None:
+    """The file is stored, and the ledger's connection dies as it is recorded: the error says so,
+    with the id, and what it says settles the row does, without a second copy."""
     emu = provider_env("openai")
     doc = write(tmp_path / "a.txt", "hello")
     with Keeper() as keeper:
@@ -135,9 +139,57 @@ def test_a_connection_dropped_after_the_upload_leaves_a_reservation_reconcile_se
     assert ledger_rows(postgres, "SELECT status FROM files") == [("pending",)]
     with emu.lock:
         [landed] = emu.files
-    settled = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
-    assert [p["outcome"] for p in settled["pending"]] == ["settled"]
+    assert f"stored at the provider as {landed}, but the ledger could not record it" in str(result.error)
+    assert "filekeeper reconcile --apply` (or this upload run again)" in str(result.error)
+    if settled_by == "reconcile":
+        settled = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
+        assert [p["outcome"] for p in settled["pending"]] == ["settled"]
+    else:
+        [again] = run("upload", str(doc), "-p", "openai", "--json").json()
+        assert again["id"] == landed
     assert ledger_rows(postgres, "SELECT status, file_id FROM files") == [("active", landed)]
+    assert list(emu.files) == [landed]
+
+
+def test_a_connection_dropped_as_a_delete_is_recorded_says_what_was_done_and_sends_no_more(
+    postgres: Path, provider_env, run, tmp_path: Path
+) -> None:
+    """`filekeeper delete a b c`: a is deleted at the provider and the ledger's connection dies as
+    that is recorded. a's result says it was deleted and what records it; b and c are not sent
+    (their outcome could not be recorded either); the next reconcile records a as deleted."""
+    emu = provider_env("openai")
+    ids = [
+        r["id"]
+        for r in run(
+            "upload",
+            *[str(write(tmp_path / f"{n}.txt", n)) for n in "abc"],
+            "-p",
+            "openai",
+            "--json",
+            "--concurrency",
+            "1",
+        ).json()
+    ]
+    with Keeper() as keeper:
+        killed = kill_connection_when(keeper, "deleted_at=")
+        results = keeper.delete(ids, provider="openai")
+    assert killed
+    assert [r.file_id for r in results] == ids and all(isinstance(r.error, LedgerError) for r in results)
+    assert "deleted at the provider, but the ledger could not record it" in str(results[0].error)
+    assert "filekeeper reconcile --apply` records what became of the file" in str(results[0].error)
+    assert all("not deleted: not sent" in str(r.error) for r in results[1:])
+    assert emu.ids() == set(ids[1:])
+    assert ledger_rows(postgres, "SELECT count(*) FROM delete_intents") == [(1,)]  # a's, for reconcile
+    # Cron's next reconcile, once a plain delete's journal entry is old enough to be a dead one's.
+    ledger_sql(postgres, "UPDATE delete_intents SET at = ?", datetime.now(UTC) - timedelta(minutes=20))
+    settled = run("reconcile", "-p", "openai", "--apply", "--min-age", "0")
+    assert settled.exit_code == 0, settled.stderr
+    assert dict(ledger_rows(postgres, "SELECT file_id, status FROM files")) == {
+        ids[0]: "deleted",
+        ids[1]: "active",
+        ids[2]: "active",
+    }
+    assert ledger_rows(postgres, "SELECT count(*) FROM delete_intents") == [(0,)]
 
 
 def test_a_missing_driver_is_a_clear_message(postgres: Path, tmp_path: Path) -> None:

@@ -299,6 +299,7 @@ def test_concurrent_uploads_never_oversell_the_quota(
             )
         )
     outputs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert all(out.startswith("[") for _, out, _ in outputs), [(c, e) for c, o, e in outputs if not o.startswith("[")]
     results = [r for _, out, _ in outputs for r in json.loads(out)]
     uploaded = [r for r in results if r["outcome"] == "uploaded"]
     refused = processes * per_process - limit

@@ -103,6 +103,65 @@ def test_another_accounts_key_changes_nothing_and_a_rotated_key_is_proven(
     assert emu.ids() == ours
 
 
+def test_a_key_refused_on_the_accounts_first_command_is_not_taken_for_the_accounts(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong key on an account's very first command (401) was recorded as its identity, and the
+    right key's first reconcile refused as 'another account'. Nothing says the refused key ever
+    reached anything, so the first key a listing shows reaching the account is accepted, and the
+    refused one must prove itself like any other from then on."""
+    emu = provider_env("openai")
+    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)  # valid nowhere yet: every request refused
+    refused = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "openai")
+    assert refused.exit_code == 1 and "401" in refused.stderr
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    ours = {r["id"] for r in upload(run, tmp_path, "openai", "b.txt", "c.txt")}
+    age_everything(home)
+
+    plan = run("reconcile", "-p", "openai")
+    assert plan.exit_code == 0, plan.stderr
+    assert "accepted: the keys and URLs used before it never reached the provider" in plan.stdout
+    applied = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert applied.exit_code == 0, applied.stderr
+    assert applied.json()["key"] == "reached" and applied.json()["deleted"] == []
+    assert emu.ids() == ours and set(statuses(home).values()) == {"active"}
+    [(detail,)] = ledger_rows(home, "SELECT detail FROM events WHERE action = 'key_rotated'")
+    assert as_json(detail)["proven_by"] == "listing" and as_json(detail)["earlier_keys_demoted"] == 1
+    assert run("reconcile", "-p", "openai", "--apply", "--json").json()["key"] == "known"
+
+    # The refused key, now a teammate's valid one, has lost its standing: it must prove itself.
+    emu.add_key(TEAMMATE, "teammate")
+    theirs = {emu.add_file(f"t{i}.txt", 10 + i, created_at=HOUR_AGO, owner="teammate").id for i in range(3)}
+    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)
+    wrong = run("reconcile", "-p", "openai", "--apply")
+    assert wrong.exit_code == 1 and "was never shown to reach this account" in wrong.stderr
+    assert emu.ids("teammate") == theirs and emu.ids() == ours
+    agree(home, emu)
+
+
+@pytest.mark.parametrize("then", ["deleted", "reconciled empty"])
+def test_a_key_after_one_that_reached_the_account_must_still_prove_itself(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """The rule above holds only while nothing says an earlier key reached the provider: a file it
+    uploaded (deleted since), or an applied listing of the account (empty), says it did."""
+    emu = provider_env("openai")
+    if then == "deleted":
+        [a] = upload(run, tmp_path, "openai", "a.txt")
+        assert run("delete", a["id"], "-p", "openai").exit_code == 0
+    else:
+        done = run("reconcile", "-p", "openai", "--apply", "--json")
+        assert done.exit_code == 0, done.stderr
+        assert done.json()["listed"] == 0 and ledger_rows(home, "SELECT count(*) FROM files") == [(0,)]
+    assert emu.ids() == set()
+    emu.add_key(TEAMMATE, "teammate")
+    theirs = {emu.add_file(f"t{i}.txt", 10 + i, created_at=HOUR_AGO, owner="teammate").id for i in range(3)}
+    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)
+    wrong = run("reconcile", "-p", "openai", "--apply")
+    assert wrong.exit_code == 1 and "was never shown to reach this account" in wrong.stderr
+    assert emu.ids("teammate") == theirs
+
+
 def test_trust_key_accepts_a_new_key_that_cannot_prove_itself(
     provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
