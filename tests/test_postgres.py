@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, event, text
 
 from filekeeper import Keeper, LedgerError
 from filekeeper.upload import FilePayload, UploadJob, reserve
-from tests.conftest import ledger_rows, ledger_sql, write
+from tests.conftest import ledger_rows, ledger_sql, upload, write
 
 
 @pytest.fixture
@@ -158,18 +158,7 @@ def test_a_connection_dropped_as_a_delete_is_recorded_says_what_was_done_and_sen
     that is recorded. a's result says it was deleted and what records it; b and c are not sent
     (their outcome could not be recorded either); the next reconcile records a as deleted."""
     emu = provider_env("openai")
-    ids = [
-        r["id"]
-        for r in run(
-            "upload",
-            *[str(write(tmp_path / f"{n}.txt", n)) for n in "abc"],
-            "-p",
-            "openai",
-            "--json",
-            "--concurrency",
-            "1",
-        ).json()
-    ]
+    ids = [r["id"] for r in upload(run, tmp_path, "openai", "a.txt", "b.txt", "c.txt")]
     with Keeper() as keeper:
         killed = kill_connection_when(keeper, "deleted_at=")
         results = keeper.delete(ids, provider="openai")
