@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,36 @@ def _sqlite_begin(conn: Any) -> None:
         conn.connection.driver_connection.execute(statement)
     except sqlite3.Error as e:  # raised as SQLAlchemy's own, as a statement's error would be
         raise DBAPIError.instance(statement, None, e, sqlite3.Error) from None
+
+
+#: a new ledger's build (see :func:`filekeeper.migrate.create_sqlite`) older than this was left by
+#: a process that died making it: a build takes well under a second. By age, because the process
+#: that made it may be in another container or on another host sharing the folder.
+BUILD_STALE_AFTER = 3600.0
+
+
+def new_build(path: Path) -> Path:
+    """Where a new ledger for ``path`` is built: beside it, under a name no other process takes."""
+    return path.with_name(f".{path.name}.new-{os.urandom(8).hex()}")
+
+
+def sweep_builds(path: Path) -> None:
+    """Remove what dead processes' builds of a new ledger left beside ``path`` (a killed build, or
+    a second name of the ledger if the process died between linking it into place and cleaning up)."""
+    prefix = f".{path.name}.new-"
+    now = time.time()
+    try:
+        ledger = path.stat().st_ino
+    except OSError:
+        ledger = None
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+                    st = entry.stat(follow_symlinks=False)
+                    # A second name of the ledger itself goes at once: the ledger's writes keep its time new.
+                    if st.st_ino == ledger or now - st.st_mtime > BUILD_STALE_AFTER:
+                        os.unlink(entry.path)
 
 
 def check_sqlite_file(path: Path) -> None:
@@ -136,6 +167,7 @@ def prepare(settings: Settings) -> Engine:
     (created for its owner only, if it does not)."""
     path = settings.ledger_path
     if path is not None:
+        sweep_builds(Path(os.path.realpath(path)))  # where builds are made (see create_sqlite)
         check_sqlite_file(path)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

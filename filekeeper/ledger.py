@@ -732,14 +732,6 @@ class Reader:
         has, every file the provider lists that the ledger does not know is someone else's."""
         return self.baselined_at(account_id) is not None
 
-    def first_reached(self, account_id: int) -> datetime | None:
-        """When the ledger first recorded a file of the account that the provider had given an id
-        (whatever became of it since): the earliest sign that any of its keys reached the provider."""
-        query = select(func.min(files.c.created_at)).where(
-            files.c.account_id == account_id, files.c.file_id.is_not(None)
-        )
-        return self.conn.execute(query).scalar()
-
     def baselined_at(self, account_id: int) -> datetime | None:
         """When the first applying reconcile listed the account through this ledger (None: never)."""
         query = select(accounts.c.baselined_at).where(accounts.c.id == account_id)
@@ -915,19 +907,6 @@ class Writer(Reader):
         self._event(
             Action.KEY_ROTATED, account_id=account_id, key_fingerprint=fp, base_url=url, proven_by=proven_by, **detail
         )
-
-    def demote_identities(self, account_id: int, account: Account) -> int:
-        """The URLs and keys the account was used with before ``account``'s, none of which was ever
-        shown to reach the provider (every request through them refused, say): unproven from now on,
-        so that none can pass later for the account's without a listing proving it."""
-        url, fp = account.identity()
-        demoted = self.conn.execute(
-            update(account_keys)
-            .where(account_keys.c.account_id == account_id, account_keys.c.proven_by == "first_use")
-            .where(or_(account_keys.c.base_url != url, account_keys.c.key_fingerprint != fp))
-            .values(proven_by="unproven")
-        )
-        return demoted.rowcount
 
     def note_account(self, account: Account) -> None:
         """Record the account's base URL and key as they are now, if they changed."""

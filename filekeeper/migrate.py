@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from .config import Settings
-from .engine import WRITE, database_errors, make_engine, owner_only, prepare, read_revision
+from .engine import WRITE, database_errors, make_engine, new_build, owner_only, prepare, read_revision
 from .errors import LedgerError
 
 # Any constant will do; it only has to be the same for every filekeeper process.
@@ -89,10 +89,9 @@ def upgrade(settings: Settings) -> tuple[Status, Status, Path | None]:
     engine = prepare(settings)
     try:
         with database_errors(settings, "upgrade"):
-            if path is not None and not path.exists():
+            if path is not None and not path.exists() and create_sqlite(path):
                 before = Status(None, head())
-                create_sqlite(path)
-            else:
+            else:  # there was one, or another process made it meanwhile
                 with engine.connect() as conn:
                     before = Status(read_revision(conn), head())
             backup = upgrade_to_head(engine, settings.ledger_path)
@@ -103,67 +102,53 @@ def upgrade(settings: Settings) -> tuple[Status, Status, Path | None]:
     return before, after, backup
 
 
-def create_sqlite(path: Path) -> None:
-    """Make a new SQLite ledger at ``path`` whole, or keep the one another process made first.
+def create_sqlite(path: Path) -> bool:
+    """Make a new SQLite ledger at ``path`` whole, or keep the one another process made first;
+    whether this process's became the ledger.
 
     SQLite creates a database's file empty and fills it at the first write, and an empty file
     is refused as a lost ledger: processes starting at once on a fresh home refused the one
-    another was making. So the ledger is made under a name of its own beside ``path`` (owner-only,
-    at the schema's head, in WAL mode) and linked into place only when whole; a build a killed
-    process left behind is removed by the next one.
+    another was making. So the ledger is built under a name of its own beside ``path`` (owner-only,
+    at the schema's head, in WAL mode) and linked into place only when whole. A symlink, even to
+    a file not there yet, is followed: the ledger is made where it points.
     """
-    for stale in path.parent.glob(f".{path.name}.new-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            _remove_sqlite(stale)
-    build = path.with_name(f".{path.name}.new-{os.getpid()}")
-    _remove_sqlite(build)
+    path = Path(os.path.realpath(path))
+    build = new_build(path)
     try:
-        engine = make_engine(f"sqlite:///{build}", pooled=False)
         try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA user_version").scalar()  # creates the file
-                owner_only(build)  # before anything is in it: it names every file and who sent it
-            upgrade_to_head(engine, None)
+            engine = make_engine(f"sqlite:///{build}", pooled=False)
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA user_version").scalar()  # creates the file
+                    owner_only(build)  # before anything is in it: it names every file and who sent it
+                upgrade_to_head(engine, None)
+            finally:
+                engine.dispose()
+            # Last, so that the mode is in the header and nothing is left in a -wal file when it closes.
+            wal = sqlite3.connect(build)
+            try:
+                wal.execute("PRAGMA journal_mode = WAL")
+            finally:
+                wal.close()
+            return _put_in_place(build, path)
         finally:
-            engine.dispose()
-        # Last, so that the mode is in the header and nothing is left in a -wal file when it closes.
-        wal = sqlite3.connect(build)
-        try:
-            wal.execute("PRAGMA journal_mode = WAL")
-        finally:
-            wal.close()
-        _put_in_place(build, path)
+            for leftover in (build, *(build.with_name(build.name + s) for s in ("-journal", "-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
     except (OSError, sqlite3.Error) as e:
         raise LedgerError(f"cannot create the ledger {path}: {getattr(e, 'strerror', None) or e}") from None
-    finally:
-        _remove_sqlite(build)
 
 
-def _put_in_place(build: Path, path: Path) -> None:
+def _put_in_place(build: Path, path: Path) -> bool:
     try:
         os.link(build, path)  # fails, rather than replace it, if another process's is there
     except FileExistsError:
-        pass  # it stays: processes may be using it already
+        return False  # it stays: processes may be using it already
     except OSError:
         # A filesystem without hard links: a rename, which would replace one made a moment ago.
-        if not path.exists():
-            build.rename(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
+        if path.exists():
+            return False
+        build.rename(path)
     return True
-
-
-def _remove_sqlite(path: Path) -> None:
-    for p in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
-        p.unlink(missing_ok=True)
 
 
 def _refuse_newer(revision: str | None) -> None:

@@ -227,13 +227,6 @@ def _check_identity(
     if expected and present * 2 >= expected:
         plan.key = "rotated"
         return
-    if not snapshot.history and (snapshot.first_reached is None or snapshot.first_reached >= since):
-        # Nothing says the URLs and keys used before this one ever reached the provider (a wrong key
-        # on the account's first command is refused, and recorded all the same): no file the ledger
-        # recorded before it came, no listing applied. There is no earlier account to be another one
-        # than; this is the first shown to reach it, and the earlier ones lose their standing.
-        plan.key = "reached"
-        return
     url, fingerprint = identity
     url_known = url in {u for u, _ in snapshot.identities}
     key_known = fingerprint in {fp for _, fp in snapshot.identities}
@@ -341,7 +334,6 @@ def snapshot(ledger: Ledger, account: Account, account_id: int | None, now: date
             identities=r.identities_of(account_id),
             history=r.baselined(account_id),
             baselined_at=r.baselined_at(account_id),
-            first_reached=r.first_reached(account_id),
             intents=r.open_intents(account_id, loose_before=now - LOOSE_DELETE_AFTER, dead_runs=dead),
         )
 
@@ -531,12 +523,9 @@ def _apply_ledger(
     retention = account.limits.retention_days
     generated_days = account.generated_retention_days  # 0: kept for ever, as retention_days
     with ledger.write() as w:
-        if plan.key in ("rotated", "reached", "trusted"):
-            proven_by = "trusted" if plan.key == "trusted" else "listing"
-            detail: dict[str, Any] = {"run_id": run_id}
-            if plan.key == "reached":
-                detail["earlier_keys_demoted"] = w.demote_identities(account_id, account)
-            w.prove_identity(account_id, account, proven_by=proven_by, detail=detail)
+        if plan.key in ("rotated", "trusted"):
+            proven_by = "listing" if plan.key == "rotated" else "trusted"
+            w.prove_identity(account_id, account, proven_by=proven_by, detail={"run_id": run_id})
         w.note_account(account)  # the key (now proven) and URL this run acted with
         w.set_baseline(account_id, now)  # from now on, what appears unknown is an orphan
         for t, rf in plan.settled:

@@ -70,8 +70,6 @@ class Snapshot:
     history: bool = False
     #: when that first applying reconcile ran: what was made before it was there before us
     baselined_at: datetime | None = None
-    #: when the ledger first recorded a file the provider had given an id (None: never)
-    first_reached: datetime | None = None
     intents: list[Intent] = field(default_factory=list)
 
 
@@ -136,8 +134,7 @@ class ReconcilePlan:
     account: Account
     applied: bool = False
     listed: int = 0
-    #: the key the listing was made with: known, first (a new account), rotated (proven), trusted,
-    #: or reached (the first shown to reach the account: those used before it never reached anything)
+    #: the key the listing was made with: known, first (a new account), rotated (proven), trusted
     key: str = "known"
     orphans: Collection[RemoteFile] = field(default_factory=list)
     #: unknown files younger than --min-age: left alone (an upload may be landing)

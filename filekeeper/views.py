@@ -199,12 +199,8 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     a = r.account
     lines = [f"reconcile {a.name} ({a.provider}): {r.listed:,} files listed at the provider"]
-    if r.key in ("rotated", "reached", "trusted"):
-        how = {
-            "rotated": "the listing shows the files the ledger expects",
-            "reached": "the keys and URLs used before it never reached the provider",
-            "trusted": "--trust-key",
-        }[r.key]
+    if r.key in ("rotated", "trusted"):
+        how = "the listing shows the files the ledger expects" if r.key == "rotated" else "--trust-key"
         lines.append(f"  a new API key or URL for this account, accepted: {how}")
 
     def remote_rows(title: str, files: Iterable[Any], why: str) -> None:

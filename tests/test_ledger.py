@@ -210,7 +210,14 @@ def test_many_processes_starting_on_a_fresh_home_share_one_new_ledger(home: Path
 
 
 @pytest.mark.sqlite_only
-def test_a_new_ledger_killed_while_it_is_built_leaves_none_and_the_next_command_makes_it(run, home: Path) -> None:
+def test_a_new_ledger_killed_while_it_is_built_leaves_none_and_a_later_command_sweeps_it(run, home: Path) -> None:
+    """kill -9 while the new ledger is built: what is left is under a name of its own, never the
+    ledger. The next command makes the ledger and leaves the build alone while it could still be
+    another process's (in another container, say, where its pid means nothing); once it is an hour
+    old, a command sweeps it away."""
+    import os
+    import time
+
     home.mkdir(parents=True)
     code = (
         "import os, signal\n"
@@ -225,8 +232,59 @@ def test_a_new_ledger_killed_while_it_is_built_leaves_none_and_the_next_command_
     assert left.startswith(".ledger.db.new-")  # half-made, under its own name: never the ledger
     result = run("ls")
     assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in home.iterdir()) == [left, "ledger.db"]  # young: maybe someone's
+    hour_ago = time.time() - 3601
+    os.utime(home / left, (hour_ago, hour_ago))
+    assert run("ls").exit_code == 0
     assert [p.name for p in home.iterdir()] == ["ledger.db"]  # the dead build swept away
     assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
+
+
+@pytest.mark.sqlite_only
+def test_a_second_name_of_the_ledger_left_by_a_build_is_swept_at_once(run, home: Path) -> None:
+    """A process killed between linking its build into place and removing the build's name
+    leaves the ledger with two names; the next command removes the extra one, ledger untouched."""
+    import os
+
+    assert run("ls").exit_code == 0
+    db = home / "ledger.db"
+    os.link(db, home / ".ledger.db.new-0123456789abcdef")
+    before = digest(db)
+    assert run("ls").exit_code == 0
+    assert [p.name for p in home.iterdir()] == ["ledger.db"] and db.stat().st_nlink == 1
+    assert digest(db) == before
+
+
+@pytest.mark.sqlite_only
+def test_a_ledger_path_that_is_a_dangling_symlink_is_made_where_it_points(run, home: Path, tmp_path: Path) -> None:
+    home.mkdir(parents=True)
+    target = tmp_path / "elsewhere" / "team.db"
+    target.parent.mkdir()
+    (home / "ledger.db").symlink_to(target)
+    result = run("db", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == f"ledger upgraded from empty to {SCHEMA_HEAD}"
+    assert (home / "ledger.db").is_symlink() and target.stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [p.name for p in target.parent.iterdir() if p.name.startswith(".")] == []  # no build left
+
+
+@pytest.mark.sqlite_only
+def test_db_upgrade_run_at_once_on_a_fresh_home_says_once_that_it_made_the_ledger(home: Path) -> None:
+    import os
+
+    env = {**os.environ, "FILEKEEPER_HOME": str(home)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "filekeeper", "db", "upgrade"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(8)
+    ]
+    said = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    made = f"ledger upgraded from empty to {SCHEMA_HEAD}"
+    assert said == sorted([made] + [f"ledger already at {SCHEMA_HEAD} (head)"] * 7)
 
 
 @pytest.mark.sqlite_only

@@ -103,48 +103,61 @@ def test_another_accounts_key_changes_nothing_and_a_rotated_key_is_proven(
     assert emu.ids() == ours
 
 
-def test_a_key_refused_on_the_accounts_first_command_is_not_taken_for_the_accounts(
+def test_after_a_wrong_key_on_the_accounts_first_command_the_right_one_is_trusted_once(
     provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A wrong key on an account's very first command (401) was recorded as its identity, and the
-    right key's first reconcile refused as 'another account'. Nothing says the refused key ever
-    reached anything, so the first key a listing shows reaching the account is accepted, and the
-    refused one must prove itself like any other from then on."""
+    """A wrong key on an account's very first command (401) is its first key all the same: the
+    ledger cannot tell which key put which file there, so accepting the next key by itself would
+    let a teammate's in too (the case below). The right key's first reconcile is refused, saying
+    so and what to do; --trust-key once, and it is known."""
     emu = provider_env("openai")
-    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)  # valid nowhere yet: every request refused
+    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)  # valid nowhere: every request refused
     refused = run("upload", str(write(tmp_path / "a.txt", "a")), "-p", "openai")
     assert refused.exit_code == 1 and "401" in refused.stderr
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     ours = {r["id"] for r in upload(run, tmp_path, "openai", "b.txt", "c.txt")}
     age_everything(home)
-
-    plan = run("reconcile", "-p", "openai")
-    assert plan.exit_code == 0, plan.stderr
-    assert "accepted: the keys and URLs used before it never reached the provider" in plan.stdout
-    applied = run("reconcile", "-p", "openai", "--apply", "--json")
-    assert applied.exit_code == 0, applied.stderr
-    assert applied.json()["key"] == "reached" and applied.json()["deleted"] == []
-    assert emu.ids() == ours and set(statuses(home).values()) == {"active"}
-    [(detail,)] = ledger_rows(home, "SELECT detail FROM events WHERE action = 'key_rotated'")
-    assert as_json(detail)["proven_by"] == "listing" and as_json(detail)["earlier_keys_demoted"] == 1
+    plan = run("reconcile", "-p", "openai", "--apply")
+    assert plan.exit_code == 1 and "--trust-key" in plan.stderr and "Nothing was changed" in plan.stderr
+    trusted = run("reconcile", "-p", "openai", "--apply", "--trust-key")
+    assert trusted.exit_code == 0, trusted.stderr
+    assert "a new API key or URL for this account, accepted: --trust-key" in trusted.stdout  # said, though no work
     assert run("reconcile", "-p", "openai", "--apply", "--json").json()["key"] == "known"
+    assert emu.ids() == ours and set(statuses(home).values()) == {"active"}
 
-    # The refused key, now a teammate's valid one, has lost its standing: it must prove itself.
+
+def test_a_teammates_key_that_uploaded_through_the_account_cannot_take_it_over(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account's first command used our key and never reached the provider (refused by quota);
+    a CI job with a teammate's key uploaded through it; we uploaded too. The teammate's key, whose
+    listing shows none of our files, is refused, and nothing of theirs or ours is deleted."""
+    emu = provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\nmax_file_bytes = 100\n")
+    big = run("upload", str(write(tmp_path / "big.txt", "x" * 200)), "-p", "openai")
+    assert big.exit_code == 3, big.stderr
     emu.add_key(TEAMMATE, "teammate")
-    theirs = {emu.add_file(f"t{i}.txt", 10 + i, created_at=HOUR_AGO, owner="teammate").id for i in range(3)}
+    monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)
+    theirs = {r["id"] for r in upload(run, tmp_path, "openai", "ci1.txt", "ci2.txt")}
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    ours = {r["id"] for r in upload(run, tmp_path, "openai", "m1.txt")}
+    age_everything(home)
     monkeypatch.setenv("OPENAI_API_KEY", TEAMMATE)
     wrong = run("reconcile", "-p", "openai", "--apply")
     assert wrong.exit_code == 1 and "was never shown to reach this account" in wrong.stderr
-    assert emu.ids("teammate") == theirs and emu.ids() == ours
-    agree(home, emu)
+    emu.add_file("team1.txt", 5, created_at=HOUR_AGO, owner="teammate")
+    again = run("reconcile", "-p", "openai", "--apply", "--min-age", "0")
+    assert again.exit_code == 1 and "was never shown to reach this account" in again.stderr
+    assert theirs < emu.ids("teammate") and emu.ids() == ours
+    assert ledger_rows(home, "SELECT count(*) FROM reconcile_runs WHERE status = 'finished'") == [(0,)]
 
 
 @pytest.mark.parametrize("then", ["deleted", "reconciled empty"])
 def test_a_key_after_one_that_reached_the_account_must_still_prove_itself(
     provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
 ) -> None:
-    """The rule above holds only while nothing says an earlier key reached the provider: a file it
-    uploaded (deleted since), or an applied listing of the account (empty), says it did."""
+    """A key the account was used with before that reached the provider (a file it uploaded, deleted
+    since; an applied listing of the account, empty) makes any later one prove itself."""
     emu = provider_env("openai")
     if then == "deleted":
         [a] = upload(run, tmp_path, "openai", "a.txt")
