@@ -357,6 +357,13 @@ def load_settings() -> Settings:
         what = "is not a file" if config_path.exists() else "does not exist"
         raise ConfigError(f"FILEKEEPER_CONFIG names {config_path}, which {what}")
     database_url = env.get("FILEKEEPER_DATABASE_URL") or f"sqlite:///{home / 'ledger.db'}"
+    file = database_url.removeprefix("sqlite:///") if database_url.startswith("sqlite:///") else None
+    if file is not None and (not file or file.endswith("/") or "?" in file):
+        # Else a folder's name became the ledger's file, or "?mode=ro" part of the file's name.
+        raise ConfigError(
+            f"FILEKEEPER_DATABASE_URL {database_url!r}: a SQLite ledger's URL names its file and nothing "
+            "else, as sqlite:///path/to/ledger.db (no trailing /, no ?options)"
+        )
     raw = _read_toml(config_path)
     providers, accounts_raw = _validate(raw, config_path)
     http = HttpSettings(**_validate_http(raw.get("http", {}), config_path))

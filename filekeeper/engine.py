@@ -104,6 +104,19 @@ def sweep_builds(path: Path) -> None:
                         os.unlink(entry.path)
 
 
+def cannot_create(path: Path) -> str | None:
+    """Why a new ledger could not be made at ``path`` (None: nothing says it could not), found
+    without making anything: for the commands that only look (`db current`, `doctor`)."""
+    folder = Path(os.path.realpath(path)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):  # a read-only filesystem says so even to root
+        return f"{folder} cannot be written"
+    return None
+
+
 def check_sqlite_file(path: Path) -> None:
     """Refuse a file that is not a whole SQLite database before SQLite can touch it: SQLite would
     take an empty file for a new database, and a cut-off one for a smaller one."""

@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from .config import Settings
-from .engine import WRITE, database_errors, make_engine, new_build, owner_only, prepare, read_revision
+from .engine import WRITE, cannot_create, database_errors, make_engine, new_build, owner_only, prepare, read_revision
 from .errors import LedgerError
 
 # Any constant will do; it only has to be the same for every filekeeper process.
@@ -74,6 +74,8 @@ def status(settings: Settings) -> Status:
     """The ledger's revision against this filekeeper's head; reads only, creates nothing."""
     path = settings.ledger_path
     if path is not None and not path.exists():
+        if why := cannot_create(path):
+            raise LedgerError(f"there is no ledger at {path}, and none can be made there: {why}")
         return Status(None, head())
     engine = prepare(settings)
     try:

@@ -304,6 +304,37 @@ def test_a_home_on_a_filesystem_without_hard_links_still_gets_its_ledger(
 
 
 @pytest.mark.sqlite_only
+def test_the_commands_that_only_look_say_when_no_ledger_can_be_made(run, home: Path) -> None:
+    """A FILEKEEPER_HOME that is a file: every command that opens the ledger fails, so `db current`
+    and `doctor` must not say "no ledger yet" and "nothing looks wrong"."""
+    home.parent.mkdir(parents=True, exist_ok=True)
+    home.write_text("not a folder")
+    why = f"there is no ledger at {home / 'ledger.db'}, and none can be made there: {home} is not a folder"
+    current = run("db", "current")
+    assert current.exit_code == 1 and why in current.stderr
+    doctor = run("doctor")
+    assert doctor.exit_code == 1 and why in doctor.stdout
+    assert run("ls").exit_code == 1
+    assert home.read_text() == "not a folder"
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("tail", ["/", "/ledger.db?mode=ro", ""], ids=["folder", "options", "nothing"])
+def test_a_sqlite_url_that_names_no_plain_file_is_refused(
+    run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: str
+) -> None:
+    """A trailing slash made a ledger file named after the folder; ``?mode=ro`` became part of
+    the file's name. Refused as bad input, and nothing is made."""
+    url = f"sqlite:///{tmp_path / 'team'}{tail}" if tail else "sqlite:///"
+    with monkeypatch.context() as m:  # only for the command: the teardown's checks read the real one
+        m.setenv("FILEKEEPER_DATABASE_URL", url)
+        result = run("ls")
+    assert result.exit_code == 2
+    assert "a SQLite ledger's URL names its file and nothing else" in result.stderr
+    assert not (tmp_path / "team").exists() and not list(tmp_path.glob("*ledger*"))
+
+
+@pytest.mark.sqlite_only
 def test_db_upgrade_leaves_the_ledger_in_wal_mode(run, home: Path) -> None:
     """As first use does: a ledger made by ``db upgrade`` and then opened by many processes at
     once had them all race to switch it, and the switch does not wait (CI saw one of 16 uploads

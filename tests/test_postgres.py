@@ -169,6 +169,11 @@ def test_a_connection_dropped_as_a_delete_is_recorded_says_what_was_done_and_sen
     assert all("not deleted: not sent" in str(r.error) for r in results[1:])
     assert emu.ids() == set(ids[1:])
     assert ledger_rows(postgres, "SELECT count(*) FROM delete_intents") == [(1,)]  # a's, for reconcile
+    # A reconcile at once: the delete could still be running, so its journal entry is not yet
+    # taken for done, and the file, absent, is recorded missing.
+    soon = run("reconcile", "-p", "openai", "--apply", "--min-age", "0")
+    assert soon.exit_code == 0, soon.stderr
+    assert ledger_rows(postgres, "SELECT status FROM files WHERE file_id = ?", ids[0]) == [("missing",)]
     # Cron's next reconcile, once a plain delete's journal entry is old enough to be a dead one's.
     ledger_sql(postgres, "UPDATE delete_intents SET at = ?", datetime.now(UTC) - timedelta(minutes=20))
     settled = run("reconcile", "-p", "openai", "--apply", "--min-age", "0")
