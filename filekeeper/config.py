@@ -204,11 +204,9 @@ class Settings:
 
     @property
     def ledger_path(self) -> Path | None:
-        """The SQLite file behind the default ledger, or None for any other database."""
-        prefix = "sqlite:///"
-        if self.database_url.startswith(prefix) and self.database_url != "sqlite:///:memory:":
-            return Path(self.database_url[len(prefix) :])
-        return None
+        """The SQLite file behind the ledger, or None for any other database."""
+        file = sqlite_file(self.database_url)
+        return Path(file) if file else None
 
     def account(self, name: str) -> Account:
         """A configured account, or a provider's implicit account named after it."""
@@ -346,6 +344,15 @@ def _build_account(
     )
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names, whatever its driver (``sqlite+pysqlite:///…``); None for any
+    other database. As SQLAlchemy reads it: ``sqlite:///relative``, ``sqlite:////absolute``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
+        return None
+    return rest[1:] if rest.startswith("/") else rest
+
+
 def load_settings() -> Settings:
     """Read the environment and config.toml; raise ConfigError on anything malformed."""
     env = os.environ
@@ -357,12 +364,13 @@ def load_settings() -> Settings:
         what = "is not a file" if config_path.exists() else "does not exist"
         raise ConfigError(f"FILEKEEPER_CONFIG names {config_path}, which {what}")
     database_url = env.get("FILEKEEPER_DATABASE_URL") or f"sqlite:///{home / 'ledger.db'}"
-    file = database_url.removeprefix("sqlite:///") if database_url.startswith("sqlite:///") else None
-    if file is not None and (not file or file.endswith("/") or "?" in file):
-        # Else a folder's name became the ledger's file, or "?mode=ro" part of the file's name.
+    file = sqlite_file(database_url)
+    if file is not None and (not file or file == ":memory:" or file.endswith("/") or "?" in file):
+        # Else a folder's name became the ledger's file, "?mode=ro" part of the file's name, or the
+        # ledger a database in memory that is gone when the command ends.
         raise ConfigError(
             f"FILEKEEPER_DATABASE_URL {database_url!r}: a SQLite ledger's URL names its file and nothing "
-            "else, as sqlite:///path/to/ledger.db (no trailing /, no ?options)"
+            "else, as sqlite:///path/to/ledger.db (no trailing /, no ?options, not in memory)"
         )
     raw = _read_toml(config_path)
     providers, accounts_raw = _validate(raw, config_path)

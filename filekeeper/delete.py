@@ -98,7 +98,8 @@ def _recording(answer: str, *, journalled: bool = True) -> Iterator[None]:
         yield
     except LedgerError as e:
         then = (
-            "its journal entry stays, and the next `filekeeper reconcile --apply` records what became of the file"
+            "its journal entry stays, and a `filekeeper reconcile --apply` from 15 minutes on records what became "
+            "of the file (until then, the delete could still be running)"
             if journalled
             else "the ledger had no record of the file, so none is left wrong"
         )

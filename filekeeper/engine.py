@@ -108,6 +108,8 @@ def cannot_create(path: Path) -> str | None:
     """Why a new ledger could not be made at ``path`` (None: nothing says it could not), found
     without making anything: for the commands that only look (`db current`, `doctor`)."""
     folder = Path(os.path.realpath(path)).parent
+    if path.is_symlink() and not folder.is_dir():  # the ledger is made where it points, in no new folder
+        return f"{path} points into {folder}, which is not a folder"
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():

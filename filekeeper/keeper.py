@@ -407,7 +407,8 @@ class Keeper:
         if not ids:
             raise UsageError("no file ids to delete")
         for file_id in ids:
-            if not file_id.strip() or file_id != file_id.strip() or not file_id.isprintable():
+            # "." and "..": no provider's id, and as a URL path segment they name the collection above it.
+            if not file_id.strip() or file_id != file_id.strip() or not file_id.isprintable() or file_id in (".", ".."):
                 raise UsageError(f"{file_id!r} is not a file id")
         from .providers import ADAPTERS, spellings
 

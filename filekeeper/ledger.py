@@ -340,6 +340,9 @@ def _check_statement(requests: int) -> Select[Any]:
     )
 
 
+#: the largest ledger row id: ``files.id`` is a 32-bit INTEGER on PostgreSQL
+_MAX_ROW_ID = 2**31 - 1
+
 #: ledger records: a files row with its account's name and provider
 RECORDS: Select[Any] = select(files, accounts.c.name.label("account"), accounts.c.provider).join(
     accounts, files.c.account_id == accounts.c.id
@@ -585,7 +588,9 @@ class Reader:
     def records_named(self, ref: str, account_ids: Iterable[int] | None = None) -> list[FileRecord]:
         """Rows with this provider id (in any of ``account_ids``), or the row ``#N`` names."""
         query = RECORDS.order_by(files.c.id)
-        if ref.startswith("#") and ref[1:].isdigit():
+        if ref.startswith("#") and ref[1:].isascii() and ref[1:].isdigit():
+            if int(ref[1:]) > _MAX_ROW_ID:  # no such row, and past what the column (and driver) can take
+                return []
             query = query.where(files.c.id == int(ref[1:]))
         else:
             query = query.where(files.c.file_id == ref)

@@ -588,7 +588,8 @@ def _recording(file_id: str) -> Iterator[None]:
     except LedgerError as e:
         raise LedgerError(
             f"stored at the provider as {file_id}, but the ledger could not record it ({e}); its reservation "
-            "stays pending until `filekeeper reconcile --apply` (or this upload run again) settles it"
+            "stays pending: this upload run again settles it at once (no second copy), and "
+            "`filekeeper reconcile --apply` does once it is older than --min-age"
         ) from None
 
 

@@ -204,6 +204,21 @@ def test_show_tells_a_files_whole_story(provider_env, run, home: Path, tmp_path:
     assert text.stdout.index("reserve") < text.stdout.index("upload") < text.stdout.rindex("delete")
     missing = run("show", "file-nope")
     assert missing.exit_code == 2 and "no file 'file-nope'" in missing.stderr
+    # Row numbers past what the column holds (an overflow in the driver, or PostgreSQL's "integer
+    # out of range"), and digits int() cannot read, are rows the ledger does not have.
+    for ref in ("#2147483648", "#9223372036854775808", "#²"):
+        beyond = run("show", ref)
+        assert beyond.exit_code == 2 and f"no file {ref!r} in the ledger" in beyond.stderr, beyond.stderr
+
+
+@pytest.mark.parametrize("ref", [".", ".."])
+def test_delete_of_a_dot_path_is_bad_input_and_sends_nothing(provider_env, run, tmp_path: Path, ref: str) -> None:
+    """ "." and ".." are no provider's file id; in a URL they name the collection above it."""
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "a.txt")
+    result = run("delete", ref, "-p", "openai")
+    assert result.exit_code == 2 and f"{ref!r} is not a file id" in result.stderr
+    assert emu.count("DELETE") == 0 and len(emu.ids()) == 1
 
 
 def test_show_a_reservation_by_its_ledger_id(provider_env, run, home: Path, tmp_path: Path) -> None:

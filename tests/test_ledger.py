@@ -304,6 +304,21 @@ def test_a_home_on_a_filesystem_without_hard_links_still_gets_its_ledger(
 
 
 @pytest.mark.sqlite_only
+def test_an_empty_file_is_refused_whichever_driver_the_url_names(
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sqlite+pysqlite:///`` went around every guard on the SQLite file: a lost (emptied) ledger
+    was silently made anew."""
+    lost = tmp_path / "lost.db"
+    lost.write_bytes(b"")
+    with monkeypatch.context() as m:
+        m.setenv("FILEKEEPER_DATABASE_URL", f"sqlite+pysqlite:///{lost}")
+        result = run("ls")
+    assert result.exit_code == 1 and "is empty (0 bytes), not a ledger" in result.stderr
+    assert lost.stat().st_size == 0
+
+
+@pytest.mark.sqlite_only
 def test_the_commands_that_only_look_say_when_no_ledger_can_be_made(run, home: Path) -> None:
     """A FILEKEEPER_HOME that is a file: every command that opens the ledger fails, so `db current`
     and `doctor` must not say "no ledger yet" and "nothing looks wrong"."""
@@ -319,13 +334,29 @@ def test_the_commands_that_only_look_say_when_no_ledger_can_be_made(run, home: P
 
 
 @pytest.mark.sqlite_only
-@pytest.mark.parametrize("tail", ["/", "/ledger.db?mode=ro", ""], ids=["folder", "options", "nothing"])
+def test_a_symlinked_ledger_pointing_into_no_folder_is_said_by_the_commands_that_look(
+    run, home: Path, tmp_path: Path
+) -> None:
+    home.mkdir(parents=True)
+    (home / "ledger.db").symlink_to(tmp_path / "gone" / "team.db")
+    current = run("db", "current")
+    assert current.exit_code == 1 and "points into" in current.stderr and "not a folder" in current.stderr
+    assert run("doctor").exit_code == 1
+    assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+pysqlite"])
+@pytest.mark.parametrize(
+    "tail", ["/", "/ledger.db?mode=ro", "", ":memory:"], ids=["folder", "options", "nothing", "memory"]
+)
 def test_a_sqlite_url_that_names_no_plain_file_is_refused(
-    run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: str
+    run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: str, driver: str
 ) -> None:
     """A trailing slash made a ledger file named after the folder; ``?mode=ro`` became part of
-    the file's name. Refused as bad input, and nothing is made."""
-    url = f"sqlite:///{tmp_path / 'team'}{tail}" if tail else "sqlite:///"
+    the file's name; a ledger in memory is gone when the command ends. Refused as bad input, with
+    any driver named, and nothing is made."""
+    url = f"{driver}:///{tmp_path / 'team'}{tail}" if tail.startswith("/") else f"{driver}:///{tail}"
     with monkeypatch.context() as m:  # only for the command: the teardown's checks read the real one
         m.setenv("FILEKEEPER_DATABASE_URL", url)
         result = run("ls")
