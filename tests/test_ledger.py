@@ -23,6 +23,12 @@ from filekeeper.schema import SCHEMA_HEAD, metadata
 from tests.conftest import ledger_rows, ledger_sql, write
 
 
+def names(folder: Path) -> list[str]:
+    """What is in the folder, but the ledger's -wal and -shm (which stay when its last users close
+    at once, as SQLite leaves them)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("ledger.db-wal", "ledger.db-shm"))
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -202,7 +208,7 @@ def test_many_processes_starting_on_a_fresh_home_share_one_new_ledger(home: Path
         ]
         outcomes = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs if p.stderr]
         assert [e for c, e in outcomes if c != 0] == []
-        assert sorted(p.name for p in home.iterdir()) == ["ledger.db"]  # no build left beside it
+        assert names(home) == ["ledger.db"]  # no build left beside it
         with sqlite3.connect(home / "ledger.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
@@ -228,15 +234,15 @@ def test_a_new_ledger_killed_while_it_is_built_leaves_none_and_a_later_command_s
     )
     killed = subprocess.run([sys.executable, "-c", code], check=False)
     assert killed.returncode == -9
-    [left] = [p.name for p in home.iterdir()]
+    [left] = names(home)
     assert left.startswith(".ledger.db.new-")  # half-made, under its own name: never the ledger
     result = run("ls")
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in home.iterdir()) == [left, "ledger.db"]  # young: maybe someone's
+    assert names(home) == [left, "ledger.db"]  # young: maybe someone's
     hour_ago = time.time() - 3601
     os.utime(home / left, (hour_ago, hour_ago))
     assert run("ls").exit_code == 0
-    assert [p.name for p in home.iterdir()] == ["ledger.db"]  # the dead build swept away
+    assert names(home) == ["ledger.db"]  # the dead build swept away
     assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
 
 
@@ -251,7 +257,7 @@ def test_a_second_name_of_the_ledger_left_by_a_build_is_swept_at_once(run, home:
     os.link(db, home / ".ledger.db.new-0123456789abcdef")
     before = digest(db)
     assert run("ls").exit_code == 0
-    assert [p.name for p in home.iterdir()] == ["ledger.db"] and db.stat().st_nlink == 1
+    assert names(home) == ["ledger.db"] and db.stat().st_nlink == 1
     assert digest(db) == before
 
 
@@ -299,7 +305,7 @@ def test_a_home_on_a_filesystem_without_hard_links_still_gets_its_ledger(
 
     monkeypatch.setattr(os, "link", no_links)
     open_ledger(load_settings()).close()
-    assert sorted(p.name for p in home.iterdir()) == ["ledger.db"]
+    assert names(home) == ["ledger.db"]
     assert run("db", "current").stdout.strip() == f"{SCHEMA_HEAD} (head)"
 
 
