@@ -738,7 +738,7 @@ def render_reconcile(
         emit_json(docs if many else (docs[0] if docs else None))
     else:
         for p in plans:
-            if p.has_work or p.errors or p.skipped or p.young or p.key in ("rotated", "trusted"):
+            if p.has_work or p.errors or p.skipped or p.young or p.new_key_accepted:
                 say(plan_view(p))
     for a, e in outcomes:
         if isinstance(e, FilekeeperError):

@@ -206,7 +206,7 @@ class Settings:
     def ledger_path(self) -> Path | None:
         """The SQLite file behind the ledger, or None for any other database."""
         file = sqlite_file(self.database_url)
-        return Path(file) if file else None
+        return Path(file) if file and file != ":memory:" else None
 
     def account(self, name: str) -> Account:
         """A configured account, or a provider's implicit account named after it."""

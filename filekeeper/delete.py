@@ -49,6 +49,8 @@ def delete_files(ledger: Ledger, remote: Deleter, account: Account, file_ids: Se
             results.append(DeleteResult(file_id, account.name, account.provider, error=Interrupted(why)))
     except _LedgerFailed as stop:
         # What was done is returned as done; nothing more is sent while its outcome cannot be recorded.
+        if stop.unrecorded is not None:
+            results.append(DeleteResult(file_ids[len(results)], account.name, account.provider, error=stop.unrecorded))
         for file_id in file_ids[len(results) :]:
             why = LedgerError(f"not deleted: not sent, as the ledger cannot be written ({stop})")
             results.append(DeleteResult(file_id, account.name, account.provider, error=why))
@@ -56,7 +58,12 @@ def delete_files(ledger: Ledger, remote: Deleter, account: Account, file_ids: Se
 
 
 class _LedgerFailed(Exception):
-    """The ledger failed mid-way: the deletes not yet sent are not sent."""
+    """The ledger failed mid-way: the deletes not yet sent are not sent. ``unrecorded``: the
+    error of the one the provider answered and the ledger could not record, if any."""
+
+    def __init__(self, reason: str, unrecorded: LedgerError | None = None) -> None:
+        super().__init__(reason)
+        self.unrecorded = unrecorded
 
 
 def _delete_each(
@@ -66,30 +73,18 @@ def _delete_each(
         row = r.account_row(account.name)
     account_id = row.id if row is not None else None
     for file_id in file_ids:
+        if account_id is None:
+            result, account_id = _delete_unrecorded(ledger, remote, account, file_id)
+            results.append(result)
+            continue
         try:
-            if account_id is None:
-                result, account_id = _delete_unrecorded(ledger, remote, account, file_id)
-                results.append(result)
-                continue
-            try:
-                with ledger.write() as w:
-                    known = w.find(account_id, file_id)
-                    entry = (file_id, known and known.ledger_id, DeleteKind.DELETE)
-                    [intent] = w.add_intents(account_id, [entry], run_id=None)
-            except LedgerError as e:
-                raise _LedgerFailed(str(e)) from None
-            results.append(_send_and_record(ledger, remote, account, account_id, file_id, known, intent))
-        except _Unrecorded as e:
-            results.append(DeleteResult(file_id, account.name, account.provider, error=e.error))
-            raise _LedgerFailed(e.reason) from None
-
-
-class _Unrecorded(Exception):
-    """The provider answered a delete and the ledger failed as the answer was recorded."""
-
-    def __init__(self, error: LedgerError, reason: str) -> None:
-        super().__init__(str(error))
-        self.error, self.reason = error, reason
+            with ledger.write() as w:
+                known = w.find(account_id, file_id)
+                entry = (file_id, known and known.ledger_id, DeleteKind.DELETE)
+                [intent] = w.add_intents(account_id, [entry], run_id=None)
+        except LedgerError as e:
+            raise _LedgerFailed(str(e)) from None
+        results.append(_send_and_record(ledger, remote, account, account_id, file_id, known, intent))
 
 
 @contextmanager
@@ -103,7 +98,8 @@ def _recording(answer: str, *, journalled: bool = True) -> Iterator[None]:
             if journalled
             else "the ledger had no record of the file, so none is left wrong"
         )
-        raise _Unrecorded(LedgerError(f"{answer}, but the ledger could not record it ({e}); {then}"), str(e)) from None
+        unrecorded = LedgerError(f"{answer}, but the ledger could not record it ({e}); {then}")
+        raise _LedgerFailed(str(e), unrecorded) from None
 
 
 def _send_and_record(

@@ -523,7 +523,7 @@ def _apply_ledger(
     retention = account.limits.retention_days
     generated_days = account.generated_retention_days  # 0: kept for ever, as retention_days
     with ledger.write() as w:
-        if plan.key in ("rotated", "trusted"):
+        if plan.new_key_accepted:
             proven_by = "listing" if plan.key == "rotated" else "trusted"
             w.prove_identity(account_id, account, proven_by=proven_by, detail={"run_id": run_id})
         w.note_account(account)  # the key (now proven) and URL this run acted with

@@ -215,6 +215,12 @@ class ReconcilePlan:
         return len(self.orphans) + len(self.unclaimed_new) + len(self.unclaimed) if self.adopt else 0
 
     @property
+    def new_key_accepted(self) -> bool:
+        """Whether the listing was made with a key or URL new to the account that this run accepts
+        (proven by the listing, or ``--trust-key``): said even when there is nothing else to do."""
+        return self.key in ("rotated", "trusted")
+
+    @property
     def has_work(self) -> bool:
         """Anything to do or to report: for --exit-code monitoring and for staying quiet in cron."""
         return bool(

@@ -199,7 +199,7 @@ def plan(r: ReconcilePlan, *, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     a = r.account
     lines = [f"reconcile {a.name} ({a.provider}): {r.listed:,} files listed at the provider"]
-    if r.key in ("rotated", "trusted"):
+    if r.new_key_accepted:
         how = "the listing shows the files the ledger expects" if r.key == "rotated" else "--trust-key"
         lines.append(f"  a new API key or URL for this account, accepted: {how}")
 
