@@ -24,18 +24,22 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Executable,
+    Integer,
     Row,
     Select,
     and_,
     bindparam,
     case,
+    cast,
     exists,
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     true,
@@ -55,7 +59,7 @@ from .engine import (
     use_wal,
 )
 from .errors import LedgerConflict, LedgerError, UsageError
-from .quota import Held, Request, Usage, Violation
+from .quota import Held, Request, Room, Usage, Violation
 from .records import LAPSING, SORTS, DeleteOutcome, FileRecord, Identity, Intent, PendingRow, Tracked
 from .schema import (
     HELD,
@@ -197,6 +201,10 @@ class _Prepared:
         self._build = build
         self._by_dialect: dict[str, tuple[str, list[tuple[str, Any, Any]], bool]] = {}
 
+    def built(self) -> Any:
+        """The statement itself, for another to be built from."""
+        return self._build()
+
     def _compile(self, dialect: Dialect) -> tuple[str, list[tuple[str, Any, Any]], bool]:
         compiled = self._build().compile(dialect=dialect, compile_kwargs={"render_postcompile": True})  # type: ignore[attr-defined]
         slots = []
@@ -231,21 +239,28 @@ class _Prepared:
         return result.fetchall() if result.returns_rows else []
 
 
-def _pipelined(conn: Connection, calls: Sequence[tuple[_Prepared, dict[str, Any]]]) -> list[list[Any]]:
+def _pipelined(
+    conn: Connection, calls: Sequence[tuple[_Prepared, dict[str, Any]]], *, commit: bool = False
+) -> list[list[Any]]:
     """Prepared statements in order, their rows. Where the driver can pipeline them (psycopg),
-    sent together, in one round trip (the transaction's BEGIN with them): the server still runs
-    each once the one before has finished, so a read after a lock begins only once the lock is
-    granted and, in a read-committed transaction, sees everything committed before (a lock and a
-    read in one statement would read what was committed before it began to wait). The pipeline
-    is the driver's own, unseen by SQLAlchemy's events; errors are raised as SQLAlchemy's."""
+    sent together, in one round trip (the transaction's BEGIN with them, and ``commit``: its
+    COMMIT too, which a failed statement turns into nothing): the server still runs each once the
+    one before has finished, so a read after a lock begins only once the lock is granted and, in
+    a read-committed transaction, sees everything committed before (a lock and a read in one
+    statement would read what was committed before it began to wait). The pipeline is the
+    driver's own, unseen by SQLAlchemy's events (its own commit then finds nothing left to do);
+    errors are raised as SQLAlchemy's."""
     dialect = conn.dialect
     if dialect.name != "postgresql":
+        assert not commit, "a commit is sent with a pipeline only"
         return [statement.run(conn, **params) for statement, params in calls]
     driver: Any = conn.connection.driver_connection
     bound = [statement.bound(dialect, params) for statement, params in calls]
     try:
         with driver.pipeline():
             cursors = [driver.execute(sql, values) for sql, values in bound]
+            if commit:
+                driver.commit()
         return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
     except dialect.loaded_dbapi.Error as e:
         sql = "; ".join(sql for sql, _ in bound)
@@ -292,15 +307,68 @@ def _reserve_with_event() -> Any:
     )
 
 
-# Built on first use, not at import: most commands never reserve.
-_USAGE = _Prepared(lambda: _usage_parts(_param("account_id"), _param("now", files.c.provider_expires_at.type)))
-_FOLD = _Prepared(
-    lambda: (
+def _usage_rows_gone(*, if_piled: bool = False) -> Any:
+    """The account's ``account_usage`` rows deleted, what they held returned; ``if_piled``: only
+    where there are more than FOLD_AFTER of them."""
+    mine = account_usage.c.account_id == _param("account_id")
+    if if_piled:
+        piled = account_usage.alias("piled")
+        many = select(func.count()).where(piled.c.account_id == _param("account_id")).scalar_subquery()
+        mine = mine & (many > FOLD_AFTER)
+    return (
         account_usage.delete()
-        .where(account_usage.c.account_id == _param("account_id"))
+        .where(mine)
         .returning(account_usage.c.purpose, account_usage.c.files, account_usage.c.bytes)
     )
-)
+
+
+def _fold_at_once(*, if_piled: bool = False) -> Any:
+    # Where the database takes a DELETE inside WITH (PostgreSQL), the fold is one statement: no
+    # round trip of its own while the reservation that folds holds the account's lock.
+    gone = _usage_rows_gone(if_piled=if_piled).cte("gone")
+    files_, bytes_ = func.sum(gone.c.files), func.sum(gone.c.bytes)
+    sums = (
+        select(_param("account_id", account_usage.c.account_id.type), gone.c.purpose, files_, bytes_)
+        .group_by(gone.c.purpose)
+        .having((files_ != 0) | (bytes_ != 0))
+    )
+    return insert(account_usage).from_select(["account_id", "purpose", "files", "bytes"], sums)
+
+
+#: what PostgreSQL's error says when a reservation's own check finds no room (see _room_check)
+NO_ROOM = "filekeeper: no room"
+
+
+def _room_check() -> Any:
+    """A row if the account's usage, the new row counted, is within a :class:`~filekeeper.quota.Room`;
+    else the statement fails with NO_ROOM in its error, and takes the transaction (the reservation
+    with it) down. A failure rather than a row saying so, because the commit travels with this
+    statement and must not happen then; a cast of NO_ROOM to a number, because PostgreSQL's SQL
+    has no statement that fails by choice."""
+    held = _usage_parts(_param("account_id"), _param("now", files.c.provider_expires_at.type)).subquery("held")
+    mine = held.c.purpose == _param("purpose", files.c.purpose.type)
+    sums = (
+        func.sum(held.c.files),
+        func.sum(held.c.bytes),
+        func.sum(held.c.files).filter(mine),
+        func.sum(held.c.bytes).filter(mine),
+    )
+    names = ("max_files", "max_bytes", "purpose_max_files", "purpose_max_bytes")
+    fits = and_(
+        *(
+            bound.is_(None) | (func.coalesce(total, 0) <= bound)
+            for total, bound in zip(sums, (_param(n, BigInteger()) for n in names), strict=True)
+        )
+    )
+    return select(cast(case((fits, literal_column("'0'")), else_=literal_column(f"'{NO_ROOM}'")), Integer))
+
+
+# Built on first use, not at import: most commands never reserve.
+_USAGE = _Prepared(lambda: _usage_parts(_param("account_id"), _param("now", files.c.provider_expires_at.type)))
+_FOLD = _Prepared(_usage_rows_gone)
+_FOLD_AT_ONCE = _Prepared(_fold_at_once)
+_FOLD_IF_PILED = _Prepared(lambda: _fold_at_once(if_piled=True))
+_ROOM_CHECK = _Prepared(_room_check)
 _ADD_USAGE = _Prepared(
     lambda: insert(account_usage).values(
         account_id=_param("account_id"), purpose=_param("purpose"), files=_param("files"), bytes=_param("bytes")
@@ -308,6 +376,15 @@ _ADD_USAGE = _Prepared(
 )
 _LOCK = _Prepared(
     lambda: select(accounts.c.id).where(accounts.c.id == _param("account_id")).with_for_update(key_share=True)
+)
+# For the rest of a reservation's transaction on PostgreSQL, plain index scans only. The fold
+# leaves a dead row for every account_usage row it replaces, hundreds a second under many
+# uploaders, until autovacuum comes by (a minute or more); a plain index scan marks the dead
+# entries it meets so that the next read skips them, where a bitmap or sequential scan, which
+# the planner picks for a table this small, visits every one again, under the account's lock:
+# reservations from 8 processes slowed by a third within seconds (``bench/quota_check.py``).
+_INDEX_SCANS = _Prepared(
+    lambda: select(func.set_config("enable_bitmapscan", "off", True), func.set_config("enable_seqscan", "off", True))
 )
 _RESERVE = _Prepared(_reserving)
 _EVENT = _Prepared(lambda: insert(events).values(file_pk=_param("file_pk"), **_event_values()))
@@ -408,10 +485,12 @@ class Ledger:
         self._writing = engine.execution_options(**{WRITE: True})
 
     @property
-    def row_locks(self) -> bool:
-        """Whether a write transaction locks only the rows it touches (PostgreSQL), rather than
-        the whole database from its start (SQLite)."""
-        return self.engine.dialect.name != "sqlite"
+    def reserves_at_once(self) -> bool:
+        """Whether a reservation can be made in one round trip, the quota tested by the database
+        itself (:meth:`Writer.reserve_if_room`: PostgreSQL, whose write transactions lock only the
+        rows they touch), rather than in a transaction that locks first (SQLite's lock is the whole
+        database's from its start, and nothing goes over a network)."""
+        return self.engine.dialect.name == "postgresql"
 
     @cached_property
     def actor(self) -> str:
@@ -955,7 +1034,7 @@ class Writer(Reader):
         if self.conn.dialect.name == "sqlite":
             return self.usage_of(account_id, now)
         params = {"account_id": account_id, "now": now}
-        _, rows = _pipelined(self.conn, [(_LOCK, params), (_USAGE, params)])
+        _, _, rows = _pipelined(self.conn, [(_INDEX_SCANS, {}), (_LOCK, params), (_USAGE, params)])
         return self._folded(account_id, rows)
 
     def usage_of(self, account_id: int, now: datetime) -> Usage:
@@ -976,6 +1055,9 @@ class Writer(Reader):
         # Each row deleted is returned to exactly one folder, whoever else folds at the same time
         # (PostgreSQL's second DELETE finds the rows gone); rows other writers add meanwhile are
         # left for the next fold.
+        if self.conn.dialect.name == "postgresql":
+            _FOLD_AT_ONCE.run(self.conn, account_id=account_id)
+            return
         for purpose, (n, b) in _by_purpose(_FOLD.run(self.conn, account_id=account_id)).items():
             if n or b:
                 _ADD_USAGE.run(self.conn, account_id=account_id, purpose=purpose, files=n, bytes=b)
@@ -1016,19 +1098,38 @@ class Writer(Reader):
             _EVENT.run(self.conn, **event, file_pk=ledger_id)
         return row.record(ledger_id, request)
 
-    def reserve_then_lock(self, account_id: int, request: Request, row: PendingRow) -> tuple[FileRecord, Usage]:
-        """:meth:`reserve`, then :meth:`lock_and_read_usage`, the new row counted in the usage. On
-        PostgreSQL all of it goes out at once, with the transaction's BEGIN, in one round trip (the
-        server still takes them in order: the usage is read once the lock is granted)."""
-        if self.conn.dialect.name != "postgresql":
-            return self.reserve(account_id, request, row), self.lock_and_read_usage(account_id, row.created_at)
+    def reserve_if_room(self, account_id: int, request: Request, row: PendingRow, room: Room) -> FileRecord | None:
+        """PostgreSQL: :meth:`reserve`, then the account's lock, a fold if its usage rows have piled
+        up, the database's own test that the usage, the new row counted, is within ``room``, and
+        the commit, all sent at once, in one round trip. None: there is no room, and the
+        transaction has failed (the caller rolls it back).
+
+        The server still takes them in order, so the test reads the usage once the lock is granted
+        (a new snapshot for each statement: every reservation committed before, and this one's own
+        row); the lock is held for the test and the commit only, whatever the client is doing."""
         values, event = self._reserving(account_id, request, row)
         locked = {"account_id": account_id, "now": row.created_at}
-        reserved, _, usage = _pipelined(
-            self.conn, [(_RESERVE_WITH_EVENT, {**values, **event}), (_LOCK, locked), (_USAGE, locked)]
-        )
-        ((ledger_id,),) = reserved
-        return row.record(ledger_id, request), self._folded(account_id, usage)
+        bounds = {
+            "purpose": room.purpose,
+            "max_files": room.max_files,
+            "max_bytes": room.max_bytes,
+            "purpose_max_files": room.purpose_max_files,
+            "purpose_max_bytes": room.purpose_max_bytes,
+        }
+        statements = [
+            (_RESERVE_WITH_EVENT, {**values, **event}),
+            (_INDEX_SCANS, {}),
+            (_LOCK, locked),
+            (_FOLD_IF_PILED, locked),
+            (_ROOM_CHECK, {**locked, **bounds}),
+        ]
+        try:
+            ((ledger_id,),), *_ = _pipelined(self.conn, statements, commit=True)
+        except DBAPIError as e:
+            if getattr(e.orig, "sqlstate", None) == "22P02" and NO_ROOM in str(e.orig):
+                return None
+            raise
+        return row.record(ledger_id, request)
 
     def _reserving(self, account_id: int, request: Request, row: PendingRow) -> tuple[dict[str, Any], dict[str, Any]]:
         """The files row and the event (without its file_pk) that reserve ``request``."""

@@ -177,6 +177,32 @@ def room_violations(limits: Limits, usage: Usage, requests: Sequence[Request]) -
     return out
 
 
+@dataclass(frozen=True)
+class Room:
+    """The most an account may hold once one more file of ``purpose`` is in it, and the most that
+    purpose may (None: no limit): :func:`room_violations` for one request, as bounds a database
+    can test by itself, in the statement that reserves (:meth:`filekeeper.ledger.Writer.reserve_if_room`).
+    Sums within every bound, the new file counted, are exactly what room_violations lets through
+    (``tests/test_postgres.py`` holds the database's test to it)."""
+
+    purpose: str
+    max_files: int | None
+    max_bytes: int | None
+    purpose_max_files: int | None
+    purpose_max_bytes: int | None
+
+
+def room_for(limits: Limits, purpose: str) -> Room:
+    scoped = limits.by_purpose.get(purpose)
+    return Room(
+        purpose,
+        limits.max_files,
+        limits.max_total_bytes,
+        scoped.max_files if scoped is not None else None,
+        scoped.max_total_bytes if scoped is not None else None,
+    )
+
+
 def _room(
     max_files: int | None, max_bytes: int | None, usage: Usage, requests: Sequence[Request], purpose: str | None
 ) -> list[Violation]:

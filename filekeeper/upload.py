@@ -29,7 +29,17 @@ from .errors import (
     ResponseLost,
     UsageError,
 )
-from .quota import EvictMode, Held, Request, Violation, expiry, file_violations, make_room, room_violations
+from .quota import (
+    EvictMode,
+    Held,
+    Request,
+    Violation,
+    expiry,
+    file_violations,
+    make_room,
+    room_for,
+    room_violations,
+)
 from .records import FileRecord, PendingRow, UploadResult
 from .schema import DeleteKind, Status, utcnow
 
@@ -254,7 +264,7 @@ def reserve(
     acct, account_id, request = job.account, job.account_id, job.request
     twins = twins or Twins()
     unfixable = file_violations(acct.limits, [request], job.ttl_seconds)  # before the lock: it needs none
-    if ledger.row_locks and not unfixable and not (sha256 and not job.force):
+    if ledger.reserves_at_once and not unfixable and not (sha256 and not job.force):
         reserved = _reserve_first(ledger, job, sha256)
         if reserved is not None:
             return reserved
@@ -306,19 +316,20 @@ class _NoRoom(Exception):
 
 
 def _reserve_first(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reservation | None:
-    """Where the ledger locks rows rather than the whole database (PostgreSQL): the row and its
-    event are written first, and only then is the account locked and its usage read, the new row
-    included; the whole is committed if it fits and rolled back if not (None: the caller then
+    """Where the database can test the quota itself (PostgreSQL): the row and its event are written
+    first, and only then is the account locked and its usage tested, the new row included, and the
+    whole committed, in one round trip; rolled back if it does not fit (None: the caller then
     reserves the careful way, which refuses with the figures or makes room).
 
     No more can be reserved than with the lock taken first: each reservation reads, under the lock,
-    every reservation committed before it and its own. But the lock is held for that read and the
-    commit alone, not for the writes as well, which are most of a reservation's time (the figures
+    every reservation committed before it and its own. But the lock is held for that test and the
+    commit alone, not for the writes, nor for a round trip to this process and back (the figures
     are in README's Performance section: ``bench/quota_check.py``)."""
+    room = room_for(job.account.limits, job.request.purpose)
     try:
         with ledger.write() as w:
-            record, usage = w.reserve_then_lock(job.account_id, job.request, _reservation(job, sha256, utcnow()))
-            if room_violations(job.account.limits, usage.without(job.request), [job.request]):
+            record = w.reserve_if_room(job.account_id, job.request, _reservation(job, sha256, utcnow()), room)
+            if record is None:
                 raise _NoRoom
             return Reservation(record)
     except _NoRoom:
