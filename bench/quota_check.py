@@ -21,10 +21,11 @@ Each is set against its floor on the same ledger in the same run:
 
 The reservations and the floor take turns, ``--rounds`` times each (this machine's load comes and
 goes; each ratio is of the two medians). A third contender shows how much of the distance is the
-work a reservation must do beyond the floor's: the statements a reservation makes, in its order
-(SQLite: the lock, the account's usage sums, the row, its audit event; PostgreSQL: the row and its
-event, then the lock and the sums, in one pipeline), the triggers keeping the sums, written
-straight against the driver with no filekeeper code around them.
+work a reservation must do beyond the floor's: the statements a reservation makes, in its order,
+written straight against the driver with no filekeeper code around them, the triggers keeping the
+sums (SQLite: the lock, the account's usage sums, the row, its audit event; PostgreSQL: the row
+and its event, plain index scans, the lock, a fold if due, the test of the room and the commit, in
+one pipeline).
 """
 
 from __future__ import annotations

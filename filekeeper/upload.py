@@ -264,7 +264,7 @@ def reserve(
     acct, account_id, request = job.account, job.account_id, job.request
     twins = twins or Twins()
     unfixable = file_violations(acct.limits, [request], job.ttl_seconds)  # before the lock: it needs none
-    if ledger.reserves_at_once and not unfixable and not (sha256 and not job.force):
+    if not unfixable and not (sha256 and not job.force):
         reserved = _reserve_first(ledger, job, sha256)
         if reserved is not None:
             return reserved
@@ -316,19 +316,20 @@ class _NoRoom(Exception):
 
 
 def _reserve_first(ledger: Ledger, job: UploadJob, sha256: str | None) -> Reservation | None:
-    """Where the database can test the quota itself (PostgreSQL): the row and its event are written
-    first, and only then is the account locked and its usage tested, the new row included, and the
-    whole committed, in one round trip; rolled back if it does not fit (None: the caller then
-    reserves the careful way, which refuses with the figures or makes room).
+    """A file with nothing to look for (no identical file can exist) is reserved in as little time
+    under the account's lock as can be: the row written only if the database finds room for it,
+    everything made ready before the lock (:meth:`Ledger.ready_reservation`), on PostgreSQL in one
+    round trip with the row written first (:meth:`Writer.reserve_if_room`). None: no room; the
+    caller then reserves the careful way, which refuses with the figures or makes room.
 
-    No more can be reserved than with the lock taken first: each reservation reads, under the lock,
-    every reservation committed before it and its own. But the lock is held for that test and the
-    commit alone, not for the writes, nor for a round trip to this process and back (the figures
-    are in README's Performance section: ``bench/quota_check.py``)."""
+    No more can be reserved than the careful way: each reservation's test reads, under the lock,
+    every reservation committed before it. The figures are in README's Performance section
+    (``bench/quota_check.py``)."""
     room = room_for(job.account.limits, job.request.purpose)
+    ready = ledger.ready_reservation(job.account_id, job.request, _reservation(job, sha256, utcnow()), room)
     try:
         with ledger.write() as w:
-            record = w.reserve_if_room(job.account_id, job.request, _reservation(job, sha256, utcnow()), room)
+            record = w.reserve_if_room(ready)
             if record is None:
                 raise _NoRoom
             return Reservation(record)

@@ -200,67 +200,6 @@ def test_a_missing_driver_is_a_clear_message(postgres: Path, tmp_path: Path) -> 
     assert "Traceback" not in out.stderr
 
 
-class _RolledBack(Exception):
-    pass
-
-
-def test_the_databases_own_room_test_lets_through_exactly_what_the_policy_does(postgres: Path, provider_env) -> None:
-    """A reservation with nothing to look for is made in one round trip on PostgreSQL, the quota
-    tested by the database itself (Writer.reserve_if_room): for every bound on either side of
-    what is held (the account's and the purpose's, files and bytes, and none), it must take what
-    room_violations takes and refuse what it refuses. A row the provider has deleted by itself
-    holds nothing in either."""
-    from filekeeper.ledger import open_ledger
-    from filekeeper.profiles import Limits, PurposeLimits
-    from filekeeper.quota import Request, room_for, room_violations
-    from filekeeper.records import PendingRow
-
-    provider_env("openai")
-    now = datetime.now(UTC)
-    with Keeper() as keeper:
-        a = keeper.ledger.ensure_account(keeper.account(provider="openai"))
-    ledger = open_ledger(keeper.settings)
-    try:
-        held = [("assistants", 100, None)] * 3 + [("batch", 25, None)] * 2 + [("batch", 7, now - timedelta(hours=1))]
-        for i, (purpose, size, lapsed) in enumerate(held):
-            with ledger.write() as w:
-                w.reserve(a, Request(f"held{i}", size, purpose), PendingRow("a", "openai", None, now, None, lapsed))
-        usage = ledger.usage([a], now=now)[a]
-        assert (usage.files, usage.bytes) == (5, 350)  # the lapsed row counts nowhere
-        seen = {True: 0, False: 0}
-        for purpose, size in (("assistants", 100), ("batch", 100)):
-            mine = usage.purpose(purpose)
-            request = Request("new", size, purpose)
-            for max_files in (None, usage.files, usage.files + 1):
-                for max_bytes in (None, usage.bytes + size - 1, usage.bytes + size):
-                    for p_files in (None, mine.files, mine.files + 1):
-                        for p_bytes in (None, mine.bytes + size - 1, mine.bytes + size):
-                            scoped = {purpose: PurposeLimits(p_files, p_bytes), "other": PurposeLimits(0, 0)}
-                            limits = Limits(max_files, max_bytes, None, 0, scoped)
-                            fits = not room_violations(limits, usage, [request])
-                            row = PendingRow("a", "openai", None, now, None)
-                            try:
-                                with ledger.write() as w:
-                                    made = w.reserve_if_room(a, request, row, room_for(limits, purpose))
-                                    raise _RolledBack
-                            except _RolledBack:
-                                pass
-                            assert (made is not None) == fits, (purpose, limits)
-                            seen[fits] += 1
-                            # Committed with its test, or nothing written at all. Taken out
-                            # again, so that every case starts from the same usage.
-                            made_rows = ledger_rows(postgres, "SELECT id FROM files WHERE filename = 'new'")
-                            assert made_rows == ([(made.ledger_id,)] if made is not None else [])
-                            if made is not None:
-                                with ledger.engine.begin() as conn:
-                                    conn.execute(text("DELETE FROM events WHERE file_pk = :id"), {"id": made.ledger_id})
-                                    conn.execute(text("DELETE FROM files WHERE id = :id"), {"id": made.ledger_id})
-        assert seen[True] and seen[False]
-        assert ledger_rows(postgres, "SELECT count(*) FROM events WHERE action = 'reserve'") == [(len(held),)]
-    finally:
-        ledger.close()
-
-
 @pytest.mark.parametrize("hashed", [False, True], ids=["at once", "locked first"])
 def test_a_reservations_plan_settings_end_with_its_transaction(postgres: Path, provider_env, hashed: bool) -> None:
     """A reservation reads its usage with plain index scans only (see ledger._INDEX_SCANS); the

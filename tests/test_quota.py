@@ -276,7 +276,8 @@ def test_concurrent_uploads_never_oversell_the_quota(
     """8 processes, 24 files, max_files = 12 (and 16 processes, 64 uploads, max_files = 20):
     exactly the limit lands, as many active rows, and every other file is refused. Files of one
     size are hashed first (one may be a copy of another); files of sizes all their own are not, and
-    on PostgreSQL take the path that writes the row before it locks the account (upload._reserve_first)."""
+    take the quick path, the room tested by the database itself (upload._reserve_first: on
+    PostgreSQL the row written before the account is locked, and the commit in the same round trip)."""
     emu = emulators("openai")
     config(home, f"[providers.openai]\nmax_files = {limit}\n")
     env = {"FILEKEEPER_HOME": str(home), KEY_VARS["openai"]: SECRET, URL_VARS["openai"]: emu.url}
@@ -371,3 +372,70 @@ def test_identical_files_in_one_upload_are_sent_once_and_reused_in_order(
     fresh = [str(write(tmp_path / f"new{i}.txt", "new and twice")) for i in range(2)]
     check = run("check", *fresh, "-p", "moonshot", "--json").json()
     assert check["requested"]["files"] == 1 and check["twins"] == ["new1.txt"]
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def test_the_databases_own_room_test_lets_through_exactly_what_the_policy_does(home: Path, provider_env) -> None:
+    """A file with nothing to look for is reserved with the quota tested by the database itself
+    (Writer.reserve_if_room; upload._reserve_first): for every bound on either side of what is
+    held (the account's and the purpose's, files and bytes, and none), it must take what
+    room_violations takes and refuse what it refuses. A row the provider has deleted by itself
+    holds nothing in either. A reservation made is committed with its test, its event naming its
+    row; one refused leaves nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    from filekeeper.ledger import open_ledger
+    from filekeeper.profiles import Limits, PurposeLimits
+    from filekeeper.quota import Request, room_for, room_violations
+    from filekeeper.records import PendingRow
+
+    provider_env("openai")
+    now = datetime.now(UTC)
+    with Keeper() as keeper:
+        a = keeper.ledger.ensure_account(keeper.account(provider="openai"))
+        settings = keeper.settings
+    ledger = open_ledger(settings)
+    try:
+        held = [("assistants", 100, None)] * 3 + [("batch", 25, None)] * 2 + [("batch", 7, now - timedelta(hours=1))]
+        for i, (purpose, size, lapsed) in enumerate(held):
+            with ledger.write() as w:
+                w.reserve(a, Request(f"held{i}", size, purpose), PendingRow("a", "openai", None, now, None, lapsed))
+        usage = ledger.usage([a], now=now)[a]
+        assert (usage.files, usage.bytes) == (5, 350)  # the lapsed row counts nowhere
+        seen = {True: 0, False: 0}
+        for purpose, size in (("assistants", 100), ("batch", 100)):
+            mine = usage.purpose(purpose)
+            request = Request("new", size, purpose)
+            for max_files in (None, usage.files, usage.files + 1):
+                for max_bytes in (None, usage.bytes + size - 1, usage.bytes + size):
+                    for p_files in (None, mine.files, mine.files + 1):
+                        for p_bytes in (None, mine.bytes + size - 1, mine.bytes + size):
+                            scoped = {purpose: PurposeLimits(p_files, p_bytes), "other": PurposeLimits(0, 0)}
+                            limits = Limits(max_files, max_bytes, None, 0, scoped)
+                            fits = not room_violations(limits, usage, [request])
+                            row = PendingRow("a", "openai", None, now, None)
+                            ready = ledger.ready_reservation(a, request, row, room_for(limits, purpose))
+                            try:
+                                with ledger.write() as w:
+                                    made = w.reserve_if_room(ready)
+                                    raise _RolledBack
+                            except _RolledBack:
+                                pass
+                            assert (made is not None) == fits, (purpose, limits)
+                            seen[fits] += 1
+                            made_rows = ledger_rows(
+                                home,
+                                "SELECT f.id, e.file_pk FROM files f LEFT JOIN events e ON e.file_pk = f.id "
+                                "WHERE f.filename = 'new'",
+                            )
+                            assert made_rows == ([(made.ledger_id, made.ledger_id)] if made is not None else [])
+                            if made is not None:  # taken out again: every case starts from the same usage
+                                ledger_sql(home, "DELETE FROM events WHERE file_pk = ?", made.ledger_id)
+                                ledger_sql(home, "DELETE FROM files WHERE id = ?", made.ledger_id)
+        assert seen[True] and seen[False]
+        assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'reserve'") == [(len(held),)]
+    finally:
+        ledger.close()
