@@ -257,15 +257,29 @@ def _pipelined(conn: Connection, bound: Sequence[tuple[str, Any]], *, commit: bo
         assert not commit, "a commit is sent with a pipeline only"
         return [_run_bound(conn, sql, values) for sql, values in bound]
     driver: Any = conn.connection.driver_connection
+    errors = dialect.loaded_dbapi.Error
+    failed: Exception | None = None
+    cursors: list[Any] = []
     try:
         with driver.pipeline():
-            cursors = [driver.execute(sql, values) for sql, values in bound]
-            if commit:
-                driver.commit()
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
-    except dialect.loaded_dbapi.Error as e:
+            try:
+                for sql, values in bound:
+                    cursors.append(driver.execute(sql, values))
+                if commit:
+                    driver.execute("COMMIT")  # waited for with the rest, as the pipeline ends
+            except errors as e:
+                # A failure can come back while later statements are still being sent. Caught
+                # here, so that the pipeline is ended as any other (psycopg warns, on the user's
+                # terminal, when it ends one aborted under an exception); its end then raises
+                # that the pipeline was aborted, and this first failure is the one that counts.
+                failed = e
+        rows = [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+    except errors as e:
+        failed = failed or e
+    if failed is not None:
         sql = "; ".join(sql for sql, _ in bound)
-        raise DBAPIError.instance(sql, None, e, dialect.loaded_dbapi.Error, dialect=dialect) from None
+        raise DBAPIError.instance(sql, None, failed, errors, dialect=dialect) from None
+    return rows
 
 
 #: account_usage rows an account may gather before a reservation folds them into one per purpose
@@ -340,6 +354,16 @@ def _fold_at_once(*, if_piled: bool = False) -> Any:
         .having((files_ != 0) | (bytes_ != 0))
     )
     return insert(account_usage).from_select(["account_id", "purpose", "files", "bytes"], sums)
+
+
+#: the largest number either database's integers hold (SQLite's INTEGER, PostgreSQL's BIGINT)
+_INT64 = 2**63 - 1
+
+
+def _as_bound(limit: int | None) -> int | None:
+    """A limit as the room test binds it: one beyond what the database's integers hold is no limit
+    (no sum of them can reach it), where binding it would fail every upload."""
+    return None if limit is None or limit > _INT64 else limit
 
 
 #: what PostgreSQL's error says when a reservation's own check finds no room (see _room_check)
@@ -545,10 +569,10 @@ class Ledger:
         locked = {"account_id": account_id, "now": row.created_at}
         bounds = {
             "purpose": room.purpose,
-            "max_files": room.max_files,
-            "max_bytes": room.max_bytes,
-            "purpose_max_files": room.purpose_max_files,
-            "purpose_max_bytes": room.purpose_max_bytes,
+            "max_files": _as_bound(room.max_files),
+            "max_bytes": _as_bound(room.max_bytes),
+            "purpose_max_files": _as_bound(room.purpose_max_files),
+            "purpose_max_bytes": _as_bound(room.purpose_max_bytes),
         }
         if self.engine.dialect.name == "postgresql":
             calls = [

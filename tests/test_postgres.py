@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -231,3 +233,38 @@ def test_a_reservations_plan_settings_end_with_its_transaction(postgres: Path, p
         assert ledger.engine.pool.checkedin() == 1
     finally:
         ledger.close()
+
+
+def test_a_refusal_the_database_tests_leaves_no_driver_warning(
+    postgres: Path, provider_env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The quick reservation's room test fails on purpose when there is no room; the pipelined
+    COMMIT with it used to be waited for inside the pipeline, and psycopg then warned, now and
+    then, as it ended the aborted pipeline ("error ignored terminating …"), on the user's terminal."""
+    import logging
+
+    from filekeeper.ledger import open_ledger
+
+    class Sized:
+        def __init__(self, name: str) -> None:
+            self.filename, self.size = name, 10
+
+    provider_env("openai")
+    with Keeper() as keeper:
+        account = keeper.account(provider="openai")
+        a = keeper.ledger.ensure_account(account)
+    full = dataclasses.replace(account, limits=dataclasses.replace(account.limits, max_files=0))
+    ledger = open_ledger(keeper.settings)
+    try:
+
+        def refuse(i: int) -> bool:
+            made = reserve(ledger, UploadJob(full, a, Sized(f"f{i}.pdf"), "assistants"), None)  # type: ignore[arg-type]
+            return made.record is None and bool(made.violations)
+
+        with caplog.at_level(logging.WARNING), ThreadPoolExecutor(4) as pool:  # as several uploads at once
+            assert all(pool.map(refuse, range(60)))
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+    finally:
+        ledger.close()
+    assert ledger_rows(postgres, "SELECT count(*) FROM files") == [(0,)]
+    assert ledger_rows(postgres, "SELECT count(*) FROM events WHERE action = 'refuse'") == [(60,)]

@@ -439,3 +439,24 @@ def test_the_databases_own_room_test_lets_through_exactly_what_the_policy_does(h
         assert ledger_rows(home, "SELECT count(*) FROM events WHERE action = 'reserve'") == [(len(held),)]
     finally:
         ledger.close()
+
+
+def test_a_limit_beyond_what_a_database_integer_holds_is_no_limit(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    """A huge number as a way to say 'no limit' (10^19 bytes, 10^19 files, for the account and a
+    purpose): `check` found it fits, and the upload failed binding it for the database's own room
+    test (SQLite: OverflowError, PostgreSQL: bigint out of range)."""
+    emu = provider_env("openai")
+    config(
+        home,
+        '[providers.openai]\nmax_total_bytes = "10000000TB"\nmax_files = 10000000000000000000\n'
+        '[providers.openai.purpose_limits.assistants]\nmax_total_bytes = "10000000TB"\n'
+        "max_files = 10000000000000000000\n",
+    )
+    doc = str(write(tmp_path / "a.txt", "hello"))
+    assert run("check", doc, "-p", "openai").exit_code == 0
+    result = run("upload", doc, "-p", "openai")
+    assert result.exit_code == 0, result.stderr
+    assert emu.count("POST", "/files") == 1
+    assert ledger_rows(home, "SELECT status FROM files") == [("active",)]
