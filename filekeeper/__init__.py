@@ -31,6 +31,7 @@ _EXPORTS = {
     "ReconcileBusy": "errors",
     "ReconcileRefused": "errors",
     "ResponseLost": "errors",
+    "StoredNotRecorded": "errors",
     "UsageError": "errors",
     "Keeper": "keeper",
     "Limits": "profiles",
@@ -92,6 +93,7 @@ __all__ = [
     "ReconcileRefused",
     "ResponseLost",
     "Settings",
+    "StoredNotRecorded",
     "UploadResult",
     "UsageError",
     "Violation",
@@ -134,6 +136,7 @@ if TYPE_CHECKING:
         ReconcileBusy,
         ReconcileRefused,
         ResponseLost,
+        StoredNotRecorded,
         UsageError,
     )
     from .keeper import Keeper

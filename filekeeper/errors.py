@@ -110,6 +110,15 @@ class LedgerError(FilekeeperError):
     """The ledger cannot be opened, read or written (corrupt, newer schema, unreachable)."""
 
 
+class StoredNotRecorded(LedgerError):
+    """A file was stored at the provider, and the ledger failed as it recorded it: ``file_id`` is
+    its id there (its reservation stays pending until it is settled)."""
+
+    def __init__(self, message: str, file_id: str) -> None:
+        super().__init__(message)
+        self.file_id = file_id
+
+
 class LedgerConflict(LedgerError):
     """A write met another process's: a row that must be unique was created meanwhile."""
 

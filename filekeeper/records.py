@@ -237,12 +237,13 @@ class UploadResult:
     def to_json(self) -> dict[str, Any]:
         """The record's fields (for a failure, those of the row it left, if any), plus the path,
         the outcome, what was evicted for it, and the error and violations if it did not land."""
-        from .errors import QuotaExceeded
+        from .errors import QuotaExceeded, StoredNotRecorded
 
         shown = self.record or self.row
         out: dict[str, Any] = shown.to_json() if shown is not None else {"id": None}
         if self.record is None:
-            out["id"] = None  # no file of this path is at the provider
+            # No file of this path is at the provider, unless it was stored and not recorded.
+            out["id"] = self.error.file_id if isinstance(self.error, StoredNotRecorded) else None
         out.update(path=str(self.path), outcome=self.outcome, evicted=[held_json(h) for h in self.evicted])
         if self.error is not None:
             out["error"] = str(self.error)

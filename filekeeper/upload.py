@@ -27,6 +27,7 @@ from .errors import (
     ProviderError,
     QuotaExceeded,
     ResponseLost,
+    StoredNotRecorded,
     UsageError,
 )
 from .quota import (
@@ -598,10 +599,11 @@ def _recording(file_id: str) -> Iterator[None]:
     try:
         yield
     except LedgerError as e:
-        raise LedgerError(
+        raise StoredNotRecorded(
             f"stored at the provider as {file_id}, but the ledger could not record it ({e}); its reservation "
             "stays pending: this upload run again settles it at once (no second copy), and "
-            "`filekeeper reconcile --apply` does once it is older than --min-age"
+            "`filekeeper reconcile --apply` does once it is older than --min-age",
+            file_id,
         ) from None
 
 

@@ -142,6 +142,7 @@ def test_a_connection_dropped_after_the_upload_leaves_a_reservation_reconcile_se
     with emu.lock:
         [landed] = emu.files
     assert f"stored at the provider as {landed}, but the ledger could not record it" in str(result.error)
+    assert (result.to_json()["id"], result.to_json()["outcome"]) == (landed, "failed")  # --json names it too
     assert "this upload run again settles it at once (no second copy)" in str(result.error)
     if settled_by == "reconcile":
         settled = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
