@@ -567,12 +567,12 @@ def delete(state: State, file_ids: tuple[str, ...], provider: str | None, accoun
     for r in results:
         if r.error is not None:
             say_error(f"{r.file_id}: {r.error}")
-    done = [r for r in results if r.error is None]
     if as_json:
-        emit_json([r.to_json() for r in done])
+        emit_json([r.to_json() for r in results if r.gone_at_provider])
     else:
-        for r in done:
-            say(f"deleted {printable(r.file_id)}{' (was already gone)' if r.already_gone else ''}")
+        for r in results:
+            if r.error is None:
+                say(f"deleted {printable(r.file_id)}{' (was already gone)' if r.already_gone else ''}")
     fail_with([r.error for r in results])
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import Interrupted, LedgerError, ProviderError
+from .errors import GoneNotRecorded, Interrupted, LedgerError, ProviderError
 from .records import DeleteResult, FileRecord
 from .schema import DeleteKind, Status, utcnow
 
@@ -49,8 +49,10 @@ def delete_files(ledger: Ledger, remote: Deleter, account: Account, file_ids: Se
             results.append(DeleteResult(file_id, account.name, account.provider, error=Interrupted(why)))
     except _LedgerFailed as stop:
         # What was done is returned as done; nothing more is sent while its outcome cannot be recorded.
-        if stop.unrecorded is not None:
-            results.append(DeleteResult(file_ids[len(results)], account.name, account.provider, error=stop.unrecorded))
+        unrecorded = stop.unrecorded
+        if unrecorded is not None:
+            gone = isinstance(unrecorded, GoneNotRecorded) and unrecorded.already_gone
+            results.append(DeleteResult(file_ids[len(results)], account.name, account.provider, gone, error=unrecorded))
         for file_id in file_ids[len(results) :]:
             why = LedgerError(f"not deleted: not sent, as the ledger cannot be written ({stop})")
             results.append(DeleteResult(file_id, account.name, account.provider, error=why))
@@ -88,7 +90,9 @@ def _delete_each(
 
 
 @contextmanager
-def _recording(answer: str, *, journalled: bool = True) -> Iterator[None]:
+def _recording(answer: str, *, already_gone: bool | None, journalled: bool = True) -> Iterator[None]:
+    """The ledger failing as the provider's ``answer`` is recorded. ``already_gone``: whether the
+    provider had no such file, or deleted it then (False); None: the file is still there."""
     try:
         yield
     except LedgerError as e:
@@ -98,7 +102,10 @@ def _recording(answer: str, *, journalled: bool = True) -> Iterator[None]:
             if journalled
             else "the ledger had no record of the file, so none is left wrong"
         )
-        unrecorded = LedgerError(f"{answer}, but the ledger could not record it ({e}); {then}")
+        message = f"{answer}, but the ledger could not record it ({e}); {then}"
+        unrecorded = (
+            LedgerError(message) if already_gone is None else GoneNotRecorded(message, already_gone=already_gone)
+        )
         raise _LedgerFailed(str(e), unrecorded) from None
 
 
@@ -117,18 +124,18 @@ def _send_and_record(
     except ProviderError as e:
         if e.status == 403 and known is not None and _expired_at_provider(known):
             # Gemini's 403 for a file it no longer has, and it deleted this one itself, on time.
-            with _recording("the provider no longer has it (it expired there)"), ledger.write() as w:
+            with _recording("the provider no longer has it (it expired there)", already_gone=True), ledger.write() as w:
                 w.void_intents([intent])
                 w.settle_file_intents(account_id, file_id)
                 record = w.found_expired(account_id, known)
             return DeleteResult(file_id, account.name, account.provider, True, record)
         if not e.retryable:  # a definite refusal: nothing was deleted
-            with _recording(f"not deleted ({e.message})"), ledger.write() as w:
+            with _recording(f"not deleted ({e.message})", already_gone=None), ledger.write() as w:
                 w.void_intents([intent])
         # else the request may have gone through: the intent stays for reconcile to settle
         return DeleteResult(file_id, account.name, account.provider, error=e)
     answer = "deleted at the provider" if existed else "the provider has no such file"
-    with _recording(answer), ledger.write() as w:
+    with _recording(answer, already_gone=not existed), ledger.write() as w:
         w.void_intents([intent])
         w.settle_file_intents(account_id, file_id)  # and any earlier attempt's, now answered
         if not existed and known is None:
@@ -152,7 +159,7 @@ def _delete_unrecorded(
         return DeleteResult(file_id, account.name, account.provider, error=e), None
     if not existed:
         return DeleteResult(file_id, account.name, account.provider, error=_no_such_file(account, file_id)), None
-    with _recording("deleted at the provider", journalled=False):
+    with _recording("deleted at the provider", already_gone=False, journalled=False):
         account_id = ledger.ensure_account(account)
         with ledger.write() as w:
             record = w.mark_deleted(account_id, file_id, already_gone=False)

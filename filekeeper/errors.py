@@ -119,6 +119,15 @@ class StoredNotRecorded(LedgerError):
         self.file_id = file_id
 
 
+class GoneNotRecorded(LedgerError):
+    """A file a delete left gone at the provider, whose outcome the ledger failed to record;
+    ``already_gone``: the provider had no such file (rather than deleting it then)."""
+
+    def __init__(self, message: str, *, already_gone: bool) -> None:
+        super().__init__(message)
+        self.already_gone = already_gone
+
+
 class LedgerConflict(LedgerError):
     """A write met another process's: a row that must be unique was created meanwhile."""
 

@@ -299,13 +299,23 @@ class DeleteResult:
     record: FileRecord | None = None
     error: FilekeeperError | None = None
 
+    @property
+    def gone_at_provider(self) -> bool:
+        """Whether the file is gone at the provider now: deleted (or found gone), recorded or not."""
+        from .errors import GoneNotRecorded
+
+        return self.error is None or isinstance(self.error, GoneNotRecorded)
+
     def to_json(self) -> dict[str, Any]:
         base = (
             self.record.to_json()
             if self.record
             else {"id": self.file_id, "provider": self.provider, "account": self.account, "status": "deleted"}
         )
-        return {**base, "already_gone": self.already_gone, "known": self.record is not None}
+        out = {**base, "already_gone": self.already_gone, "known": self.record is not None, "recorded": True}
+        if self.error is not None:  # gone at the provider, and the ledger failed to record it
+            out.update(known=None, recorded=False, error=str(self.error))
+        return out
 
 
 @dataclass(frozen=True)

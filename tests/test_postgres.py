@@ -172,6 +172,9 @@ def test_a_connection_dropped_as_a_delete_is_recorded_says_what_was_done_and_sen
     assert all("not deleted: not sent" in str(r.error) for r in results[1:])
     assert emu.ids() == set(ids[1:])
     assert ledger_rows(postgres, "SELECT count(*) FROM delete_intents") == [(1,)]  # a's, for reconcile
+    # --json lists what is gone at the provider: a, unrecorded; b and c, not sent, are not there.
+    [gone] = [r.to_json() for r in results if r.gone_at_provider]
+    assert (gone["id"], gone["status"], gone["recorded"], gone["already_gone"]) == (ids[0], "deleted", False, False)
     # A reconcile at once: the delete could still be running, so its journal entry is not yet
     # taken for done, and the file, absent, is recorded missing.
     soon = run("reconcile", "-p", "openai", "--apply", "--min-age", "0")
