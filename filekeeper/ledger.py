@@ -563,8 +563,8 @@ class Ledger:
 
     def ready_reservation(self, account_id: int, request: Request, row: PendingRow, room: Room) -> ReadyReservation:
         """Everything :meth:`Writer.reserve_if_room` sends, its values bound, made before the
-        transaction that takes the lock begins (on SQLite its start is the lock: this work was a
-        fifth of the time every other writer waited)."""
+        transaction that takes the lock begins (on SQLite its start is the lock, and binding the
+        values, some 60 µs a reservation here, was all done under it)."""
         values, event = _reservation_rows(self, account_id, request, row)
         locked = {"account_id": account_id, "now": row.created_at}
         bounds = {
