@@ -1198,7 +1198,7 @@ class Writer(Reader):
         """A ``pending`` row: the quota is held from now until the upload lands or fails (or the
         provider's own expiry passes). The record returned is made from what was written rather
         than read back."""
-        values, event = self._reserving(account_id, request, row)
+        values, event = _reservation_rows(self._ledger, account_id, request, row)
         if self.conn.dialect.name == "postgresql":
             ((ledger_id,),) = _RESERVE_WITH_EVENT.run(self.conn, **{**values, **event})
         else:
@@ -1236,9 +1236,6 @@ class Writer(Reader):
             _run_bound(self.conn, *event)
             _run_bound(self.conn, "COMMIT", ())  # SQLAlchemy's own commit then finds nothing to do
         return ready.row.record(ledger_id, ready.request)
-
-    def _reserving(self, account_id: int, request: Request, row: PendingRow) -> tuple[dict[str, Any], dict[str, Any]]:
-        return _reservation_rows(self._ledger, account_id, request, row)
 
     def evict(self, account_id: int, victim: Held, *, mode: str, now: datetime, for_filename: str) -> None:
         """Marked gone inside the reservation's lock, so that no other upload counts on this room;

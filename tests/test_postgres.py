@@ -206,6 +206,13 @@ def test_a_missing_driver_is_a_clear_message(postgres: Path, tmp_path: Path) -> 
     assert "Traceback" not in out.stderr
 
 
+class _Sized:
+    """A payload that is only reserved, never sent: a name and a size."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename, self.size = filename, 10
+
+
 @pytest.mark.parametrize("hashed", [False, True], ids=["at once", "locked first"])
 def test_a_reservations_plan_settings_end_with_its_transaction(postgres: Path, provider_env, hashed: bool) -> None:
     """A reservation reads its usage with plain index scans only (see ledger._INDEX_SCANS); the
@@ -214,17 +221,13 @@ def test_a_reservations_plan_settings_end_with_its_transaction(postgres: Path, p
     from filekeeper.quota import Request
     from filekeeper.upload import reserve
 
-    class Sized:
-        def __init__(self) -> None:
-            self.filename, self.size = "a.pdf", 10
-
     provider_env("openai")
     with Keeper() as keeper:
         account = keeper.account(provider="openai")
         a = keeper.ledger.ensure_account(account)
     ledger = open_ledger(keeper.settings)
     try:
-        job = UploadJob(account, a, Sized(), "assistants")  # type: ignore[arg-type]
+        job = UploadJob(account, a, _Sized("a.pdf"), "assistants")  # type: ignore[arg-type]
         assert job.request == Request("a.pdf", 10, "assistants")
         made = reserve(ledger, job, "0" * 64 if hashed else None)
         assert made.record is not None
@@ -249,10 +252,6 @@ def test_a_refusal_the_database_tests_leaves_no_driver_warning(
 
     from filekeeper.ledger import open_ledger
 
-    class Sized:
-        def __init__(self, name: str) -> None:
-            self.filename, self.size = name, 10
-
     provider_env("openai")
     with Keeper() as keeper:
         account = keeper.account(provider="openai")
@@ -262,7 +261,7 @@ def test_a_refusal_the_database_tests_leaves_no_driver_warning(
     try:
 
         def refuse(i: int) -> bool:
-            made = reserve(ledger, UploadJob(full, a, Sized(f"f{i}.pdf"), "assistants"), None)  # type: ignore[arg-type]
+            made = reserve(ledger, UploadJob(full, a, _Sized(f"f{i}.pdf"), "assistants"), None)  # type: ignore[arg-type]
             return made.record is None and bool(made.violations)
 
         with caplog.at_level(logging.WARNING), ThreadPoolExecutor(4) as pool:  # as several uploads at once
