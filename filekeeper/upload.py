@@ -442,7 +442,9 @@ def check_twins(
                 w.found_gone(job.account_id, twin)  # deleted behind our back: it holds no quota now
             twins.unusable.add(twin.ledger_id)
             continue
-        except ProviderError:
+        except ProviderError as e:
+            if e.status == 401:  # the key is refused: an upload anew would be refused too
+                raise
             twins.unusable.add(twin.ledger_id)  # cannot tell: upload anew rather than hand out a dead id
             continue
         if found.id != twin.id or found.failed or (found.status or "").lower() in ("deleted", "expired"):

@@ -85,6 +85,29 @@ def test_a_twin_deleted_behind_our_back_is_not_handed_out(provider_env, run, hom
     agree(home, emu)
 
 
+def test_the_same_file_again_with_a_wrong_key_says_the_key_is_wrong(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The twin's check at the provider was refused (401) and taken for "cannot tell", so the file
+    was to be uploaded anew: in a full account that was a refusal "by quota" (exit 3), and with
+    room a new reservation sent only to be refused. The key is wrong: said so, nothing changed."""
+    emu = provider_env("openai")
+    write(home / "config.toml", "[providers.openai]\nmax_files = 1\n")
+    doc = write(tmp_path / "a.txt", "the same content")
+    [first] = run("upload", str(doc), "-p", "openai", "--json").json()
+    before = ledger_rows(home, "SELECT id, status, file_id FROM files")
+    events = actions(home)
+    monkeypatch.setenv(KEY_VARS["openai"], "sk-someone-elses")
+    again = run("upload", str(doc), "-p", "openai")
+    assert again.exit_code == 1, again.stderr
+    assert "HTTP 401" in again.stderr and "refused by quota" not in again.stderr
+    assert "sk-someone-elses" not in again.stderr
+    assert ledger_rows(home, "SELECT id, status, file_id FROM files") == before
+    # No reservation, no refusal, no file found gone; only the key in use noted, as on any command.
+    assert [a for a in actions(home) if a != "account_changed"] == events
+    assert emu.ids() == {first["id"]} and emu.count("POST", "/files") == 1
+
+
 def test_rerunning_after_a_crash_reuses_the_file_that_landed(provider_env, run, home: Path, tmp_path: Path) -> None:
     emu = provider_env("openai")
     write(home / "config.toml", "[http]\nattempts = 2\nbackoff_seconds = 0.01\n")
