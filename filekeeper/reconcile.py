@@ -77,6 +77,9 @@ LIST_LAG = timedelta(minutes=2)
 LOOSE_DELETE_AFTER = timedelta(minutes=15)
 RESULT_BATCH = 50  # delete results written to the ledger per transaction
 JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
+#: how old a delete's re-check in the ledger may be when it is sent: the deletes are re-checked a
+#: batch (as many as may be in flight) at a time, each batch sent within about one round trip
+RECHECK_WITHIN = 1.0  # seconds
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
 
@@ -625,14 +628,16 @@ def _delete_all(
     """Delete concurrently, at most ``concurrency`` in flight.
 
     This thread schedules. Deletes are written down (the journal) a batch at a time before any of
-    them is sent; right before handing one to a free worker, it re-checks the file in the ledger
-    (on a connection of its own), and the worker sends it at once. Outcomes are recorded in
+    them is sent; shortly before they go, it re-checks the files in the ledger (on a connection of
+    its own), as many as may be in flight in one query, and hands each to a free worker, which
+    sends it at once; a re-check older than RECHECK_WITHIN is made again. Outcomes are recorded in
     batches, each removing its journal rows. On SIGINT/SIGTERM nothing new is sent; what is in
     flight finishes and is recorded, and the plan says it was interrupted.
     """
     if not jobs:
         return
-    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+    from concurrent.futures import Future, ThreadPoolExecutor, wait
+    from queue import Empty, SimpleQueue
 
     def send(job: DeleteJob) -> bool | ProviderError:
         try:
@@ -643,7 +648,9 @@ def _delete_all(
             return e
 
     queue = deque(jobs)
-    journaled: deque[DeleteJob] = deque()
+    journaled: deque[DeleteJob] = deque()  # written down, not yet re-checked
+    ready: deque[DeleteJob] = deque()  # re-checked at checked_at, not yet sent
+    checked_at = 0.0
     done: list[DeleteOutcome] = []
     void: list[int] = []
     finished = 0
@@ -688,30 +695,55 @@ def _delete_all(
 
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile")
     in_flight: dict[Future[bool | ProviderError], DeleteJob] = {}
+    # Each delete's future lands here as it completes: one hand-off per delete, where waiting on
+    # all those in flight would register with each of them on every turn of the loop.
+    completions: SimpleQueue[Future[bool | ProviderError]] = SimpleQueue()
+
+    def completed() -> list[Future[bool | ProviderError]]:
+        """Those completed: at least one, unless a second goes by without one (a heartbeat is due)."""
+        out = []
+        try:
+            out.append(completions.get(timeout=1.0))
+            while True:
+                out.append(completions.get_nowait())
+        except Empty:
+            return out
+
     try:
         with ledger.status_probe(account_id) as statuses_now:
 
+            def recheck() -> None:
+                """Re-check the next ``concurrency`` journaled deletes in the ledger, one query for
+                them all, and queue those still wanted as ready to send."""
+                nonlocal finished, checked_at
+                if not journaled:
+                    journal_more()
+                batch = [journaled.popleft() for _ in range(min(concurrency, len(journaled)))]
+                now_status = statuses_now([job.file_id for job in batch])
+                checked_at = time.monotonic()
+                for job in batch:
+                    why = _still_wanted(job, now_status.get(job.file_id))
+                    if why is None:
+                        ready.append(job)
+                        continue
+                    plan.skipped.append((job.file_id, why))
+                    assert job.intent_id is not None
+                    void.append(job.intent_id)
+                    finished += 1
+
             def next_jobs(room: int) -> list[DeleteJob]:
-                """Up to ``room`` deletes to send at once, re-checked in the ledger (one query for
-                them all) right before they go."""
-                nonlocal finished
+                """Up to ``room`` deletes to send now, each re-checked at most RECHECK_WITHIN ago."""
+                if ready and time.monotonic() - checked_at > RECHECK_WITHIN:
+                    journaled.extendleft(reversed(ready))  # too old a look: look again
+                    ready.clear()
                 out: list[DeleteJob] = []
                 while len(out) < room:
-                    if not journaled:
-                        if not queue:
+                    if not ready:
+                        if not journaled and not queue:
                             break
-                        journal_more()
-                    batch = [journaled.popleft() for _ in range(min(room - len(out), len(journaled)))]
-                    now_status = statuses_now([job.file_id for job in batch])
-                    for job in batch:
-                        why = _still_wanted(job, now_status.get(job.file_id))
-                        if why is None:
-                            out.append(job)
-                            continue
-                        plan.skipped.append((job.file_id, why))
-                        assert job.intent_id is not None
-                        void.append(job.intent_id)
-                        finished += 1
+                        recheck()
+                        continue
+                    out.append(ready.popleft())
                 return out
 
             with _interrupts_as_requests() as stop:
@@ -719,11 +751,12 @@ def _delete_all(
                     while True:
                         if not stop.is_set() and len(in_flight) < concurrency:
                             for job in next_jobs(concurrency - len(in_flight)):
-                                in_flight[pool.submit(send, job)] = job
+                                future = pool.submit(send, job)
+                                in_flight[future] = job
+                                future.add_done_callback(completions.put)
                         if not in_flight:
                             break
-                        completed, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
-                        collect(completed, in_flight)
+                        collect(completed(), in_flight)
                         if len(done) + len(void) >= RESULT_BATCH:
                             record()
                         run.heartbeat()
@@ -737,7 +770,8 @@ def _delete_all(
                 if stop.is_set():
                     # Stopped by SIGINT/SIGTERM: nothing new was sent; the rest is not deleted.
                     plan.interrupted = True
-                    void.extend(j.intent_id for j in journaled if j.intent_id is not None)
+                    void.extend(j.intent_id for j in (*ready, *journaled) if j.intent_id is not None)
+                    ready.clear()
                     journaled.clear()
         record()
     except LedgerError as e:

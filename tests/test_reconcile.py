@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -478,6 +479,111 @@ def test_each_delete_is_rechecked_and_404_is_success(provider_env, run, home: Pa
         home, "SELECT detail FROM events WHERE file_id = ? AND action = 'reconcile_delete'", vanished.id
     )
     assert as_json(detail)["already_gone"] is True
+
+
+class DeletingProvider:
+    """The real adapter, whose deletes first run ``on_delete(self, n)`` (the n-th delete, from 1)."""
+
+    def __init__(self, real: Any, on_delete: Any) -> None:
+        self.real = real
+        self.on_delete = on_delete
+        self.sent: list[str] = []
+        self.lock = threading.Lock()
+
+    def list_files(self, **kwargs: Any) -> Iterator[Any]:
+        yield from self.real.list_files(**kwargs)
+
+    def delete(self, file_id: str) -> bool:
+        with self.lock:
+            self.sent.append(file_id)
+            n = len(self.sent)
+        self.on_delete(self, n)
+        return self.real.delete(file_id)
+
+    def lists_purpose(self, purpose: str) -> bool:
+        return self.real.lists_purpose(purpose)
+
+
+def _adopt(home: Path, account_id: int, file_id: str) -> None:
+    """Another process records ``file_id`` as its own active file."""
+    from sqlalchemy import insert
+
+    from filekeeper.schema import files
+
+    with ledger_connection(home) as conn:
+        conn.execute(
+            insert(files).values(
+                account_id=account_id,
+                file_id=file_id,
+                filename="adopted.txt",
+                bytes=1,
+                purpose="assistants",
+                status="active",
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def _reconcile_recording_unsent(
+    home: Path, orphans: set[str], *, held: int, recorder: int
+) -> tuple[Any, DeletingProvider, set[str]]:
+    """An applying reconcile with two deletes in flight at most, in which the ``recorder``-th
+    delete, before it goes, records every orphan not yet sent as another process's file, and the
+    ``held``-th is held until then. Returns the plan, the remote and the orphans recorded."""
+    adopted: set[str] = set()
+    recorded = threading.Event()
+
+    def on_delete(remote: DeletingProvider, n: int) -> None:
+        if n == held:
+            assert recorded.wait(timeout=30)
+        if n == recorder:
+            adopted.update(orphans - set(remote.sent))
+            for file_id in adopted:
+                _adopt(home, account_id, file_id)
+            recorded.set()
+
+    with Keeper() as keeper:
+        acct = keeper.account(provider="openai")
+        account_id = keeper.ledger.ensure_account(acct)
+        remote = DeletingProvider(keeper.connect(acct), on_delete)
+        try:
+            options = ReconcileOptions(apply=True, concurrency=2)
+            report = reconcile(keeper.ledger, acct, account_id, remote, options)  # type: ignore[arg-type]
+        finally:
+            remote.real.close()
+    return report, remote, adopted
+
+
+def test_a_file_recorded_while_the_deletes_run_is_not_deleted(provider_env, run, home: Path) -> None:
+    """The re-checks are read a batch (as many as may be in flight) at a time, not once for all:
+    orphans another process records while the first deletes are out are skipped."""
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    orphans = {emu.add_file(f"orphan{i}.txt", 10 + i, created_at=HOUR_AGO).id for i in range(8)}
+    # The first two deletes are out at once, and nothing else is sent before the first returns.
+    report, remote, adopted = _reconcile_recording_unsent(home, orphans, held=1, recorder=2)
+    assert len(remote.sent) == 2 and len(adopted) == 6
+    assert sorted(report.skipped) == sorted((f, "became active in the ledger since the listing") for f in adopted)
+    assert emulator_ids(emu) == adopted
+
+
+def test_a_re_check_too_old_when_its_turn_comes_is_made_again(
+    provider_env, run, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete re-checked in its batch but kept waiting for a free slot is looked at again when
+    the look is older than RECHECK_WITHIN (here: always), so a file recorded meanwhile stays."""
+    import filekeeper.reconcile as rec
+
+    monkeypatch.setattr(rec, "RECHECK_WITHIN", -1.0)
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    orphans = {emu.add_file(f"orphan{i}.txt", 10 + i, created_at=HOUR_AGO).id for i in range(4)}
+    # The 2nd delete is held until the 3rd is out: when the 1st returns, the 3rd and 4th are
+    # re-checked together and the 3rd goes; the 4th waits for a slot, recorded meanwhile.
+    report, remote, adopted = _reconcile_recording_unsent(home, orphans, held=2, recorder=3)
+    assert len(remote.sent) == 3 and len(adopted) == 1
+    assert report.skipped == [(f, "became active in the ledger since the listing") for f in adopted]
+    assert emulator_ids(emu) == adopted
 
 
 # --- cron ---------------------------------------------------------------------------------------------
