@@ -187,6 +187,56 @@ def test_connect_errors_are_retried_then_reported() -> None:
     assert len(calls) == 4
 
 
+def test_requests_in_flight_at_once_each_have_a_connection_and_close_ends_them_all() -> None:
+    """Each request borrows a client of its own (HTTP's pool of clients): requests one after
+    another reuse one connection, eight at once get eight and none waits for another, and
+    close() closes every one."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    together = threading.Barrier(8, timeout=30)
+    peers: set[tuple[str, int]] = set()
+    closed = threading.Semaphore(0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            peers.add(self.client_address)
+            if self.path.endswith("/together"):
+                together.wait()  # all eight are in flight at once, or this fails
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def finish(self) -> None:
+            super().finish()
+            closed.release()  # the client hung up (keep-alive connections end only so)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        http = HTTP("openai", f"http://127.0.0.1:{server.server_address[1]}/v1", KEY)
+        for _ in range(5):
+            http.request("GET", "one")
+        assert len(peers) == 1
+        threads = [threading.Thread(target=http.request, args=("GET", "together")) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not together.broken and len(peers) == 8  # the first connection served one of them
+        http.close()
+        assert all(closed.acquire(timeout=10) for _ in range(8))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_auth_errors_name_the_variable_and_never_the_key() -> None:
     body = {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_request_error"}}
     with pytest.raises(ProviderError) as info:
