@@ -963,4 +963,11 @@ def db_import_events(state: State, archive: str, as_json: bool) -> None:
 
 
 def main() -> None:
+    import atexit
+    import gc
+
+    # The interpreter's last collections at exit walk every object SQLAlchemy and httpx made at
+    # import: 0.2 s of a 6 s reconcile here, for nothing, since the ledger and the HTTP clients
+    # are closed explicitly before (State.close). Frozen, the heap is left for the OS to reclaim.
+    atexit.register(gc.freeze)
     cli(prog_name="filekeeper")

@@ -102,6 +102,22 @@ def test_help_and_completion_import_no_sqlalchemy(home: Path) -> None:
     assert "openai" in done.stdout
 
 
+@pytest.mark.sqlite_only
+def test_a_command_run_as_a_process_closes_the_ledger_before_the_heap_is_frozen(
+    provider_env, home: Path, tmp_path: Path
+) -> None:
+    """main() freezes the heap at exit, so nothing left to the last collection is finalized: the
+    ledger must be closed before (its write-ahead log folded back and removed, as SQLite does
+    when the last connection closes), after a success and after a failure alike."""
+    provider_env("openai")
+    (tmp_path / "a.txt").write_text("a")
+    for argv, code in ((["upload", str(tmp_path / "a.txt"), "-p", "openai"], 0), (["delete", "file-nope"], 2)):
+        done = subprocess.run([sys.executable, "-m", "filekeeper", *argv], capture_output=True, text=True)
+        assert done.returncode == code, done.stderr
+        assert (home / "ledger.db").exists() and not (home / "ledger.db-wal").exists()
+    assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'active'") == [(1,)]
+
+
 def test_readme_command_table_matches_the_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("| command | what it does |") :].split("\n\n")[0]
