@@ -11,7 +11,9 @@ which are unknown to the ledger, every request delayed by ``--latency`` seconds:
 - filekeeper: `filekeeper reconcile --provider openai --apply --min-age 0` (a fresh process, its
   modules byte-compiled first, as pip does on install);
 - the SDK loop: list everything with the auto-pager, then delete what is not in our records,
-  one by one.
+  one by one;
+- bare httpx: the same pages and deletes, the deletes from ``--concurrency`` threads over one
+  client, with no ledger and no checks (what the HTTP library alone costs here, in this run).
 
 The floor is what no client can beat with ``--concurrency`` deletes in flight: the pages, one after
 another (each cursor comes from the page before), then the deletes, which must wait for the whole
@@ -178,6 +180,35 @@ def run_sdk(args: argparse.Namespace) -> tuple[float, int]:
     return seconds, deleted
 
 
+def run_bare_httpx(args: argparse.Namespace) -> float:
+    """The same requests with nothing but httpx, as a script would send them: the pages one after
+    another, then the orphans' deletes from ``--concurrency`` threads over one shared client. No
+    ledger, no checks: what the HTTP library alone costs on this machine in this run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emu = Emulator(args.files, args.latency, args.page_size)
+    try:
+        known = set(emu.ids()[args.orphans :])
+        limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {KEY}"}, limits=limits) as c:
+            listed: list[str] = []
+            after = None
+            while True:
+                body = c.get("/files", params={"limit": args.page_size, **({"after": after} if after else {})}).json()
+                listed += [f["id"] for f in body["data"]]
+                if not body.get("has_more"):
+                    break
+                after = body["data"][-1]["id"]
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                answers = list(pool.map(lambda i: c.delete(f"/files/{i}"), [i for i in listed if i not in known]))
+        seconds = time.perf_counter() - t0
+        assert len(answers) == args.orphans and all(a.is_success for a in answers)
+    finally:
+        emu.close()
+    return seconds
+
+
 # Run as the child: filekeeper itself, reporting its own peak RSS (VmHWM) on the way out. Its
 # rusage would not do: Linux carries the parent's high-water mark over fork and exec, and this
 # parent holds the whole listing it seeded the ledger from.
@@ -250,6 +281,8 @@ def main() -> int:
             f"  floor (pages x RTT + deletes x RTT / {args.concurrency}) {floor:7.2f} s   "
             f"filekeeper / floor = {ours / floor:.2f}x"
         )
+        bare = run_bare_httpx(args)
+        print(f"  bare httpx, no ledger          {bare:7.2f} s   filekeeper / bare httpx = {ours / bare:.2f}x")
         if not args.skip_sdk:
             import openai
 
