@@ -12,8 +12,9 @@ it stops, changes nothing, and says why and how to proceed. In order:
    each absence is confirmed (a retrieve's 404, or a second listing) before a file is called
    missing; ``--max-delete`` bounds the deletes;
 4. apply: the ledger-only changes in one transaction, then the deletes, each written down before
-   it is sent (a journal the next run settles if this one dies), re-checked in the ledger right
-   before it goes, and recorded with its outcome. SIGINT and SIGTERM stop new deletes, let those
+   it is sent (a journal the next run settles if this one dies), re-checked in the ledger
+   shortly before it goes (a batch at a time, at most RECHECK_WITHIN old), and recorded with its
+   outcome. SIGINT and SIGTERM stop new deletes, let those
    in flight finish, record them, and mark the run interrupted.
 """
 
