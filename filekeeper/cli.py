@@ -102,13 +102,16 @@ class FilekeeperGroup(click.Group):
             return super().invoke(ctx)
         except FilekeeperError as e:
             self._traceback(ctx)
+            _let_go(e)
             say_error(str(e))
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            _let_go(e)
             say("filekeeper: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError:
+        except BrokenPipeError as e:
             # The reader went away (`filekeeper report | head`): stop quietly, as Unix tools do.
+            _let_go(e)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(EXIT_FAILURE)
@@ -116,6 +119,7 @@ class FilekeeperGroup(click.Group):
             raise
         except Exception as e:
             self._traceback(ctx)
+            _let_go(e)
             if type(e).__module__.startswith("sqlalchemy"):  # one that slipped past the ledger's own
                 reason = str(getattr(e, "orig", None) or e).strip()
                 say_error(f"ledger error: {redact(reason.splitlines()[0] if reason else type(e).__name__)}")
@@ -131,6 +135,16 @@ class FilekeeperGroup(click.Group):
             import traceback
 
             traceback.print_exc()
+
+
+def _let_go(e: BaseException) -> None:
+    """Clear the failed command's frames, so that what they held is let go at once: a listing
+    or report cut off mid-stream holds the ledger connection its generator checked out, and only
+    a collection would reach it through the exception's cycle (main() freezes the heap at exit
+    instead, so the ledger would be left open, its write-ahead log on disk)."""
+    import traceback
+
+    traceback.clear_frames(e.__traceback__)
 
 
 def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

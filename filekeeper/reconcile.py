@@ -12,9 +12,8 @@ it stops, changes nothing, and says why and how to proceed. In order:
    each absence is confirmed (a retrieve's 404, or a second listing) before a file is called
    missing; ``--max-delete`` bounds the deletes;
 4. apply: the ledger-only changes in one transaction, then the deletes, each written down before
-   it is sent (a journal the next run settles if this one dies), re-checked in the ledger
-   shortly before it goes (a batch at a time, at most RECHECK_WITHIN old), and recorded with its
-   outcome. SIGINT and SIGTERM stop new deletes, let those
+   it is sent (a journal the next run settles if this one dies), re-checked in the ledger right
+   before it goes, and recorded with its outcome. SIGINT and SIGTERM stop new deletes, let those
    in flight finish, record them, and mark the run interrupted.
 """
 
@@ -78,9 +77,6 @@ LIST_LAG = timedelta(minutes=2)
 LOOSE_DELETE_AFTER = timedelta(minutes=15)
 RESULT_BATCH = 50  # delete results written to the ledger per transaction
 JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
-#: how old a delete's re-check in the ledger may be when it is sent: the deletes are re-checked a
-#: batch (as many as may be in flight) at a time, each batch sent within about one round trip
-RECHECK_WITHIN = 1.0  # seconds
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
 
@@ -629,9 +625,11 @@ def _delete_all(
     """Delete concurrently, at most ``concurrency`` in flight.
 
     This thread schedules. Deletes are written down (the journal) a batch at a time before any of
-    them is sent; shortly before they go, it re-checks the files in the ledger (on a connection of
-    its own), as many as may be in flight in one query, and hands each to a free worker, which
-    sends it at once; a re-check older than RECHECK_WITHIN is made again. Outcomes are recorded in
+    them is sent; right before handing deletes to free workers, it re-checks those files in the
+    ledger (one query on a connection of its own), and the workers send them at once. Each
+    completion comes back on a queue, those that came together taken at once: the fewer turns
+    the loop takes, the fewer re-check queries (each a few ms beside 32 busy threads, since this
+    thread waits for the interpreter's lock). Outcomes are recorded in
     batches, each removing its journal rows. On SIGINT/SIGTERM nothing new is sent; what is in
     flight finishes and is recorded, and the plan says it was interrupted.
     """
@@ -649,9 +647,7 @@ def _delete_all(
             return e
 
     queue = deque(jobs)
-    journaled: deque[DeleteJob] = deque()  # written down, not yet re-checked
-    ready: deque[DeleteJob] = deque()  # re-checked at checked_at, not yet sent
-    checked_at = 0.0
+    journaled: deque[DeleteJob] = deque()
     done: list[DeleteOutcome] = []
     void: list[int] = []
     finished = 0
@@ -713,38 +709,27 @@ def _delete_all(
     try:
         with ledger.status_probe(account_id) as statuses_now:
 
-            def recheck() -> None:
-                """Re-check the next ``concurrency`` journaled deletes in the ledger, one query for
-                them all, and queue those still wanted as ready to send."""
-                nonlocal finished, checked_at
-                if not journaled:
-                    journal_more()
-                batch = [journaled.popleft() for _ in range(min(concurrency, len(journaled)))]
-                now_status = statuses_now([job.file_id for job in batch])
-                checked_at = time.monotonic()
-                for job in batch:
-                    why = _still_wanted(job, now_status.get(job.file_id))
-                    if why is None:
-                        ready.append(job)
-                        continue
-                    plan.skipped.append((job.file_id, why))
-                    assert job.intent_id is not None
-                    void.append(job.intent_id)
-                    finished += 1
-
             def next_jobs(room: int) -> list[DeleteJob]:
-                """Up to ``room`` deletes to send now, each re-checked at most RECHECK_WITHIN ago."""
-                if ready and time.monotonic() - checked_at > RECHECK_WITHIN:
-                    journaled.extendleft(reversed(ready))  # too old a look: look again
-                    ready.clear()
+                """Up to ``room`` deletes to send at once, re-checked in the ledger (one query for
+                them all) right before they go."""
+                nonlocal finished
                 out: list[DeleteJob] = []
                 while len(out) < room:
-                    if not ready:
-                        if not journaled and not queue:
+                    if not journaled:
+                        if not queue:
                             break
-                        recheck()
-                        continue
-                    out.append(ready.popleft())
+                        journal_more()
+                    batch = [journaled.popleft() for _ in range(min(room - len(out), len(journaled)))]
+                    now_status = statuses_now([job.file_id for job in batch])
+                    for job in batch:
+                        why = _still_wanted(job, now_status.get(job.file_id))
+                        if why is None:
+                            out.append(job)
+                            continue
+                        plan.skipped.append((job.file_id, why))
+                        assert job.intent_id is not None
+                        void.append(job.intent_id)
+                        finished += 1
                 return out
 
             with _interrupts_as_requests() as stop:
@@ -771,8 +756,7 @@ def _delete_all(
                 if stop.is_set():
                     # Stopped by SIGINT/SIGTERM: nothing new was sent; the rest is not deleted.
                     plan.interrupted = True
-                    void.extend(j.intent_id for j in (*ready, *journaled) if j.intent_id is not None)
-                    ready.clear()
+                    void.extend(j.intent_id for j in journaled if j.intent_id is not None)
                     journaled.clear()
         record()
     except LedgerError as e:

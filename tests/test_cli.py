@@ -108,7 +108,7 @@ def test_a_command_run_as_a_process_closes_the_ledger_before_the_heap_is_frozen(
 ) -> None:
     """main() freezes the heap at exit, so nothing left to the last collection is finalized: the
     ledger must be closed before (its write-ahead log folded back and removed, as SQLite does
-    when the last connection closes), after a success and after a failure alike."""
+    when the last connection closes), after a success, a failure and a broken pipe alike."""
     provider_env("openai")
     (tmp_path / "a.txt").write_text("a")
     for argv, code in ((["upload", str(tmp_path / "a.txt"), "-p", "openai"], 0), (["delete", "file-nope"], 2)):
@@ -116,6 +116,24 @@ def test_a_command_run_as_a_process_closes_the_ledger_before_the_heap_is_frozen(
         assert done.returncode == code, done.stderr
         assert (home / "ledger.db").exists() and not (home / "ledger.db-wal").exists()
     assert ledger_rows(home, "SELECT count(*) FROM files WHERE status = 'active'") == [(1,)]
+    # A listing cut off mid-stream (`| head -1`): its generator still holds a ledger connection
+    # when the broken pipe ends the command, and must let it go all the same.
+    ledger_sql(
+        home,
+        "INSERT INTO files (account_id, file_id, filename, bytes, purpose, status, created_at) "
+        "SELECT account_id, 'file-copy' || n.value, 'copy.txt', 1, purpose, 'active', created_at "
+        "FROM files, (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < 3000) "
+        "SELECT value FROM c) AS n",
+    )
+    for argv in (["ls", "--jsonl"], ["report", "--format", "csv"], ["report", "--format", "json"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "filekeeper", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert proc.stdout is not None and proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away with the rest unread (3,000 rows: more than a pipe holds)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, 1) and b"Traceback" not in err, (argv, err)
+        assert not (home / "ledger.db-wal").exists(), argv
 
 
 def test_readme_command_table_matches_the_commands() -> None:

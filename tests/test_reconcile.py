@@ -555,7 +555,7 @@ def _reconcile_recording_unsent(
 
 
 def test_a_file_recorded_while_the_deletes_run_is_not_deleted(provider_env, run, home: Path) -> None:
-    """The re-checks are read a batch (as many as may be in flight) at a time, not once for all:
+    """Each delete is re-checked right before it is sent, not once for all after the listing:
     orphans another process records while the first deletes are out are skipped."""
     emu = provider_env("openai")
     baseline(run, "-p", "openai")
@@ -567,19 +567,15 @@ def test_a_file_recorded_while_the_deletes_run_is_not_deleted(provider_env, run,
     assert emulator_ids(emu) == adopted
 
 
-def test_a_re_check_too_old_when_its_turn_comes_is_made_again(
-    provider_env, run, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A delete re-checked in its batch but kept waiting for a free slot is looked at again when
-    the look is older than RECHECK_WITHIN (here: always), so a file recorded meanwhile stays."""
-    import filekeeper.reconcile as rec
-
-    monkeypatch.setattr(rec, "RECHECK_WITHIN", -1.0)
+def test_a_delete_waiting_for_a_slot_is_re_checked_when_its_slot_comes(provider_env, run, home: Path) -> None:
+    """No delete is re-checked ahead of its turn: one waiting for a free slot while another
+    process records the file is not sent on the earlier look. (Re-checks read a batch ahead, up
+    to 1 s old, let such deletes through: found trying the change as an unlucky user would.)"""
     emu = provider_env("openai")
     baseline(run, "-p", "openai")
     orphans = {emu.add_file(f"orphan{i}.txt", 10 + i, created_at=HOUR_AGO).id for i in range(4)}
-    # The 2nd delete is held until the 3rd is out: when the 1st returns, the 3rd and 4th are
-    # re-checked together and the 3rd goes; the 4th waits for a slot, recorded meanwhile.
+    # The 2nd delete is held until the 3rd is out: when the 1st returns, one slot is free and the
+    # 3rd goes; the 4th waits for a slot, and is recorded as another's meanwhile.
     report, remote, adopted = _reconcile_recording_unsent(home, orphans, held=2, recorder=3)
     assert len(remote.sent) == 3 and len(adopted) == 1
     assert report.skipped == [(f, "became active in the ledger since the listing") for f in adopted]
