@@ -631,20 +631,22 @@ def write_report(query: ReportSource, fmt: str, output: Path | None = None, stdo
     if output is None:
         render(query, stdout or sys.stdout)
         return
-    target = output.resolve() if output.is_symlink() else output
     try:
-        mode = target.stat().st_mode if target.exists() else None
+        # Through any link, /proc's too: /dev/stdout is /proc/self/fd/1, whose target (a pipe's
+        # "pipe:[N]") is no path, so resolving it names a file that is not there.
+        mode = output.stat().st_mode if output.exists() else None
     except OSError as e:
         raise UsageError(f"cannot write {output}: {e.strerror}") from None
     if mode is not None and stat.S_ISDIR(mode):
         raise UsageError(f"{output} is a directory; give the report's file name")
     if mode is not None and not stat.S_ISREG(mode):
         try:
-            with open(target, "w", encoding="utf-8", newline="") as out:
+            with open(output, "w", encoding="utf-8", newline="") as out:
                 render(query, out)
         except OSError as e:
             raise UsageError(f"cannot write {output}: {e.strerror}") from None
         return
+    target = output.resolve() if output.is_symlink() else output
     partial = target.with_name(target.name + ".partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

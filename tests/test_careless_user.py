@@ -676,6 +676,14 @@ def test_a_report_is_written_into_what_is_not_a_plain_file(provider_env, run, ho
     assert link.is_symlink() and target.read_text().startswith("time,actor")
     fresh = tmp_path / "fresh.md"
     assert run("report", "-o", str(fresh)).exit_code == 0 and fresh.stat().st_mode & 0o777 == 0o600
+    # `-o /dev/stdout | cat`: /dev/stdout is a link through /proc to the pipe, whose target is no
+    # path (it was resolved to one and refused as "No such file or directory", exit 2).
+    piped = subprocess.run(
+        [sys.executable, "-m", "filekeeper", "report", "--format", "csv", "-o", "/dev/stdout"],
+        capture_output=True,
+        text=True,
+    )
+    assert piped.returncode == 0 and piped.stdout.startswith("time,actor"), piped.stderr
 
 
 def test_percent_escapes_that_are_no_utf8_do_not_break_recovery(provider_env, run, home: Path, tmp_path: Path) -> None:
