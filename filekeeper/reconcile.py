@@ -77,6 +77,9 @@ LIST_LAG = timedelta(minutes=2)
 LOOSE_DELETE_AFTER = timedelta(minutes=15)
 RESULT_BATCH = 50  # delete results written to the ledger per transaction
 JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
+#: deletes failing in a row (each after its retries) that stop a run sending more: a provider
+#: gone down mid-run would otherwise cost every remaining delete its whole retry budget
+GIVE_UP_AFTER = 8
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
 
@@ -651,6 +654,7 @@ def _delete_all(
     done: list[DeleteOutcome] = []
     void: list[int] = []
     finished = 0
+    failing: list[str] = []  # the errors of the deletes that failed since the last one that went through
 
     def record() -> None:
         with ledger.write() as w:
@@ -682,11 +686,13 @@ def _delete_all(
             outcome = future.result()
             finished += 1
             if isinstance(outcome, ProviderError):
+                failing.append(str(outcome))
                 plan.errors.append((job.file_id, str(outcome)))
                 if job.intent_id is not None and not outcome.retryable:
                     void.append(job.intent_id)  # refused: nothing was deleted
                 # else it may have gone through: the intent stays, for the next run to settle
             else:
+                failing.clear()
                 plan.deleted.append(job.file_id)
                 done.append(DeleteOutcome(job, existed=outcome))
 
@@ -735,7 +741,8 @@ def _delete_all(
             with _interrupts_as_requests() as stop:
                 try:
                     while True:
-                        if not stop.is_set() and len(in_flight) < concurrency:
+                        sending = not stop.is_set() and len(failing) < GIVE_UP_AFTER
+                        if sending and len(in_flight) < concurrency:
                             for job in next_jobs(concurrency - len(in_flight)):
                                 future = pool.submit(send, job)
                                 in_flight[future] = job
@@ -758,6 +765,14 @@ def _delete_all(
                     plan.interrupted = True
                     void.extend(j.intent_id for j in journaled if j.intent_id is not None)
                     journaled.clear()
+                elif journaled or queue:
+                    # Given up: the provider failed GIVE_UP_AFTER deletes in a row; the rest wait
+                    # for the next run, each said not sent.
+                    why = f"not sent: {len(failing)} deletes in a row failed (the last: {failing[-1]})"
+                    void.extend(j.intent_id for j in journaled if j.intent_id is not None)
+                    plan.skipped += [(j.file_id, why) for j in (*journaled, *queue)]
+                    journaled.clear()
+                    queue.clear()
         record()
     except LedgerError as e:
         sent = len(plan.deleted) + len(in_flight)

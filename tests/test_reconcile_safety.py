@@ -879,3 +879,37 @@ def test_a_file_made_before_the_first_listing_is_never_an_orphan_later(
     ledger_sql(home, "UPDATE files SET created_at = ?", datetime.now(UTC) - timedelta(hours=2))
     third = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json").json()
     assert third["deleted"] == [made_after.id] and {young.id, hidden.id} <= emu.ids()
+
+
+def test_a_provider_failing_every_delete_stops_the_sending_and_says_what_was_not_sent(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    """Once GIVE_UP_AFTER deletes in a row have failed (each after its retries), no more are
+    sent: a provider gone down mid-run would cost every remaining delete its whole retry budget
+    (449 error lines and two minutes in a helper's attempt). The rest are listed as not sent,
+    and the next run, with the provider back, deletes them."""
+    from filekeeper.reconcile import GIVE_UP_AFTER
+
+    emu = provider_env("openai")
+    write(home / "config.toml", "[http]\nattempts = 1\nbackoff_seconds = 0.01\n")
+    upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
+    orphans = {emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO).id for i in range(40)}
+    emu.inject("DELETE", "/files/", status=503, times=GIVE_UP_AFTER + 1)
+    failed = run("reconcile", "-p", "openai", "--apply", "--concurrency", "2", "--json")
+    assert failed.exit_code == 1, failed.stderr
+    plan = failed.json()
+    sent = emu.count("DELETE")
+    assert GIVE_UP_AFTER <= sent <= GIVE_UP_AFTER + 1  # the one in flight when the 8th failed
+    assert len(plan["errors"]) == sent and not plan["deleted"]
+    not_sent = {s["id"] for s in plan["skipped"]}
+    assert len(not_sent) == 40 - sent and not_sent <= orphans
+    assert {s["reason"].split(" (")[0] for s in plan["skipped"]} == {f"not sent: {sent} deletes in a row failed"}
+    assert emu.ids() >= orphans  # nothing deleted
+    left = GIVE_UP_AFTER + 1 - sent  # a fault not spent fails the next run's first delete
+    again = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert again.exit_code == (1 if left else 0) and len(again.json()["errors"]) == left, again.stderr
+    if left:
+        assert run("reconcile", "-p", "openai", "--apply").exit_code == 0
+    assert orphans.isdisjoint(emu.ids())
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
