@@ -41,7 +41,7 @@ _EXPORTS = {
     "Advice": "quota",
     "Held": "quota",
     "Violation": "quota",
-    "ReconcileOptions": "reconcile_plan",
+    "ReconcileOptions": "records",
     "ReconcilePlan": "reconcile_plan",
     "AccountUsage": "records",
     "CheckResult": "records",
@@ -146,7 +146,15 @@ if TYPE_CHECKING:
     from .profiles import Limits
     from .providers import PROFILES, PROVIDERS
     from .quota import Advice, Held, Violation
-    from .reconcile_plan import ReconcileOptions, ReconcilePlan
-    from .records import AccountUsage, CheckResult, DeleteResult, FileRecord, PruneResult, UploadResult
+    from .reconcile_plan import ReconcilePlan
+    from .records import (
+        AccountUsage,
+        CheckResult,
+        DeleteResult,
+        FileRecord,
+        PruneResult,
+        ReconcileOptions,
+        UploadResult,
+    )
     from .report_formats import FORMATS, AuditReport, FileHistory, write_report
     from .sdk import async_http_client, http_client

@@ -620,7 +620,7 @@ def doctor(state: State, online: bool, as_json: bool) -> None:
 
 
 def parse_max_delete_option(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
-    from .reconcile_plan import parse_max_delete
+    from .units import parse_max_delete
 
     try:
         return parse_max_delete(value)
@@ -703,8 +703,7 @@ def reconcile(
     to do. Exit 0 done, 1 failed or refused by a safety rail, and with --exit-code 4 when there is
     something to act on.
     """
-    from . import reconcile as rec
-    from .reconcile_plan import ReconcileOptions
+    from .records import ReconcileOptions
 
     if all_accounts and (provider or account):
         raise UsageError("give --all, or --provider/--account, not both")
@@ -732,6 +731,8 @@ def reconcile(
         if line:
             line.close()
     render_reconcile(outcomes, as_json=as_json, many=all_accounts)
+    from . import reconcile as rec  # not before: the ledger's modules load while the listing begins
+
     if code := rec.exit_code([o for _, o in outcomes], changes=exit_code):
         raise click.exceptions.Exit(code)
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Account, Settings, load_settings
 from .errors import FilekeeperError, Interrupted, UsageError
-from .ledger import Ledger, Reader, open_ledger
 from .quota import EvictMode, Request, Usage, advise, evaluate, short_of_room, unsupported
 from .records import (
     SORTS,
@@ -30,19 +29,22 @@ from .records import (
     DeleteResult,
     FileRecord,
     PruneResult,
+    ReconcileOptions,
     UploadResult,
 )
-from .schema import FILE_STATUSES, utcnow
-from .units import parse_duration
-from .upload import REUSE_AT_LEAST, FilePayload, UploadJob, upload_all
+from .units import parse_duration, utcnow
 
+# The ledger's and the upload's modules (SQLAlchemy's) are imported where they are used: a
+# reconcile sends its first list request while they load.
 if TYPE_CHECKING:
     from .doctor import Diagnosis
+    from .ledger import Ledger, Reader
     from .providers import Provider
     from .reconcile import Progress as ReconcileProgress
-    from .reconcile_plan import ReconcileOptions, ReconcilePlan
+    from .reconcile_plan import ReconcilePlan
     from .report_formats import AuditReport, EventOut, FileHistory
     from .reports import ReportQuery
+    from .upload import FilePayload
 
 ProgressCallback = Callable[[int], None]
 
@@ -69,6 +71,8 @@ class Keeper:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
+            from .ledger import open_ledger
+
             self._ledger = open_ledger(self.settings)
         return self._ledger
 
@@ -103,6 +107,8 @@ class Keeper:
         sha256 and purpose) already active is returned as ``reused`` unless ``force``.
         ``evict`` ("expired" or "oldest") deletes files to make room instead of refusing.
         """
+        from .upload import FilePayload, UploadJob, upload_all
+
         acct = self.account(provider, account)
         ttl_seconds = parse_ttl(ttl)
         if evict not in (None, "expired", "oldest"):
@@ -151,6 +157,8 @@ class Keeper:
         force: bool = False,
     ) -> CheckResult:
         """Would these files fit, together? Reads the ledger only; nothing leaves the machine."""
+        from .upload import REUSE_AT_LEAST, FilePayload
+
         acct = self.account(provider, account)
         ttl_seconds = parse_ttl(ttl)
         payloads = [FilePayload(check_upload_path(p)) for p in paths]
@@ -195,6 +203,7 @@ class Keeper:
         expiring within ``expiring_within`` (the expired included); ``sort`` created (oldest
         first), size (largest first), name, or expires (soonest first); at most ``limit``."""
         from .ledger import FileQuery
+        from .schema import FILE_STATUSES
 
         wanted = list(statuses) if statuses is not None else None
         for status in wanted or ():
@@ -296,22 +305,29 @@ class Keeper:
         nothing was changed), ReconcileBusy (another applying run holds the account's lock), or
         UsageError when another account is the same provider account. A plan changes nothing.
         """
-        from .reconcile import reconcile, refuse_shared_identity
-        from .reconcile_plan import ReconcileOptions
-
         options = options or ReconcileOptions()
         acct = self.account(provider, account)
-        refuse_shared_identity(acct, acct.identity(), self._identities())
         remote = self.connect(acct)
+        listing = None
         try:
+            # The first page's request goes out now, to be on the wire while the ledger's modules
+            # load and its lock is taken (a request that only reads, whatever happens next).
+            listing = remote.list_pages(track_ids=False)  # the stage finds repeated files itself
+            from .reconcile import reconcile, refuse_shared_identity
+
+            refuse_shared_identity(acct, acct.identity(), self._identities())
             if options.apply:
                 account_id: int | None = self.ledger.ensure_account(acct, record_changes=False)
             else:
                 with self.ledger.read() as r:
                     row = r.account_row(acct.name)
                 account_id = row.id if row is not None else None
-            return reconcile(self.ledger, acct, account_id, remote, options, progress=progress, on_wait=on_wait)
+            return reconcile(
+                self.ledger, acct, account_id, remote, options, progress=progress, on_wait=on_wait, listing=listing
+            )
         finally:
+            if listing is not None:
+                listing.close()
             remote.close()
 
     def _identities(self) -> list[tuple[str, str, set[str]]]:

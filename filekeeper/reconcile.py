@@ -44,23 +44,22 @@ from .errors import (
     exit_code_for,
 )
 from .reconcile_plan import (
-    ReconcileOptions,
     ReconcilePlan,
     Snapshot,
     age,
     classify,
     delete_limit,
     expected_live,
-    parse_max_delete,
     unlisted,
 )
-from .records import DeleteJob, DeleteOutcome, iso
+from .records import DeleteJob, DeleteOutcome, ReconcileOptions, iso
 from .schema import HELD, DeleteKind, RunStatus, Status, utcnow
+from .units import parse_max_delete
 
 if TYPE_CHECKING:
     from .config import Account
     from .ledger import Ledger, Stage
-    from .providers import Provider, RemoteFile
+    from .providers import Listing, Provider, RemoteFile
 
 __all__ = ["ReconcileOptions", "ReconcilePlan", "exit_code", "parse_max_delete", "reconcile"]
 
@@ -75,6 +74,10 @@ LIST_LAG = timedelta(minutes=2)
 #: a `filekeeper delete` whose intent is older than this has ended, one way or another (its
 #: requests give up long before: see the [http] total_seconds)
 LOOSE_DELETE_AFTER = timedelta(minutes=15)
+#: a listing begun before the lock was taken is used only if no other run of the account was at
+#: work since this long before it began: clocks of hosts sharing a ledger a little apart, a
+#: delete the server carried out after its client had given up on it
+OTHERS_MARGIN = timedelta(minutes=2)
 RESULT_BATCH = 50  # delete results written to the ledger per transaction
 JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
 #: deletes failing in a row (each after its retries) that stop a run sending more: a provider
@@ -341,27 +344,21 @@ def snapshot(ledger: Ledger, account: Account, account_id: int | None, now: date
         )
 
 
-def stage_listing(stage: Stage, remote: Provider, on_page: Callable[[int, int], None]) -> None:
-    """Read the provider's whole listing into ``stage``, a page at a time. A page that repeats a
-    file listed before ends it (IncompleteListing); only a listing read to its end is marked
-    complete, so nothing can compare a partial one with the ledger."""
-    page: list[RemoteFile] = []
-
-    def page_done(pages: int, seen: int) -> None:
-        # Called once a page's files have been handed out, before the next request: staged here,
-        # a repeated file stops the listing at the page that repeats it.
+def stage_listing(
+    stage: Stage, pages: Iterator[list[RemoteFile]], provider: str, on_page: Callable[[int, int], None]
+) -> None:
+    """Read the provider's whole listing (:meth:`~.providers.Provider.list_pages`) into ``stage``,
+    a page at a time. A page that repeats a file listed before ends it (IncompleteListing); only a
+    listing read to its end is marked complete, so nothing can compare a partial one with the
+    ledger."""
+    for page in pages:
         if (repeated := stage.add_page(page)) is not None:
             raise IncompleteListing(
-                f"the provider listed file {repeated} twice (page {pages}); the listing cannot be trusted, stopped",
-                provider=remote.name,
+                f"the provider listed file {repeated} twice (page {stage.pages}); the listing cannot be "
+                "trusted, stopped",
+                provider=provider,
             )
-        page.clear()
-        on_page(pages, seen)
-
-    for rf in remote.list_files(on_page=page_done, track_ids=False):
-        page.append(rf)
-    if page:  # a listing adapter that does not say where its pages end
-        page_done(stage.pages + 1, stage.listed + len(page))
+        on_page(stage.pages, stage.listed)
     stage.finish()
 
 
@@ -374,15 +371,16 @@ def reconcile(
     *,
     progress: Progress | None = None,
     on_wait: Callable[[str], None] | None = None,
+    listing: Listing | None = None,
 ) -> ReconcilePlan:
     """Compare one account's ledger with its provider's listing; with ``options.apply``, act.
 
     ``account_id`` is None only for a plan of an account the ledger has never recorded. Returns the
     plan (``interrupted`` if SIGINT or SIGTERM stopped its deletes); raises before changing
-    anything when a rail holds.
+    anything when a rail holds. ``listing``: one begun before this was called (``remote.list_pages(
+    track_ids=False)``, while the ledger opened); an applying run uses it only if no other run
+    of the account was at work since shortly before it began, and lists again otherwise.
     """
-    if options.adopt and options.delete_unclaimed:
-        raise UsageError("give --adopt or --delete-unclaimed, not both")
     plan = ReconcilePlan(account, applied=options.apply, adopt=options.adopt, delete_unclaimed=options.delete_unclaimed)
     if options.apply and account_id is None:
         raise ValueError("an applying reconcile needs the account recorded in the ledger")
@@ -402,7 +400,14 @@ def reconcile(
         # Files of a purpose the listing cannot show (Z.AI lists four of its seven) are neither
         # confirmed nor missing: they are left out of the comparison, as they are.
         unseen = stage.snapshot(remote.lists_purpose)
-        stage_listing(stage, remote, on_page)
+        if listing is None or (run.id is not None and _others_since(ledger, account_id, run.id, listing.began)):
+            if listing is not None:
+                listing.close()
+            listing = remote.list_pages(track_ids=False)  # the stage finds repeated files itself
+        try:
+            stage_listing(stage, listing, remote.name, on_page)
+        finally:
+            listing.close()  # read to its end, or stopped: it asks for no more pages either way
         classify(plan, snap, stage, now, options.min_age)
         unlisted(plan, unseen, now)
         _refuse_overlap(plan)
@@ -435,6 +440,15 @@ def reconcile(
     else:
         run.finish(RunStatus.DONE, plan, "done")
     return plan
+
+
+def _others_since(ledger: Ledger, account_id: int | None, run_id: int, began: datetime) -> bool:
+    """Whether another applying run of the account may have deleted files since a listing began
+    (running, or finished since shortly before): its deletes could be in that listing, unrecorded
+    when the run's journal was read. Asked once this run holds the lock, so that none can start."""
+    assert account_id is not None
+    with ledger.read() as r:
+        return r.runs_since(account_id, began - OTHERS_MARGIN, besides=run_id) > 0
 
 
 def _drop(plan: ReconcilePlan, stage: Stage | None) -> None:
@@ -738,18 +752,26 @@ def _delete_all(
                         finished += 1
                 return out
 
+            def refill() -> None:
+                if not stop.is_set() and len(failing) < GIVE_UP_AFTER and len(in_flight) < concurrency:
+                    for job in next_jobs(concurrency - len(in_flight)):
+                        future = pool.submit(send, job)
+                        in_flight[future] = job
+                        future.add_done_callback(completions.put)
+
             with _interrupts_as_requests() as stop:
                 try:
                     while True:
-                        sending = not stop.is_set() and len(failing) < GIVE_UP_AFTER
-                        if sending and len(in_flight) < concurrency:
-                            for job in next_jobs(concurrency - len(in_flight)):
-                                future = pool.submit(send, job)
-                                in_flight[future] = job
-                                future.add_done_callback(completions.put)
+                        refill()
                         if not in_flight:
                             break
                         collect(completed(), in_flight)
+                        # The slots just freed are filled before anything else is written, so
+                        # that the ledger's writes overlap deletes in flight instead of idling
+                        # their slots; the journal is written ahead while there is time.
+                        refill()
+                        if len(journaled) < concurrency and queue:
+                            journal_more()
                         if len(done) + len(void) >= RESULT_BATCH:
                             record()
                         run.heartbeat()

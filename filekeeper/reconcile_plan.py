@@ -43,23 +43,6 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ReconcileOptions:
-    apply: bool = False
-    adopt: bool = False
-    max_delete: int | str = 100  # a count, or "N%" of the files listed
-    min_age: timedelta = timedelta(hours=1)
-    accept_empty: bool = False
-    #: act although most of the files the ledger expects are absent from the listing
-    accept_missing: bool = False
-    #: act on a listing made with a key this account was never used with
-    trust_key: bool = False
-    #: delete unclaimed files (found by a ledger that never tracked the account) like orphans
-    delete_unclaimed: bool = False
-    wait: bool = False
-    concurrency: int = 32
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """What the ledger holds for the account, read before the listing (its tracked files are
     copied into the staging, not here)."""
@@ -350,19 +333,6 @@ def delete_limit(max_delete: int | str, listed: int) -> int:
     if isinstance(max_delete, str) and max_delete.endswith("%"):
         return math.ceil(listed * float(max_delete[:-1]) / 100)
     return int(max_delete)
-
-
-def parse_max_delete(value: str) -> int | str:
-    """Validate ``--max-delete`` as N or N%; raises ValueError."""
-    import re
-
-    text = value.strip()
-    # ASCII digits only: str.isdigit() also takes "²" and other digits int() cannot read.
-    if re.fullmatch(r"[0-9]{1,9}", text):
-        return int(text)
-    if re.fullmatch(r"[0-9]{1,3}(\.[0-9]+)?%", text) and float(text[:-1]) <= 100:
-        return text
-    raise ValueError(f"--max-delete takes a whole number or a percentage from 0% to 100%, not {value!r}")
 
 
 def classify(plan: ReconcilePlan, snapshot: Snapshot, stage: Staging, now: datetime, min_age: timedelta) -> None:

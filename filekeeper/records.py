@@ -1,25 +1,46 @@
-"""The values the library hands back: ledger records and the results of each command.
-
-Each has ``to_json()``, the one shape ``--json`` prints and scripts read.
+"""The values the library hands back: ledger records and the results of each command (each has
+``to_json()``, the one shape ``--json`` prints and scripts read); and what a reconcile is asked
+to do (:class:`ReconcileOptions`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import FilekeeperError, UsageError
 from .quota import is_expired
 
 if TYPE_CHECKING:
     from sqlalchemy import Row
 
     from .config import Account
-    from .errors import FilekeeperError
     from .profiles import Limits
     from .quota import Advice, Held, Request, Usage, Violation
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    apply: bool = False
+    adopt: bool = False
+    max_delete: int | str = 100  # a count, or "N%" of the files listed
+    min_age: timedelta = timedelta(hours=1)
+    accept_empty: bool = False
+    #: act although most of the files the ledger expects are absent from the listing
+    accept_missing: bool = False
+    #: act on a listing made with a key this account was never used with
+    trust_key: bool = False
+    #: delete unclaimed files (found by a ledger that never tracked the account) like orphans
+    delete_unclaimed: bool = False
+    wait: bool = False
+    concurrency: int = 32
+
+    def __post_init__(self) -> None:
+        if self.adopt and self.delete_unclaimed:  # before anything is asked of the provider
+            raise UsageError("give --adopt or --delete-unclaimed, not both")
 
 
 #: the orders ``filekeeper ls --sort`` takes: oldest first, largest first, by name, soonest expiry first

@@ -1,8 +1,10 @@
-"""Parsing and formatting of sizes ("10GB") and durations ("30d")."""
+"""Parsing and formatting of sizes ("10GB"), durations ("30d") and --max-delete ("10%"); the
+time now, as the ledger keeps it."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _SIZE_UNITS = {
     "": 1,
@@ -70,3 +72,18 @@ def format_duration(seconds: int) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_max_delete(value: str) -> int | str:
+    """Validate ``--max-delete`` as N or N%; raises ValueError."""
+    text = value.strip()
+    # ASCII digits only: str.isdigit() also takes "²" and other digits int() cannot read.
+    if re.fullmatch(r"[0-9]{1,9}", text):
+        return int(text)
+    if re.fullmatch(r"[0-9]{1,3}(\.[0-9]+)?%", text) and float(text[:-1]) <= 100:
+        return text
+    raise ValueError(f"--max-delete takes a whole number or a percentage from 0% to 100%, not {value!r}")

@@ -392,10 +392,7 @@ def test_a_dropped_connection_anywhere_is_one_line(provider_env, run, home: Path
         event.listen(led.engine, "before_cursor_execute", drop_this)
         return led
 
-    import filekeeper.keeper
-
-    original = filekeeper.keeper.open_ledger
-    filekeeper.keeper.open_ledger = opened_then_dropped
+    ledger_module.open_ledger = opened_then_dropped  # Keeper imports it from there, when it opens the ledger
     try:
         for args in (("ls",), ("usage",), ("report", "--format", "csv")):
             result = run(*args)
@@ -403,7 +400,7 @@ def test_a_dropped_connection_anywhere_is_one_line(provider_env, run, home: Path
             assert result.stderr.startswith("filekeeper: error:") and "ledger error" in result.stderr
             assert result.stderr.count("\n") == 1 and "SELECT" not in result.stderr, result.stderr
     finally:
-        filekeeper.keeper.open_ledger = original
+        ledger_module.open_ledger = real
         admin.dispose()
 
 

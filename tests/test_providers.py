@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -16,7 +17,7 @@ import pytest
 from filekeeper.errors import FileNotFoundAtProvider, IncompleteListing, ProviderError, ResponseLost
 from filekeeper.providers import ADAPTERS
 from filekeeper.providers._http import HTTP, RetryPolicy, parse_error
-from filekeeper.providers.base import Provider
+from filekeeper.providers.base import LIST_AHEAD_PAGES, Provider
 
 KEY = "sk-unit-0123456789abcdef"
 
@@ -357,6 +358,93 @@ def test_a_failed_page_is_an_incomplete_listing() -> None:
 
     with pytest.raises(IncompleteListing, match="after 1 page"):
         list(adapter("openai", handler).list_files())
+
+
+def _numbered_pages(count: int, size: int = 2) -> Callable[[httpx.Request], httpx.Response]:
+    """OpenAI pages of ``size`` files, ``count`` of them."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("after")
+        n = 0 if after is None else int(after.split("-")[1]) // size + 1
+        ids = range(n * size, (n + 1) * size)
+        return response(200, {"object": "list", "data": [fobj(i) for i in ids], "has_more": n + 1 < count})
+
+    return handler
+
+
+def test_a_listing_sends_its_first_request_when_it_is_begun_not_when_read() -> None:
+    sent = threading.Event()
+    pages = _numbered_pages(3)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.set()
+        return pages(request)
+
+    listing = adapter("openai", handler).list_pages()
+    assert sent.wait(10), "nothing was asked before the first page was"
+    assert [[f.id for f in page] for page in listing] == [[f"file-{2 * n}", f"file-{2 * n + 1}"] for n in range(3)]
+
+
+def test_a_listing_fetches_only_a_few_pages_ahead_of_its_reader() -> None:
+    pages = _numbered_pages(40)
+    taking = 0  # pages the reader has asked for
+    ahead: list[int] = []  # at each request: how many pages beyond those it would be
+    fourth = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ahead.append(len(ahead) + 1 - taking)
+        if len(ahead) == LIST_AHEAD_PAGES + 1:
+            fourth.set()
+        return pages(request)
+
+    listing = adapter("openai", handler).list_pages()
+    assert fourth.wait(10)  # the reader has asked for nothing yet: the thread fills what it may
+    read = []
+    while True:
+        taking += 1
+        try:
+            read += next(listing)
+        except StopIteration:
+            break
+    assert len(read) == 80 and len(ahead) == 40
+    # the one the reader waits for, those kept for it, and one on the wire: never more
+    assert max(ahead) <= LIST_AHEAD_PAGES + 1
+
+
+def test_a_closed_listing_asks_for_no_more_pages() -> None:
+    calls: list[httpx.Request] = []
+    first = threading.Event()
+    pages = _numbered_pages(1000)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        first.set()
+        return pages(request)
+
+    listing = adapter("openai", handler).list_pages()
+    assert first.wait(10)
+    assert len(next(listing)) == 2
+    listing.close()
+    listing.thread.join(10)
+    assert not listing.thread.is_alive()
+    assert len(calls) <= 1 + LIST_AHEAD_PAGES + 1
+    with pytest.raises(RuntimeError, match="closed"):  # never taken for a listing read to its end
+        next(listing)
+
+
+def test_a_page_that_fails_ahead_is_raised_after_the_pages_before_it() -> None:
+    pages = _numbered_pages(10)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("after") == "file-5":
+            return response(400, {"error": {"message": "bad cursor"}})
+        return pages(request)
+
+    listing = adapter("openai", handler).list_pages()
+    got = [next(listing), next(listing), next(listing)]
+    assert [f.id for page in got for f in page] == [f"file-{i}" for i in range(6)]
+    with pytest.raises(IncompleteListing, match="after 3 page"):
+        next(listing)
 
 
 def test_xai_pagination_token_style_follows_tokens_and_ends_without_one() -> None:

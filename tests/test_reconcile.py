@@ -99,6 +99,15 @@ def test_plan_changes_nothing_and_apply_deletes_old_orphans(provider_env, run, h
     assert ledger_rows(home, "SELECT status FROM files") == [("active",)]
 
 
+def test_adopt_and_delete_unclaimed_together_are_refused_before_any_request(provider_env, run, home: Path) -> None:
+    emu = provider_env("openai")
+    emu.add_file("theirs.txt", 3, created_at=HOUR_AGO)
+    result = run("reconcile", "-p", "openai", "--apply", "--adopt", "--delete-unclaimed")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "--adopt or --delete-unclaimed, not both" in result.stderr
+    assert emu.count("GET") == 0 and emu.count("DELETE") == 0
+
+
 def test_adopt_records_orphans_instead_of_deleting(provider_env, run, home: Path) -> None:
     emu = provider_env("zai")
     orphan = emu.add_file("found.pdf", 1234, purpose="agent", created_at=HOUR_AGO)
@@ -424,10 +433,11 @@ class RacingProvider:
 
     def __init__(self, real: Any, after_listing: Any) -> None:
         self.real = real
+        self.name = real.name
         self.after_listing = after_listing
 
-    def list_files(self, **kwargs: Any) -> Iterator[Any]:
-        yield from self.real.list_files(**kwargs)
+    def list_pages(self, **kwargs: Any) -> Iterator[Any]:
+        yield from self.real.list_pages(**kwargs)
         self.after_listing()
 
     def delete(self, file_id: str) -> bool:
@@ -435,6 +445,95 @@ class RacingProvider:
 
     def lists_purpose(self, purpose: str) -> bool:
         return self.real.lists_purpose(purpose)
+
+
+# --- a listing begun before the lock -----------------------------------------------------------
+
+
+def _runs_long_ago(home: Path) -> None:
+    """As if every run so far had ended an hour ago."""
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    ledger_sql(home, "UPDATE reconcile_runs SET started_at = ?, heartbeat_at = ?, finished_at = ?", *[hour_ago] * 3)
+
+
+def test_the_listing_begins_before_the_ledgers_modules_load(provider_env, home: Path) -> None:
+    provider_env("openai")
+    code = (
+        "import sys\n"
+        "from filekeeper.providers.base import Provider\n"
+        "real = Provider.list_pages\n"
+        "def list_pages(self, **kw):\n"
+        "    print('ledger modules loaded:', 'sqlalchemy' in sys.modules, file=sys.stderr)\n"
+        "    return real(self, **kw)\n"
+        "Provider.list_pages = list_pages\n"
+        "from filekeeper.cli import main\n"
+        "sys.argv = ['filekeeper', 'reconcile', '-p', 'openai', '--apply']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ledger modules loaded: False" in out.stderr
+    assert ledger_rows(home, "SELECT status FROM reconcile_runs") == [("done",)]
+
+
+def _reconcile_on_a_listing_begun_early(emu: Any, meanwhile: Any = lambda: None) -> tuple[Any, int, int]:
+    """An applying reconcile of the openai account handed a listing begun before it, read to its
+    end before ``meanwhile()`` runs: the plan, and the list and delete requests the run made."""
+    with Keeper() as keeper:
+        acct = keeper.account(provider="openai")
+        account_id = keeper.ledger.ensure_account(acct)
+        remote = keeper.connect(acct)
+        try:
+            early = remote.list_pages(track_ids=False)
+            early.thread.join(30)
+            assert not early.thread.is_alive()
+            meanwhile()
+            lists, deletes = emu.count("GET", "/files"), emu.count("DELETE")
+            plan = reconcile(keeper.ledger, acct, account_id, remote, ReconcileOptions(apply=True), listing=early)
+        finally:
+            remote.close()
+    return plan, emu.count("GET", "/files") - lists, emu.count("DELETE") - deletes
+
+
+def test_a_listing_begun_before_the_lock_is_used_when_no_other_run_was_at_work(
+    provider_env, run, home: Path, tmp_path: Path
+) -> None:
+    emu = provider_env("openai", page_size=2)
+    upload(run, tmp_path, "openai", "a.txt", "b.txt", "c.txt")
+    baseline(run, "-p", "openai")
+    _runs_long_ago(home)
+    orphans = {emu.add_file(f"orphan-{i}.txt", 3, created_at=HOUR_AGO).id for i in range(2)}
+    plan, lists, deletes = _reconcile_on_a_listing_begun_early(emu)
+    assert set(plan.deleted) == orphans and plan.listed == 5 and deletes == 2
+    assert lists == 0  # the five files, in pages of two, were listed once: before the run
+
+
+@pytest.mark.parametrize("other", ["finished", "died"])
+def test_a_listing_begun_before_another_run_acted_is_not_used(
+    provider_env, run, home: Path, tmp_path: Path, other: str
+) -> None:
+    """Begun before the lock was taken, a listing may show files another run deleted meanwhile:
+    the run lists again, and neither deletes nor says it deleted what another run did."""
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
+    _runs_long_ago(home)
+    orphans = {emu.add_file(f"orphan-{i}.txt", 3, created_at=HOUR_AGO).id for i in range(3)}
+
+    def another_run() -> None:
+        if other == "finished":
+            done = run("reconcile", "-p", "openai", "--apply", "--min-age", "0", "--json")
+            assert set(done.json()["deleted"]) == orphans
+        else:  # a run whose deletes went through, killed before it recorded them
+            dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+            hold_lock(home, int(dead.stdout), socket.gethostname(), datetime.now(UTC) - timedelta(minutes=5))
+            with emu.lock:
+                for file_id in orphans:
+                    del emu.files[file_id]
+
+    plan, lists, deletes = _reconcile_on_a_listing_begun_early(emu, another_run)
+    assert plan.deleted == [] and plan.listed == 1 and deletes == 0
+    assert lists == 1  # listed again
 
 
 def test_each_delete_is_rechecked_and_404_is_success(provider_env, run, home: Path, tmp_path: Path) -> None:
@@ -486,12 +585,13 @@ class DeletingProvider:
 
     def __init__(self, real: Any, on_delete: Any) -> None:
         self.real = real
+        self.name = real.name
         self.on_delete = on_delete
         self.sent: list[str] = []
         self.lock = threading.Lock()
 
-    def list_files(self, **kwargs: Any) -> Iterator[Any]:
-        yield from self.real.list_files(**kwargs)
+    def list_pages(self, **kwargs: Any) -> Iterator[Any]:
+        yield from self.real.list_pages(**kwargs)
 
     def delete(self, file_id: str) -> bool:
         with self.lock:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from ..profiles import Profile
 from .anthropic import Anthropic
-from .base import Page, Provider, RemoteFile, Uploaded
+from .base import Listing, Page, Provider, RemoteFile, Uploaded
 from .deepseek import DeepSeek
 from .gemini import Gemini
 from .moonshot import Moonshot
@@ -90,6 +90,7 @@ __all__ = [
     "PROFILES",
     "PROVIDERS",
     "REGISTRY",
+    "Listing",
     "Page",
     "Provider",
     "RemoteFile",

@@ -18,6 +18,9 @@ import hashlib
 import mimetypes
 import os
 import re
+import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -379,10 +382,18 @@ class Provider:
     def content_type(name: str) -> str:
         return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
-    def list_files(
-        self, *, on_page: Callable[[int, int], None] | None = None, track_ids: bool = True
-    ) -> Iterator[RemoteFile]:
+    def list_files(self, *, track_ids: bool = True) -> Iterator[RemoteFile]:
+        """Everything the account holds, file by file (see :meth:`list_pages`)."""
+        for page in self.list_pages(track_ids=track_ids):
+            yield from page
+
+    def list_pages(self, *, track_ids: bool = True) -> Listing:
         """Everything the account holds, page by page (scope by scope), or IncompleteListing.
+
+        The pages are fetched by a thread of their own (:class:`Listing`), from when this is
+        called: a caller with other work to do first (reconcile opening the ledger) does it while
+        the first requests are on the wire, and what it does with each page (reconcile stages it
+        in the ledger) overlaps the next round trip instead of adding to it.
 
         Stops on an empty page or a page that names no next cursor (no ``has_more``, no token).
         Raises on a cursor seen before, a page repeated, a file id listed twice (``track_ids``;
@@ -390,28 +401,22 @@ class Provider:
         pages: a listing that cannot be read to its end must never pass for complete, and one
         that cycles must end rather than run for ever.
         """
+        return Listing(self._pages(track_ids))
+
+    def _pages(self, track_ids: bool) -> Iterator[list[RemoteFile]]:
         listed: set[str] = set()
         totals = [0, 0]  # pages, files
         for scope in self.list_scopes():
-            yield from self._walk(scope, listed, totals, on_page, track_ids)
+            yield from self._walk(scope, listed, totals, track_ids)
 
     def _walk(
-        self,
-        scope: str | None,
-        listed: set[str],
-        totals: list[int],
-        on_page: Callable[[int, int], None] | None,
-        track_ids: bool,
-    ) -> Iterator[RemoteFile]:
+        self, scope: str | None, listed: set[str], totals: list[int], track_ids: bool
+    ) -> Iterator[list[RemoteFile]]:
         seen: set[str] = set()
         cursor: str | None = None
         previous_ids: set[str] = set()
         pages = 0
         while True:
-            if pages >= MAX_PAGES:
-                raise IncompleteListing(
-                    f"the listing went on past {MAX_PAGES:,} pages ({totals[1]:,} files); stopped", provider=self.name
-                )
             try:
                 page = self.list_page(cursor, scope)
             except IncompleteListing:
@@ -439,25 +444,27 @@ class Provider:
             pages += 1
             totals[0] += 1
             totals[1] += len(page.files)
-            yield from page.files
-            if on_page:
-                # Once the page's files are handed out and before the next request: a caller that
-                # stages pages (reconcile) writes each here, and may stop the listing by raising.
-                on_page(totals[0], totals[1])
-            if not page.files:
-                if page.claims_more:
-                    raise IncompleteListing(
-                        "the provider said more files follow but sent an empty page", provider=self.name
-                    )
-                return
-            if page.next_cursor is None:
-                return
-            if page.next_cursor in seen:
+            if not page.files and page.claims_more:
                 raise IncompleteListing(
-                    f"the provider repeated the cursor {page.next_cursor!r}; listing stopped", provider=self.name
+                    "the provider said more files follow but sent an empty page", provider=self.name
                 )
-            seen.add(page.next_cursor)
-            cursor = page.next_cursor
+            last = not page.files or page.next_cursor is None
+            if not last:
+                if page.next_cursor in seen:
+                    raise IncompleteListing(
+                        f"the provider repeated the cursor {page.next_cursor!r}; listing stopped",
+                        provider=self.name,
+                    )
+                if pages >= MAX_PAGES:
+                    raise IncompleteListing(
+                        f"the listing went on past {MAX_PAGES:,} pages ({totals[1]:,} files); stopped",
+                        provider=self.name,
+                    )
+                seen.add(page.next_cursor)
+                cursor = page.next_cursor
+            yield page.files
+            if last:
+                return
 
     def first_page(self) -> Page:
         """One list request, the first page: enough to know the key and URL work (`doctor --online`)."""
@@ -465,3 +472,88 @@ class Provider:
 
     def shape_error(self, body: Any) -> IncompleteListing:
         return IncompleteListing(f"unexpected listing shape: {str(body)[:120]}", provider=self.name)
+
+
+class Listing(Iterator[list[RemoteFile]]):
+    """A listing under way (:meth:`Provider.list_pages`): its pages, in order, and when it began.
+
+    A thread of its own fetches them, at most :data:`LIST_AHEAD_PAGES` pages (and
+    :data:`LIST_AHEAD_FILES` files) beyond the one the caller has, and one more on the wire, so
+    that memory does not grow with the listing. Closed (or dropped), it asks for no more pages;
+    a request on the wire then finishes unread, on a daemon thread that never holds up an exit."""
+
+    def __init__(self, pages: Iterator[list[RemoteFile]]) -> None:
+        self.began = datetime.now(UTC)
+        self._ahead = _Ahead()
+        weakref.finalize(self, self._ahead.stop)
+        self.thread = threading.Thread(target=self._ahead.fill, args=(pages,), name="listing", daemon=True)
+        self.thread.start()
+
+    def __next__(self) -> list[RemoteFile]:
+        return self._ahead.take()
+
+    def close(self) -> None:
+        self._ahead.stop()
+
+
+#: pages a listing fetches ahead of its caller, and files (a whole page at least): enough to
+#: cover the ledger's opening and each page's staging, few enough that a listing its caller finds
+#: repeating itself is stopped after a handful of requests more
+LIST_AHEAD_PAGES = 3
+LIST_AHEAD_FILES = 5_000
+
+
+class _Ahead:
+    """The pages between a listing's thread and its caller (see :class:`Listing`)."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._pages: deque[list[RemoteFile]] = deque()
+        self._files = 0
+        self._error: BaseException | None = None
+        self._ended = False
+        self._stopped = False
+
+    def fill(self, pages: Iterator[list[RemoteFile]]) -> None:
+        try:
+            for page in pages:
+                with self._ready:
+                    while self._pages and self._full() and not self._stopped:
+                        self._ready.wait()
+                    if self._stopped:
+                        return
+                    self._pages.append(page)
+                    self._files += len(page)
+                    self._ready.notify_all()
+        except BaseException as e:  # raised to the caller, in its thread, where the page would be
+            with self._ready:
+                self._error = e
+        finally:
+            with self._ready:
+                self._ended = True
+                self._ready.notify_all()
+
+    def _full(self) -> bool:
+        return len(self._pages) >= LIST_AHEAD_PAGES or self._files >= LIST_AHEAD_FILES
+
+    def take(self) -> list[RemoteFile]:
+        with self._ready:
+            while not self._pages and not self._ended and not self._stopped:
+                self._ready.wait()
+            if self._stopped:  # never taken for the listing's end: it was not read to it
+                raise RuntimeError("the listing was closed")
+            if self._pages:
+                page = self._pages.popleft()
+                self._files -= len(page)
+                self._ready.notify_all()
+                return page
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            raise StopIteration
+
+    def stop(self) -> None:
+        with self._ready:
+            self._stopped = True
+            self._pages.clear()
+            self._ready.notify_all()
