@@ -186,6 +186,11 @@ class ProviderError(FilekeeperError):
         return redact(f"{where}{status}{self.message}")
 
 
+class NotResent(FilekeeperError):
+    """A request that failed in a way worth retrying was not sent again: what it was sent for no
+    longer holds (a reconcile's delete of a file the ledger has since recorded as someone's)."""
+
+
 class FileNotFoundAtProvider(ProviderError):
     """The provider does not hold that file id (HTTP 404)."""
 

@@ -37,6 +37,7 @@ from .errors import (
     FileNotFoundAtProvider,
     IncompleteListing,
     LedgerError,
+    NotResent,
     ProviderError,
     ReconcileBusy,
     ReconcileRefused,
@@ -85,6 +86,7 @@ JOURNAL_AHEAD = 64  # deletes written down per transaction, before they are sent
 GIVE_UP_AFTER = 8
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total-or-0)
+_Sent = bool | ProviderError | NotResent  # a delete's outcome: existed (True) or already gone, or why not
 
 
 # --- the lock -----------------------------------------------------------------------------------
@@ -655,12 +657,27 @@ def _delete_all(
     from concurrent.futures import Future, ThreadPoolExecutor, wait
     from queue import Empty, SimpleQueue
 
-    def send(job: DeleteJob) -> bool | ProviderError:
+    from .providers import checked_before_resending
+
+    def send(job: DeleteJob) -> _Sent:
+        def still_wanted(failed: BaseException | None) -> None:
+            # A retry may go a minute after the first attempt (a 429's Retry-After): the file is
+            # re-checked again first, here in the worker (retries are rare; the loop's probe is
+            # its thread's).
+            try:
+                with ledger.read() as r:
+                    status = r.statuses_of(account_id, [job.file_id]).get(job.file_id)
+            except LedgerError as e:
+                raise NotResent(f"not sent again after: {failed}; the ledger could not be read: {e}") from None
+            if why := _still_wanted(job, status):
+                raise NotResent(f"not sent again after: {failed}; {why}")
+
         try:
-            return remote.delete(job.file_id)
+            with checked_before_resending(still_wanted):
+                return remote.delete(job.file_id)
         except FileNotFoundAtProvider:
             return False
-        except ProviderError as e:
+        except (ProviderError, NotResent) as e:
             return e
 
     queue = deque(jobs)
@@ -691,15 +708,17 @@ def _delete_all(
             job.intent_id = intent_id
         journaled.extend(batch)
 
-    def collect(
-        completed: Iterable[Future[bool | ProviderError]], in_flight: dict[Future[bool | ProviderError], DeleteJob]
-    ) -> None:
+    def collect(completed: Iterable[Future[_Sent]], in_flight: dict[Future[_Sent], DeleteJob]) -> None:
         nonlocal finished
         for future in completed:
             job = in_flight.pop(future)
             outcome = future.result()
             finished += 1
-            if isinstance(outcome, ProviderError):
+            if isinstance(outcome, NotResent):
+                # Its first attempt failed, and may have gone through (a lost response): the
+                # intent stays, for the next run to settle against its listing.
+                plan.skipped.append((job.file_id, str(outcome)))
+            elif isinstance(outcome, ProviderError):
                 failing.append(str(outcome))
                 plan.errors.append((job.file_id, str(outcome)))
                 if job.intent_id is not None and not outcome.retryable:
@@ -711,12 +730,12 @@ def _delete_all(
                 done.append(DeleteOutcome(job, existed=outcome))
 
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="reconcile")
-    in_flight: dict[Future[bool | ProviderError], DeleteJob] = {}
+    in_flight: dict[Future[_Sent], DeleteJob] = {}
     # Each delete's future lands here as it completes: one hand-off per delete, where waiting on
     # all those in flight would register with each of them on every turn of the loop.
-    completions: SimpleQueue[Future[bool | ProviderError]] = SimpleQueue()
+    completions: SimpleQueue[Future[_Sent]] = SimpleQueue()
 
-    def completed() -> list[Future[bool | ProviderError]]:
+    def completed() -> list[Future[_Sent]]:
         """Those completed: at least one, unless a second goes by without one (a heartbeat is due)."""
         out = []
         try:

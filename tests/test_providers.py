@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from filekeeper.errors import FileNotFoundAtProvider, IncompleteListing, ProviderError, ResponseLost
-from filekeeper.providers import ADAPTERS
+from filekeeper.errors import FileNotFoundAtProvider, IncompleteListing, NotResent, ProviderError, ResponseLost
+from filekeeper.providers import ADAPTERS, checked_before_resending
 from filekeeper.providers._http import HTTP, RetryPolicy, parse_error
 from filekeeper.providers.base import LIST_AHEAD_PAGES, Provider
 
@@ -150,6 +150,29 @@ def test_retries_are_bounded_and_the_last_error_is_raised() -> None:
         adapter("openai", handler).retrieve("file-1")
     assert info.value.status == 500
     assert len(calls) == 4
+
+
+def test_a_check_before_resending_sees_the_failure_and_can_stop_the_retry() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return response(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
+
+    seen: list[BaseException | None] = []
+
+    def check(failed: BaseException | None) -> None:
+        seen.append(failed)
+        if len(seen) == 2:
+            raise NotResent("no longer wanted")
+
+    with checked_before_resending(check), pytest.raises(NotResent, match="no longer wanted"):
+        adapter("openai", handler).delete("file-1")
+    assert len(calls) == 2  # the first attempt, one retry; the second retry was not sent
+    assert all(isinstance(e, ProviderError) and "slow down" in str(e) for e in seen)
+    with pytest.raises(ProviderError, match="slow down"):  # outside, retries run as before
+        adapter("openai", handler).delete("file-1")
+    assert len(calls) == 2 + 4
 
 
 def test_a_retry_after_beyond_the_cap_is_not_waited_for() -> None:

@@ -682,6 +682,45 @@ def test_a_delete_waiting_for_a_slot_is_re_checked_when_its_slot_comes(provider_
     assert emulator_ids(emu) == adopted
 
 
+@pytest.mark.parametrize("meanwhile", ["recorded", "nothing"])
+def test_a_delete_retried_after_a_429_is_re_checked_before_it_is_sent_again(
+    provider_env, run, home: Path, meanwhile: str
+) -> None:
+    """A 429's Retry-After may put a minute between a delete's first attempt and its retry: if
+    another process recorded the file meanwhile, the retry is not sent, and the plan says why."""
+    emu = provider_env("openai")
+    baseline(run, "-p", "openai")
+    orphan = emu.add_file("orphan.txt", 10, created_at=HOUR_AGO).id
+    emu.inject("DELETE", f"/files/{orphan}", status=429, headers={"Retry-After": "0"}, body={"error": {}})
+
+    def on_delete(_remote: DeletingProvider, _n: int) -> None:
+        if meanwhile == "recorded":  # after the loop's re-check, before the first attempt's 429
+            _adopt(home, account_id, orphan)
+
+    with Keeper() as keeper:
+        acct = keeper.account(provider="openai")
+        account_id = keeper.ledger.ensure_account(acct)
+        remote = DeletingProvider(keeper.connect(acct), on_delete)
+        try:
+            report = reconcile(keeper.ledger, acct, account_id, remote, ReconcileOptions(apply=True))  # type: ignore[arg-type]
+        finally:
+            remote.real.close()
+    if meanwhile == "nothing":
+        assert report.deleted == [orphan] and report.skipped == [] and emu.count("DELETE") == 2
+        return
+    assert emu.count("DELETE") == 1 and orphan in emulator_ids(emu)
+    assert report.deleted == [] and report.errors == []
+    [(file_id, why)] = report.skipped
+    assert file_id == orphan and why.startswith("not sent again after: ") and "429" in why
+    assert why.endswith("became active in the ledger since the listing")
+    # the first attempt's intent stays for the next run, which finds the file there: voided
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(1,)]
+    again = run("reconcile", "-p", "openai", "--apply", "--json")
+    assert again.exit_code == 0 and again.json()["deleted"] == []
+    assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
+    assert ledger_rows(home, "SELECT status FROM files WHERE file_id = ?", orphan) == [("active",)]
+
+
 # --- cron ---------------------------------------------------------------------------------------------
 
 

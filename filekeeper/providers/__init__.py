@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from ..profiles import Profile
 from .anthropic import Anthropic
-from .base import Listing, Page, Provider, RemoteFile, Uploaded
+from .base import Listing, Page, Provider, RemoteFile, Uploaded, checked_before_resending
 from .deepseek import DeepSeek
 from .gemini import Gemini
 from .moonshot import Moonshot
@@ -95,6 +95,7 @@ __all__ = [
     "Provider",
     "RemoteFile",
     "Uploaded",
+    "checked_before_resending",
     "connect",
     "spellings",
 ]

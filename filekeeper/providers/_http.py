@@ -30,6 +30,7 @@ from tenacity import (
 from tenacity.wait import wait_exponential, wait_random
 
 from ..errors import FileNotFoundAtProvider, ProviderError, ResponseLost
+from .base import BEFORE_RESENDING
 
 log = logging.getLogger("filekeeper.http")
 
@@ -58,6 +59,7 @@ _ROUTE_NOT_FOUND = re.compile(
 )
 # Sent but no response: the server may have acted on it.
 _LOST = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError)
+
 # Never reached the server (or not all of it): safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 
@@ -268,13 +270,26 @@ class HTTP:
             self._idle.put(client)
 
     def request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
-        """Send with retries; a 2xx response, or a ProviderError."""
+        """Send with retries; a 2xx response, or a ProviderError (or what the check of
+        :func:`~.base.checked_before_resending` raises before a retry)."""
+        check = BEFORE_RESENDING.get()
+        failed: list[BaseException | None] = [None]
+
+        def before_sleep(state: RetryCallState) -> None:
+            failed[0] = state.outcome.exception() if state.outcome else None
+            self._log_retry(state)
+
+        def before(state: RetryCallState) -> None:
+            if check is not None and state.attempt_number > 1:
+                check(failed[0])
+
         retrying = Retrying(
             retry=retry_if_exception(self._should_retry),
             stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.total_seconds),
             wait=self._wait,
             sleep=self._sleep,
-            before_sleep=self._log_retry,
+            before=before,
+            before_sleep=before_sleep,
             reraise=True,
         )
         return retrying(self._send_once, method, path, idempotent, kwargs)
