@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..profiles import Profile
+from ._resend import checked_before_resending
 from .anthropic import Anthropic
-from .base import Listing, Page, Provider, RemoteFile, Uploaded, checked_before_resending
+from .base import Listing, Page, Provider, RemoteFile, Uploaded
 from .deepseek import DeepSeek
 from .gemini import Gemini
 from .moonshot import Moonshot

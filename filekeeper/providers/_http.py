@@ -30,7 +30,7 @@ from tenacity import (
 from tenacity.wait import wait_exponential, wait_random
 
 from ..errors import FileNotFoundAtProvider, ProviderError, ResponseLost
-from .base import BEFORE_RESENDING
+from ._resend import BEFORE_RESENDING
 
 log = logging.getLogger("filekeeper.http")
 

@@ -22,7 +22,6 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,25 +40,6 @@ ProgressCallback = Callable[[int], None]
 #: the most pages one listing may take: far beyond any real account, it only stops a listing that
 #: never ends (a server handing out fresh cursors for ever)
 MAX_PAGES = 100_000
-
-
-#: what runs before a request is sent again (see :func:`checked_before_resending`)
-BEFORE_RESENDING: ContextVar[Callable[[BaseException | None], None] | None] = ContextVar(
-    "filekeeper_before_resending", default=None
-)
-
-
-@contextlib.contextmanager
-def checked_before_resending(check: Callable[[BaseException | None], None]) -> Iterator[None]:
-    """Within: before a request that failed is sent again, ``check(its error)`` runs, in the
-    sending thread, after the wait; it raises (:class:`~filekeeper.errors.NotResent`) to send no
-    more. A retry may come a minute after the first attempt (a 429's Retry-After): a reconcile
-    re-checks the file in the ledger then, as it did before the first."""
-    token = BEFORE_RESENDING.set(check)
-    try:
-        yield
-    finally:
-        BEFORE_RESENDING.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
