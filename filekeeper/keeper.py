@@ -345,8 +345,19 @@ class Keeper:
         Accounts that only the ledger knows (another host's, on a shared ledger) are not this
         host's to reconcile. One account's failure does not stop the others; an interrupt does.
         """
+        accounts = self.settings.known_accounts()
+        if not accounts:
+            # Said, not a quiet success: a cron job whose environment lost its keys would
+            # otherwise look like one with nothing to do, for ever.
+            from .providers import PROFILES
+
+            keys = ", ".join(p.key_env for p in PROFILES.values() if p.key_env)
+            raise UsageError(
+                f"no account to reconcile: none is configured in {self.settings.config_path} and no "
+                f"provider's API key is set here ({keys})"
+            )
         out: list[tuple[Account, ReconcilePlan | FilekeeperError]] = []
-        for acct in self.settings.known_accounts():
+        for acct in accounts:
             try:
                 plan = self.reconcile(account=acct.name, **kwargs)
             except FilekeeperError as e:

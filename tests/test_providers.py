@@ -455,6 +455,31 @@ def test_a_closed_listing_asks_for_no_more_pages() -> None:
         next(listing)
 
 
+def test_a_closed_listing_sends_no_retry_of_a_page_that_failed() -> None:
+    calls: list[httpx.Request] = []
+    waiting, released = threading.Event(), threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if request.url.params.get("after"):
+            return response(500, {"error": {"message": "down"}})
+        return response(200, {"object": "list", "data": [fobj(1)], "has_more": True})
+
+    def sleep(_seconds: float) -> None:  # the wait before a retry, held until the listing is closed
+        waiting.set()
+        assert released.wait(10)
+
+    http = HTTP("openai", "https://api.example.test/v1", KEY, transport=httpx.MockTransport(handler), sleep=sleep)
+    listing = ADAPTERS["openai"](http).list_pages()
+    assert [f.id for f in next(listing)] == ["file-1"]
+    assert waiting.wait(10)  # page two failed once; its retry waits
+    listing.close()
+    released.set()
+    listing.thread.join(10)
+    assert not listing.thread.is_alive()
+    assert len(calls) == 2  # page one, page two once: its retry was not sent
+
+
 def test_a_page_that_fails_ahead_is_raised_after_the_pages_before_it() -> None:
     pages = _numbered_pages(10)
 

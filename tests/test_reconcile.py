@@ -108,6 +108,14 @@ def test_adopt_and_delete_unclaimed_together_are_refused_before_any_request(prov
     assert emu.count("GET") == 0 and emu.count("DELETE") == 0
 
 
+def test_all_with_no_account_to_reconcile_says_so(run, home: Path) -> None:
+    """A cron job whose environment lost its keys must not pass for one with nothing to do."""
+    for args in (("--apply",), ("--json",), ("--exit-code",)):
+        result = run("reconcile", "--all", *args)
+        assert result.exit_code == 2 and result.stdout == "" and result.stderr.count("\n") == 1
+        assert "no account to reconcile" in result.stderr and "OPENAI_API_KEY" in result.stderr
+
+
 def test_adopt_records_orphans_instead_of_deleting(provider_env, run, home: Path) -> None:
     emu = provider_env("zai")
     orphan = emu.add_file("found.pdf", 1234, purpose="agent", created_at=HOUR_AGO)

@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
-from ..errors import FileChanged, IncompleteListing, Interrupted, ProviderError, ResponseLost
+from ..errors import FileChanged, IncompleteListing, Interrupted, NotResent, ProviderError, ResponseLost
 from ..profiles import Profile
+from ._resend import checked_before_resending
 
 if TYPE_CHECKING:
     from threading import Event
@@ -516,21 +517,31 @@ class _Ahead:
 
     def fill(self, pages: Iterator[list[RemoteFile]]) -> None:
         try:
-            for page in pages:
-                with self._ready:
-                    while self._pages and self._full() and not self._stopped:
-                        self._ready.wait()
-                    if self._stopped:
-                        return
-                    self._pages.append(page)
-                    self._files += len(page)
-                    self._ready.notify_all()
+            # Once closed, a page's request that failed is not sent again: a listing no one reads
+            # must not go on retrying beside the one that replaced it.
+            with checked_before_resending(self._not_stopped):
+                self._fill(pages)
         except BaseException as e:  # raised to the caller, in its thread, where the page would be
             with self._ready:
                 self._error = e
         finally:
             with self._ready:
                 self._ended = True
+                self._ready.notify_all()
+
+    def _not_stopped(self, _failed: BaseException | None) -> None:
+        if self._stopped:
+            raise NotResent("the listing was closed")
+
+    def _fill(self, pages: Iterator[list[RemoteFile]]) -> None:
+        for page in pages:
+            with self._ready:
+                while self._pages and self._full() and not self._stopped:
+                    self._ready.wait()
+                if self._stopped:
+                    return
+                self._pages.append(page)
+                self._files += len(page)
                 self._ready.notify_all()
 
     def _full(self) -> bool:
