@@ -1595,9 +1595,17 @@ class Writer(Reader):
             }
             for file_id, file_pk, kind in items
         ]
-        # One statement for the batch, its ids handed back in the order of the rows.
-        query = insert(delete_intents).returning(delete_intents.c.id, sort_by_parameter_order=True)
-        return list(self.conn.execute(query, rows).scalars())
+        c = delete_intents.c
+        if len({file_id for file_id, _, _ in items}) < len(items):  # never from a reconcile's batch
+            query = insert(delete_intents).returning(c.id, sort_by_parameter_order=True)
+            return list(self.conn.execute(query, rows).scalars())
+        # One statement for the batch, its ids matched to the rows by file id: asking for them in
+        # the rows' order instead makes SQLAlchemy insert the rows one at a time on SQLite (64
+        # statements a batch, each waiting for the interpreter's lock behind the deletes in flight).
+        ids = {
+            file_id: id_ for file_id, id_ in self.conn.execute(insert(delete_intents).returning(c.file_id, c.id), rows)
+        }
+        return [ids[file_id] for file_id, _, _ in items]
 
     def settle_file_intents(self, account_id: int, file_id: str) -> None:
         """The plain deletes of this file written down earlier (an attempt whose answer was lost,
