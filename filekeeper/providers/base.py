@@ -558,9 +558,8 @@ class _Ahead:
                 self._files -= len(page)
                 self._ready.notify_all()
                 return page
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
+            if self._error is not None:  # each time it is asked: never taken for the end
+                raise self._error
             raise StopIteration
 
     def stop(self) -> None:
