@@ -802,10 +802,14 @@ def _delete_all(
                     stop.set()
                     collect(wait(in_flight).done, in_flight)
                 if stop.is_set():
-                    # Stopped by SIGINT/SIGTERM: nothing new was sent; the rest is not deleted.
+                    # Stopped by SIGINT/SIGTERM: nothing new was sent; the rest is not deleted,
+                    # and said so file by file, as when the provider failed (the next run takes
+                    # them up).
                     plan.interrupted = True
                     void.extend(j.intent_id for j in journaled if j.intent_id is not None)
+                    plan.skipped += [(j.file_id, "not sent: interrupted") for j in (*journaled, *queue)]
                     journaled.clear()
+                    queue.clear()
                 elif journaled or queue:
                     # Given up: the provider failed GIVE_UP_AFTER deletes in a row; the rest wait
                     # for the next run, each said not sent.

@@ -8,6 +8,7 @@ kill -9, SIGTERM or a dropped connection, and a plan that wrote to the ledger.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -578,7 +579,11 @@ def test_every_delete_of_an_interrupted_run_is_on_record(
         assert sorted(_deleted_events(home)) == sorted(orphans)
     else:
         assert proc.returncode == 130, err
-        assert '"interrupted": true' in out
+        doc = json.loads(out)
+        assert doc["interrupted"] is True and set(doc["deleted"]) == deleted
+        # what was never sent is said, file by file: the plan accounts for every orphan
+        unsent = {s["id"]: s["reason"] for s in doc["skipped"]}
+        assert unsent == dict.fromkeys(orphans - deleted, "not sent: interrupted")
         assert ledger_rows(home, "SELECT status FROM reconcile_runs ORDER BY id") == [("done",), ("interrupted",)]
         assert sorted(_deleted_events(home)) == sorted(deleted)  # every delete sent, and only those
         assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
