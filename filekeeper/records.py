@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ReconcileOptions:
+    """What a reconcile is asked to do (the CLI's options; see README, Reconcile)."""
+
     apply: bool = False
     adopt: bool = False
     max_delete: int | str = 100  # a count, or "N%" of the files listed

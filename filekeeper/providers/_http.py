@@ -59,7 +59,6 @@ _ROUTE_NOT_FOUND = re.compile(
 )
 # Sent but no response: the server may have acted on it.
 _LOST = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError)
-
 # Never reached the server (or not all of it): safe to send again.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 
@@ -271,7 +270,7 @@ class HTTP:
 
     def request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> httpx.Response:
         """Send with retries; a 2xx response, or a ProviderError (or what the check of
-        :func:`~.base.checked_before_resending` raises before a retry)."""
+        :func:`~._resend.checked_before_resending` raises before a retry)."""
         check = BEFORE_RESENDING.get()
         failed: list[BaseException | None] = [None]
 
