@@ -166,6 +166,7 @@ class _Run:
     def __init__(self, ledger: Ledger, run_id: int | None) -> None:
         self.ledger = ledger
         self.id = run_id
+        self.deleting = False  # a delete has been handed to a worker
         self._beat = time.monotonic()
 
     def heartbeat(self, *, force: bool = False) -> None:
@@ -422,7 +423,14 @@ def reconcile(
             _apply(ledger, account_id, remote, plan, options, now, progress, run)
     except KeyboardInterrupt:
         _drop(plan, stage)
-        run.finish(RunStatus.INTERRUPTED, plan, "interrupted", "interrupted before its deletes")
+        if run.deleting:  # a third signal, say, while the deletes in flight were waited for
+            why = (
+                f"interrupted during its deletes ({len(plan.deleted)} answered); any sent but not "
+                "recorded are in the delete journal, for the next run to settle"
+            )
+        else:
+            why = "interrupted before its deletes"
+        run.finish(RunStatus.INTERRUPTED, plan, "interrupted", why)
         raise
     except BaseException as e:
         _drop(plan, stage)
@@ -774,6 +782,7 @@ def _delete_all(
             def refill() -> None:
                 if not stop.is_set() and len(failing) < GIVE_UP_AFTER and len(in_flight) < concurrency:
                     for job in next_jobs(concurrency - len(in_flight)):
+                        run.deleting = True
                         future = pool.submit(send, job)
                         in_flight[future] = job
                         future.add_done_callback(completions.put)

@@ -591,6 +591,31 @@ def test_every_delete_of_an_interrupted_run_is_on_record(
     assert ledger_rows(home, "SELECT count(*) FROM delete_intents") == [(0,)]
 
 
+def test_a_run_interrupted_past_its_graceful_stop_says_its_deletes_had_begun(
+    provider_env, run, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third signal lands while the deletes in flight are waited for: KeyboardInterrupt leaves
+    the delete loop. The run row must not say it stopped before its deletes."""
+    from filekeeper import reconcile as reconcile_module
+
+    emu = provider_env("openai")
+    upload(run, tmp_path, "openai", "ours.txt")
+    baseline(run, "-p", "openai")
+    orphans = {emu.add_file(f"o{i}.txt", 1, created_at=HOUR_AGO).id for i in range(5)}
+    real = reconcile_module._delete_all
+
+    def deletes_then_interrupted(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reconcile_module, "_delete_all", deletes_then_interrupted)
+    with Keeper() as keeper, pytest.raises(KeyboardInterrupt):
+        keeper.reconcile(provider="openai", options=ReconcileOptions(apply=True, min_age=timedelta(0)))
+    assert orphans.isdisjoint(emu.ids())
+    [(status, error)] = ledger_rows(home, "SELECT status, error FROM reconcile_runs WHERE id > 1")
+    assert status == "interrupted" and error.startswith("interrupted during its deletes (5 answered)")
+
+
 def test_a_delete_cut_off_from_the_ledger_is_settled_by_the_next_run(
     provider_env, run, home: Path, tmp_path: Path, backend: str
 ) -> None:
