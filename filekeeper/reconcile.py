@@ -716,6 +716,12 @@ def _delete_all(
             job.intent_id = intent_id
         journaled.extend(batch)
 
+    def leave_unsent(why: str) -> None:
+        void.extend(j.intent_id for j in journaled if j.intent_id is not None)
+        plan.skipped += [(j.file_id, why) for j in (*journaled, *queue)]
+        journaled.clear()
+        queue.clear()
+
     def collect(completed: Iterable[Future[_Sent]], in_flight: dict[Future[_Sent], DeleteJob]) -> None:
         nonlocal finished
         for future in completed:
@@ -810,23 +816,14 @@ def _delete_all(
                     # it can be; otherwise the journal is left for the next run to settle.
                     stop.set()
                     collect(wait(in_flight).done, in_flight)
+                # Stopped (by SIGINT/SIGTERM), or given up (the provider failed GIVE_UP_AFTER
+                # deletes in a row): nothing more was sent, and the rest wait for the next run,
+                # each said not sent.
                 if stop.is_set():
-                    # Stopped by SIGINT/SIGTERM: nothing new was sent; the rest is not deleted,
-                    # and said so file by file, as when the provider failed (the next run takes
-                    # them up).
                     plan.interrupted = True
-                    void.extend(j.intent_id for j in journaled if j.intent_id is not None)
-                    plan.skipped += [(j.file_id, "not sent: interrupted") for j in (*journaled, *queue)]
-                    journaled.clear()
-                    queue.clear()
+                    leave_unsent("not sent: interrupted")
                 elif journaled or queue:
-                    # Given up: the provider failed GIVE_UP_AFTER deletes in a row; the rest wait
-                    # for the next run, each said not sent.
-                    why = f"not sent: {len(failing)} deletes in a row failed (the last: {failing[-1]})"
-                    void.extend(j.intent_id for j in journaled if j.intent_id is not None)
-                    plan.skipped += [(j.file_id, why) for j in (*journaled, *queue)]
-                    journaled.clear()
-                    queue.clear()
+                    leave_unsent(f"not sent: {len(failing)} deletes in a row failed (the last: {failing[-1]})")
         record()
     except LedgerError as e:
         sent = len(plan.deleted) + len(in_flight)
